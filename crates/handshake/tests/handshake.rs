@@ -119,7 +119,7 @@ fn psk_can_change_between_handshakes() {
 #[test]
 fn wrong_static_key_fails() {
     // The initiator believes the responder's key is that of a third party.
-    let (mut a, mut rng) = pair(6, [0; 32], [0; 32]);
+    let (mut a, b, mut rng) = pair(6, [0; 32], [0; 32]);
     let stranger = LocalIdentity::generate(&mut rng);
     a.peer = Peer::new(&a.local, *stranger.public_key(), PresharedKey::zero());
     a.macs = MacSigner::new(b.local.public_key()); // MAC1 right, so the Noise layer decides
@@ -130,7 +130,7 @@ fn wrong_static_key_fails() {
     );
     // A responder that does not know the initiator's key: decrypts the static key, but the
     // peer it is given is someone else.
-    let (mut a, mut rng) = pair(7, [0; 32], [0; 32]);
+    let (mut a, b, mut rng) = pair(7, [0; 32], [0; 32]);
     let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, Instant::now(), &mut rng).unwrap();
     let incoming = b.local.open_initiation(&init).unwrap();
     let mut other = Peer::new(&b.local, *stranger.public_key(), PresharedKey::zero());
@@ -298,5 +298,34 @@ fn debug_output_holds_no_key_material() {
         assert!(!shown.contains(&hex), "{shown} shows {hex}");
         let decimal = format!("{:?}", &secret[..4]);
         assert!(!shown.contains(decimal.trim_matches(|c| c == '[' || c == ']')), "{shown}");
+    }
+}
+
+mod parsers {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary datagrams never panic the responder or the initiator, and never pass.
+        #[test]
+        fn arbitrary_bytes_never_panic_or_pass(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let (mut a, b, mut rng) = pair(20, [0; 32], [0; 32]);
+            prop_assert!(b.local.open_initiation(&bytes).is_err());
+            a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, Instant::now(), &mut rng).unwrap();
+            prop_assert!(a.peer.consume_response(&a.local, &bytes).is_err());
+        }
+
+        /// A correctly typed and sized message with random content never passes either.
+        #[test]
+        fn random_well_formed_messages_fail(body in proptest::collection::vec(any::<u8>(), 144)) {
+            let (mut a, b, mut rng) = pair(21, [0; 32], [0; 32]);
+            let mut init = vec![1, 0, 0, 0];
+            init.extend_from_slice(&body);
+            prop_assert!(b.local.open_initiation(&init).is_err());
+            a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, Instant::now(), &mut rng).unwrap();
+            let mut resp = vec![2, 0, 0, 0];
+            resp.extend_from_slice(&body[..88]);
+            prop_assert!(a.peer.consume_response(&a.local, &resp).is_err());
+        }
     }
 }
