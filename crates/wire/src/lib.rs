@@ -12,6 +12,7 @@
 //! and the key process both link it, so it must stay small enough to read in one sitting.
 #![forbid(unsafe_code)]
 
+pub mod constants;
 mod keys;
 mod message;
 

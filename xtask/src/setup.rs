@@ -1,0 +1,130 @@
+//! `cargo xtask setup`: an idempotent installer of everything CI and the demo need on a
+//! fresh Debian machine. It only acts on what is missing and says what it does.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use crate::cmd;
+
+/// Debian packages: namespaces and ping, throughput, `wg` and the reference userspace
+/// implementation, and the known-answer generator's crypto.
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "iperf3",
+    "wireguard-tools",
+    "wireguard-go",
+    "python3-cryptography",
+];
+
+/// Runs the installer.
+pub(crate) fn run() -> Result<()> {
+    if !cmd::is_root() {
+        bail!(
+            "cargo xtask setup installs Debian packages and must run as root: run it as root \
+             (e.g. `sudo -E cargo xtask setup`)"
+        );
+    }
+    apt()?;
+    cargo_deny()?;
+    rustup_components()?;
+    println!("setup: done");
+    Ok(())
+}
+
+fn installed(package: &str) -> Result<bool> {
+    let mut c = cmd::command("dpkg-query", &["-W", "-f=${Status}", package]);
+    let out = cmd::output(&mut c, Duration::from_secs(30))?;
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+}
+
+fn apt() -> Result<()> {
+    let mut missing = Vec::new();
+    for p in PACKAGES {
+        if installed(p)? {
+            println!("setup: {p}: already installed");
+        } else {
+            println!("setup: {p}: missing");
+            missing.push(*p);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: running apt-get update");
+    let mut c = cmd::command::<&str>("apt-get", &["update"]);
+    c.env("DEBIAN_FRONTEND", "noninteractive");
+    let status = cmd::status_inherit(&mut c, Duration::from_secs(10 * 60))?;
+    if !status.success() {
+        bail!("`apt-get update` failed ({status}); check the network and /etc/apt/sources.list");
+    }
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(&missing);
+    println!("setup: running apt-get {}", args.join(" "));
+    let mut c = cmd::command("apt-get", &args);
+    c.env("DEBIAN_FRONTEND", "noninteractive");
+    let status = cmd::status_inherit(&mut c, Duration::from_secs(20 * 60))?;
+    if !status.success() {
+        bail!(
+            "`apt-get install` of {} failed ({status}); see apt's messages above",
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn cargo_deny() -> Result<()> {
+    let cargo = cmd::cargo();
+    let mut c = cmd::command(&cargo, &["deny", "--version"]);
+    let out = cmd::output(&mut c, Duration::from_secs(30))?;
+    if out.status.success() {
+        println!(
+            "setup: cargo-deny: already installed ({})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        return Ok(());
+    }
+    println!("setup: running cargo install cargo-deny --locked");
+    let mut c = cmd::command(&cargo, &["install", "cargo-deny", "--locked"]);
+    let status = cmd::status_inherit(&mut c, Duration::from_secs(45 * 60))?;
+    if !status.success() {
+        bail!("`cargo install cargo-deny --locked` failed ({status}); see cargo's messages above");
+    }
+    Ok(())
+}
+
+fn rustup_components() -> Result<()> {
+    let cargo = cmd::cargo();
+    let mut missing = Vec::new();
+    for (component, sub) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
+        let mut c = cmd::command(&cargo, &[sub, "--version"]);
+        let out = cmd::output(&mut c, Duration::from_secs(30))?;
+        if out.status.success() {
+            println!("setup: {component}: already installed");
+        } else {
+            missing.push(component);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::on_path("rustup") {
+        bail!(
+            "{} missing and rustup is not on PATH: install them with your toolchain manager",
+            missing.join(" and ")
+        );
+    }
+    let mut args = vec!["component", "add"];
+    args.extend(&missing);
+    println!("setup: running rustup {}", args.join(" "));
+    let status = cmd::status_inherit(
+        &mut cmd::command("rustup", &args),
+        Duration::from_secs(15 * 60),
+    )?;
+    if !status.success() {
+        bail!("`rustup {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
