@@ -10,6 +10,7 @@ pub const KEY_LEN: usize = 32;
 
 /// A Curve25519 public key: a peer's identity. Public, so `Debug` shows a short prefix.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PublicKey(pub [u8; KEY_LEN]);
 
 impl PublicKey {

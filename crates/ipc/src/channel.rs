@@ -1,0 +1,226 @@
+//! Transports: a `SOCK_SEQPACKET` socket (one datagram per message, so message boundaries
+//! come from the kernel, not from a length prefix an attacker could forge) and an in-memory
+//! pair with the same interface.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::{IpcError, MAX_FDS, MAX_MESSAGE_LEN, decode, encode};
+
+/// A decoded message and the descriptors that came with it.
+#[derive(Debug)]
+pub struct Received<T> {
+    /// The message.
+    pub msg: T,
+    /// Descriptors passed with it (already close-on-exec).
+    pub fds: Vec<OwnedFd>,
+}
+
+type Frame = (Vec<u8>, Vec<OwnedFd>);
+
+enum Transport {
+    Seqpacket(AsyncFd<OwnedFd>),
+    Memory {
+        tx: mpsc::Sender<Frame>,
+        rx: Mutex<mpsc::Receiver<Frame>>,
+    },
+}
+
+/// One end of an IPC channel.
+pub struct Channel {
+    transport: Transport,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.transport {
+            Transport::Seqpacket(fd) => write!(f, "Channel(seqpacket fd {})", fd.as_raw_fd()),
+            Transport::Memory { .. } => f.write_str("Channel(memory)"),
+        }
+    }
+}
+
+/// A connected `SOCK_SEQPACKET` pair, close-on-exec (clear the flag on the end a child
+/// process should inherit).
+pub fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Adopts descriptors the kernel just installed in our table for this message.
+#[allow(unsafe_code)]
+fn adopt(raw: Vec<RawFd>) -> Vec<OwnedFd> {
+    raw.into_iter()
+        // SAFETY: SCM_RIGHTS descriptors are fresh entries the kernel created for this
+        // process during recvmsg; nothing else owns them, so each is adopted exactly once.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+impl Channel {
+    /// Wraps one end of a `SOCK_SEQPACKET` pair. Needs a tokio runtime.
+    #[allow(unsafe_code)]
+    pub fn from_fd(fd: OwnedFd) -> std::io::Result<Self> {
+        set_nonblocking(&fd)?;
+        // SAFETY: an `OwnedFd` stays open and returns the same descriptor from `as_raw_fd`
+        // for as long as it is owned, and the `AsyncFd` owns it until it is dropped.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+                .map_err(std::io::Error::from)?;
+        Ok(Self {
+            transport: Transport::Seqpacket(registered),
+        })
+    }
+
+    /// Two connected in-memory ends, for the in-process mode.
+    pub fn memory_pair() -> (Self, Self) {
+        const DEPTH: usize = 1024;
+        let (a_tx, b_rx) = mpsc::channel(DEPTH);
+        let (b_tx, a_rx) = mpsc::channel(DEPTH);
+        let end = |tx, rx| Self {
+            transport: Transport::Memory {
+                tx,
+                rx: Mutex::new(rx),
+            },
+        };
+        (end(a_tx, a_rx), end(b_tx, b_rx))
+    }
+
+    /// Sends one message with optional descriptors (duplicated into the receiver).
+    pub async fn send<T: Serialize>(
+        &self,
+        msg: &T,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), IpcError> {
+        if fds.len() > MAX_FDS {
+            return Err(IpcError::BadFds);
+        }
+        let bytes = encode(msg)?;
+        match &self.transport {
+            Transport::Seqpacket(fd) => {
+                let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                loop {
+                    let mut guard = fd.writable().await?;
+                    let sent = guard.try_io(|inner| {
+                        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() {
+                            &[]
+                        } else {
+                            &[ControlMessage::ScmRights(&raw)]
+                        };
+                        sendmsg::<()>(
+                            inner.as_raw_fd(),
+                            &[IoSlice::new(&bytes)],
+                            cmsgs,
+                            MsgFlags::MSG_NOSIGNAL,
+                            None,
+                        )
+                        .map_err(std::io::Error::from)
+                    });
+                    match sent {
+                        Ok(Ok(_)) => return Ok(()),
+                        Ok(Err(e)) if e.raw_os_error() == Some(libc_epipe()) => {
+                            return Err(IpcError::Closed);
+                        }
+                        Ok(Err(e)) => return Err(e.into()),
+                        Err(_would_block) => continue,
+                    }
+                }
+            }
+            Transport::Memory { tx, .. } => {
+                let owned = fds
+                    .iter()
+                    .map(|fd| fd.try_clone_to_owned())
+                    .collect::<Result<Vec<_>, _>>()?;
+                tx.send((bytes, owned)).await.map_err(|_| IpcError::Closed)
+            }
+        }
+    }
+
+    /// Receives and decodes one message. Any error means the channel is finished.
+    pub async fn recv<T: DeserializeOwned>(&self) -> Result<Received<T>, IpcError> {
+        let (bytes, fds) = match &self.transport {
+            Transport::Seqpacket(fd) => recv_frame(fd).await?,
+            Transport::Memory { rx, .. } => rx.lock().await.recv().await.ok_or(IpcError::Closed)?,
+        };
+        let msg = decode(&bytes).inspect_err(|e| {
+            tracing::error!("IPC: {e}");
+        })?;
+        Ok(Received { msg, fds })
+    }
+}
+
+fn libc_epipe() -> i32 {
+    nix::errno::Errno::EPIPE as i32
+}
+
+async fn recv_frame(fd: &AsyncFd<OwnedFd>) -> Result<Frame, IpcError> {
+    let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
+    loop {
+        let mut guard = fd.readable().await?;
+        let got = guard.try_io(|inner| {
+            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                inner.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(std::io::Error::from)?;
+            let mut fds = Vec::new();
+            let mut bad_fds = false;
+            match msg.cmsgs() {
+                Ok(cmsgs) => {
+                    for c in cmsgs {
+                        match c {
+                            ControlMessageOwned::ScmRights(raw) => fds.extend(adopt(raw)),
+                            _ => bad_fds = true,
+                        }
+                    }
+                }
+                Err(_) => bad_fds = true,
+            }
+            Ok((msg.bytes, msg.flags, fds, bad_fds))
+        });
+        match got {
+            Ok(Ok((len, flags, fds, bad_fds))) => {
+                if bad_fds || fds.len() > MAX_FDS || flags.contains(MsgFlags::MSG_CTRUNC) {
+                    return Err(IpcError::BadFds);
+                }
+                if flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_MESSAGE_LEN {
+                    return Err(IpcError::TooLarge(len));
+                }
+                if len == 0 && fds.is_empty() {
+                    return Err(IpcError::Closed);
+                }
+                buf.truncate(len);
+                return Ok((buf, fds));
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_would_block) => continue,
+        }
+    }
+}

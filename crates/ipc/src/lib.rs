@@ -1,0 +1,86 @@
+//! The IPC protocol between the wireguard-rs processes (monitor, keyd, datad).
+//!
+//! **Owns:** the message types each pair of processes exchanges ([`messages`]), their
+//! postcard encoding with a strict size limit and no trailing bytes, and two transports
+//! with the same interface ([`Channel`]): a `SOCK_SEQPACKET` socketpair with `SCM_RIGHTS`
+//! fd passing between processes, and an in-memory pair for the in-process mode (tests and
+//! embedding) that still encodes every message, so both modes run the same decoding path.
+//!
+//! **Trusts:** nothing it receives. A peer process may be compromised: every datagram is
+//! size-checked and fully decoded or rejected, and any decode error closes the channel.
+//!
+//! **May depend on:** `wg-wire`, `serde`, `postcard`, `nix` (sockets), `tokio` (readiness),
+//! `zeroize`. The one `unsafe` operation is adopting file descriptors the kernel just
+//! installed for us from `SCM_RIGHTS`.
+#![deny(unsafe_code)]
+
+mod channel;
+pub mod messages;
+
+pub use channel::{Channel, Received, seqpacket_pair};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Version of the message set; both ends send it first and refuse a mismatch.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest encoded message. Bulk data (stats for many peers) is sent in chunks below it.
+pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
+/// Most file descriptors one message may carry.
+pub const MAX_FDS: usize = 8;
+
+/// Why an IPC operation failed. Every variant ends the channel.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    /// The peer process closed its end (it exited or was killed).
+    #[error("the other process closed the IPC channel")]
+    Closed,
+    /// A message failed to decode: the peer is buggy or compromised.
+    #[error("undecodable IPC message ({0}); closing the channel")]
+    Decode(postcard::Error),
+    /// A message decoded with bytes left over.
+    #[error("IPC message has {0} trailing bytes; closing the channel")]
+    Trailing(usize),
+    /// A message is larger than [`MAX_MESSAGE_LEN`].
+    #[error("IPC message of {0} bytes exceeds the limit of {MAX_MESSAGE_LEN}")]
+    TooLarge(usize),
+    /// Too many descriptors, or ancillary data was truncated.
+    #[error("IPC message carried unexpected or truncated file descriptors")]
+    BadFds,
+    /// Encoding failed (a bug: every message type is encodable).
+    #[error("could not encode IPC message: {0}")]
+    Encode(postcard::Error),
+    /// The peer speaks another protocol version.
+    #[error("IPC protocol version mismatch: ours {ours}, theirs {theirs}; install matching binaries")]
+    Version {
+        /// Our version.
+        ours: u32,
+        /// The peer's version.
+        theirs: u32,
+    },
+    /// The socket failed.
+    #[error("IPC socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes a message, refusing anything over [`MAX_MESSAGE_LEN`].
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, IpcError> {
+    let bytes = postcard::to_stdvec(msg).map_err(IpcError::Encode)?;
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(IpcError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// Decodes exactly one message: over-long input and trailing bytes are errors
+/// (`postcard::from_bytes` alone would ignore a remainder).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(IpcError::TooLarge(bytes.len()));
+    }
+    let (msg, rest) = postcard::take_from_bytes(bytes).map_err(IpcError::Decode)?;
+    if !rest.is_empty() {
+        return Err(IpcError::Trailing(rest.len()));
+    }
+    Ok(msg)
+}

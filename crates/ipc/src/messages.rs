@@ -1,0 +1,326 @@
+//! Every message the processes exchange, one enum per direction. The privileged side of a
+//! channel answers a fixed table of requests (see `docs/ipc.md`); anything else is fatal.
+//!
+//! Wire compatibility: variants and fields may only be appended, never reordered or
+//! removed (postcard encodes enum variants by index). Bump [`crate::PROTOCOL_VERSION`]
+//! for anything else.
+
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use wg_wire::PublicKey;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// 32 secret bytes (a transport key). Zeroized on drop, never shown by `Debug`.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct SecretBytes(pub [u8; 32]);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBytes(<redacted>)")
+    }
+}
+
+/// Which process is speaking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The launcher and supervisor.
+    Monitor,
+    /// The key process.
+    Keyd,
+    /// The data plane.
+    Datad,
+}
+
+/// First message on every channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`crate::PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// Who the sender is.
+    pub role: Role,
+}
+
+impl Hello {
+    /// Our hello for `role`.
+    pub fn new(role: Role) -> Self {
+        Self {
+            version: crate::PROTOCOL_VERSION,
+            role,
+        }
+    }
+
+    /// Checks a received hello: same version, expected role.
+    pub fn check(self, expected: Role) -> Result<(), crate::IpcError> {
+        if self.version != crate::PROTOCOL_VERSION {
+            return Err(crate::IpcError::Version {
+                ours: crate::PROTOCOL_VERSION,
+                theirs: self.version,
+            });
+        }
+        if self.role != expected {
+            return Err(crate::IpcError::BadFds);
+        }
+        Ok(())
+    }
+}
+
+/// What the data plane needs to know about a peer: never its PSK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerUpdate {
+    /// The peer's identity.
+    pub public_key: PublicKey,
+    /// Configured endpoint (a learned one replaces it later).
+    pub endpoint: Option<SocketAddr>,
+    /// Cryptokey routing table entries.
+    pub allowed_ips: Vec<IpNet>,
+    /// Persistent keepalive interval in seconds; 0 is off.
+    pub persistent_keepalive: u16,
+}
+
+/// Transport keys of a completed handshake.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionKeys {
+    /// Which peer.
+    pub public_key: PublicKey,
+    /// Whether we initiated.
+    pub initiator: bool,
+    /// The index the peer uses to reach us.
+    pub local_index: u32,
+    /// The index we use to reach the peer.
+    pub remote_index: u32,
+    /// Key for sending.
+    pub send: SecretBytes,
+    /// Key for receiving.
+    pub recv: SecretBytes,
+}
+
+/// Counters of one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStats {
+    /// Which peer.
+    pub public_key: PublicKey,
+    /// The current (possibly learned) endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// Last completed handshake as Unix seconds and nanoseconds.
+    pub last_handshake: Option<(u64, u32)>,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// keyd → datad.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KeydToDatad {
+    /// First message.
+    Hello(Hello),
+    /// Our public key (for MAC1 checks and cookies), or `None` without a private key: then
+    /// every handshake message is dropped.
+    Interface {
+        /// The interface's public key.
+        public_key: Option<PublicKey>,
+    },
+    /// Adds or replaces a peer's data-plane configuration.
+    Peer(PeerUpdate),
+    /// Removes a peer and everything the data plane holds for it.
+    RemovePeer {
+        /// Which peer.
+        public_key: PublicKey,
+    },
+    /// Installs a session's transport keys.
+    Session(SessionKeys),
+    /// Sends a handshake message (initiation or response) to a peer.
+    SendHandshake {
+        /// Which peer.
+        public_key: PublicKey,
+        /// The message, MACs included.
+        message: Vec<u8>,
+        /// Where the answered message came from (responses go back there), learned from an
+        /// authenticated initiation.
+        endpoint: Option<SocketAddr>,
+    },
+    /// Asks for every peer's counters.
+    StatsRequest {
+        /// Echoed in the answer.
+        request: u32,
+    },
+    /// Forget every peer (a full resynchronisation follows).
+    ClearPeers,
+}
+
+/// datad → keyd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DatadToKeyd {
+    /// First message.
+    Hello(Hello),
+    /// A handshake initiation or response that passed the MAC checks.
+    Handshake {
+        /// The message.
+        message: Vec<u8>,
+        /// Where it came from.
+        source: SocketAddr,
+    },
+    /// A cookie reply answering a handshake message keyd asked datad to send.
+    CookieReply {
+        /// The 64-byte message.
+        message: Vec<u8>,
+    },
+    /// The timers or outgoing data want a handshake with this peer.
+    WantHandshake {
+        /// Which peer.
+        public_key: PublicKey,
+        /// Whether this is a retransmission (keeps the attempt count).
+        retry: bool,
+    },
+    /// 3 x Reject-After-Time passed without a session: erase the handshake state.
+    ZeroKeys {
+        /// Which peer.
+        public_key: PublicKey,
+    },
+    /// Receiver indices whose keypairs the data plane dropped: free for reuse.
+    RetiredIndices {
+        /// The indices.
+        indices: Vec<u32>,
+    },
+    /// Part of an answer to [`KeydToDatad::StatsRequest`].
+    Stats {
+        /// The request this answers.
+        request: u32,
+        /// A chunk of peers.
+        peers: Vec<PeerStats>,
+        /// Whether this is the last chunk.
+        done: bool,
+    },
+}
+
+/// keyd → monitor: the privileged operations keyd may ask for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KeydToMonitor {
+    /// First message.
+    Hello(Hello),
+    /// Bind new UDP sockets on `port` (0: any) and hand them to the data plane; keep the
+    /// old ones if that fails.
+    BindPort {
+        /// The port.
+        port: u16,
+    },
+    /// Set `SO_MARK` on the UDP sockets (0: none).
+    SetFwmark {
+        /// The mark.
+        mark: u32,
+    },
+}
+
+/// monitor → keyd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MonitorToKeyd {
+    /// First message.
+    Hello(Hello),
+    /// Result of [`KeydToMonitor::BindPort`]: the bound port, or an errno.
+    PortBound {
+        /// The port now in use (also on failure: the old one).
+        port: u16,
+        /// 0 on success, else the errno (EADDRINUSE when taken).
+        errno: i32,
+    },
+    /// Result of [`KeydToMonitor::SetFwmark`].
+    FwmarkSet {
+        /// 0 on success, else the errno.
+        errno: i32,
+    },
+    /// A new data plane runs; carries keyd's end of a fresh keyd↔datad channel as its fd.
+    DataPlaneRestarted,
+}
+
+/// monitor → datad.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MonitorToDatad {
+    /// First message.
+    Hello(Hello),
+    /// Everything to start: fds are TUN, IPv4 UDP, IPv6 UDP (if any) and the keyd channel,
+    /// in that order.
+    Start {
+        /// The bound port.
+        listen_port: u16,
+        /// Whether an IPv6 socket is included.
+        has_ipv6: bool,
+    },
+    /// Replacement UDP sockets (fds: IPv4, then IPv6 if any).
+    Sockets {
+        /// The bound port.
+        listen_port: u16,
+        /// Whether an IPv6 socket is included.
+        has_ipv6: bool,
+    },
+}
+
+/// datad → monitor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DatadToMonitor {
+    /// First message.
+    Hello(Hello),
+    /// The TUN interface was deleted: shut everything down.
+    InterfaceGone,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IpcError, decode, encode};
+    use proptest::prelude::*;
+
+    #[test]
+    fn session_keys_are_not_debug_printed() {
+        let s = SessionKeys {
+            public_key: PublicKey([1; 32]),
+            initiator: true,
+            local_index: 1,
+            remote_index: 2,
+            send: SecretBytes([0xab; 32]),
+            recv: SecretBytes([0xcd; 32]),
+        };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("171") && !shown.contains("205") && !shown.contains("ab, "));
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let m = KeydToDatad::Peer(PeerUpdate {
+            public_key: PublicKey([9; 32]),
+            endpoint: Some("[2001:db8::1]:51820".parse().unwrap()),
+            allowed_ips: vec!["10.0.0.0/8".parse().unwrap(), "::/0".parse().unwrap()],
+            persistent_keepalive: 25,
+        });
+        let back: KeydToDatad = decode(&encode(&m).unwrap()).unwrap();
+        assert_eq!(format!("{m:?}"), format!("{back:?}"));
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = encode(&DatadToKeyd::ZeroKeys { public_key: PublicKey([1; 32]) }).unwrap();
+        bytes.push(0);
+        assert!(matches!(decode::<DatadToKeyd>(&bytes), Err(IpcError::Trailing(1))));
+    }
+
+    #[test]
+    fn hello_checks_version_and_role() {
+        assert!(Hello::new(Role::Keyd).check(Role::Keyd).is_ok());
+        assert!(Hello::new(Role::Keyd).check(Role::Datad).is_err());
+        let old = Hello { version: 0, role: Role::Keyd };
+        assert!(matches!(old.check(Role::Keyd), Err(IpcError::Version { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<KeydToDatad>(&bytes);
+            let _ = decode::<DatadToKeyd>(&bytes);
+            let _ = decode::<KeydToMonitor>(&bytes);
+            let _ = decode::<MonitorToKeyd>(&bytes);
+            let _ = decode::<MonitorToDatad>(&bytes);
+            let _ = decode::<DatadToMonitor>(&bytes);
+        }
+    }
+}
