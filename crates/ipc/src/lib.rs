@@ -84,3 +84,69 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
     }
     Ok(msg)
 }
+
+/// Environment variable naming the descriptor of a worker's channel to the monitor.
+pub const IPC_FD_ENV: &str = "WG_RS_IPC_FD";
+
+/// Adopts a descriptor inherited across `exec` whose number is in environment variable
+/// `var` (the monitor's channel for workers; `WG_TUN_FD`/`WG_UAPI_FD` as wireguard-go
+/// defines them). The variable is removed, the descriptor checked to be open and marked
+/// close-on-exec so it does not leak further.
+#[allow(unsafe_code)]
+pub fn inherited_fd(var: &str) -> Result<Option<std::os::fd::OwnedFd>, IpcError> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+    let Ok(value) = std::env::var(var) else {
+        return Ok(None);
+    };
+    let raw: RawFd = value.trim().parse().map_err(|_| {
+        IpcError::Io(std::io::Error::other(format!(
+            "{var}={value} is not a file descriptor number"
+        )))
+    })?;
+    if raw < 0 {
+        return Err(IpcError::BadFds);
+    }
+    // SAFETY: the descriptor is only borrowed for the F_GETFD probe below, which fails
+    // harmlessly with EBADF if the number is not open.
+    let probe = unsafe { BorrowedFd::borrow_raw(raw) };
+    fcntl(probe, FcntlArg::F_GETFD).map_err(|e| {
+        IpcError::Io(std::io::Error::other(format!(
+            "{var}={raw} is not an open descriptor: {e}"
+        )))
+    })?;
+    // SAFETY: the descriptor is open (checked above), was handed to this process for this
+    // purpose by its parent, and is adopted exactly once: the variable is removed from the
+    // environment before anything else could read it again.
+    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: single-threaded start-up: nothing else reads or writes the environment now.
+    unsafe { std::env::remove_var(var) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(std::io::Error::from)?;
+    Ok(Some(owned))
+}
+
+/// Makes `fd` survive `exec` (clears close-on-exec), for handing it to a child process.
+pub fn make_inheritable(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    Ok(())
+}
+
+/// Logging for every wireguard-rs process, configured as wireguard-go's is: `LOG_LEVEL`
+/// is `error`, `verbose` (info) or `debug`; unset means warnings and errors; `silent`
+/// turns it off. Lines go to standard error, tagged with the process.
+pub fn init_logging(process: &'static str) {
+    let level = match std::env::var("LOG_LEVEL").as_deref() {
+        Ok("silent") => "off",
+        Ok("error") => "error",
+        Ok("verbose") => "info",
+        Ok("debug") => "debug",
+        _ => "warn",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    tracing::debug!("{process} logging at {level}");
+}

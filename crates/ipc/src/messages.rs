@@ -94,6 +94,9 @@ pub struct SessionKeys {
     pub send: SecretBytes,
     /// Key for receiving.
     pub recv: SecretBytes,
+    /// Where the authenticated handshake message that made this session came from: the
+    /// peer's endpoint from now on (roaming).
+    pub endpoint: Option<SocketAddr>,
 }
 
 /// Counters of one peer.
@@ -200,16 +203,14 @@ pub enum DatadToKeyd {
 pub enum KeydToMonitor {
     /// First message.
     Hello(Hello),
-    /// Bind new UDP sockets on `port` (0: any) and hand them to the data plane; keep the
-    /// old ones if that fails.
-    BindPort {
-        /// The port.
+    /// Change the UDP sockets: bind new ones on `port` (0: any free port) if it differs
+    /// from the current one, and set `SO_MARK` to `fwmark` (0: none). All or nothing: on
+    /// failure the old sockets stay in use, unchanged.
+    Reconfigure {
+        /// The wanted listen port.
         port: u16,
-    },
-    /// Set `SO_MARK` on the UDP sockets (0: none).
-    SetFwmark {
-        /// The mark.
-        mark: u32,
+        /// The wanted firewall mark.
+        fwmark: u32,
     },
 }
 
@@ -218,16 +219,20 @@ pub enum KeydToMonitor {
 pub enum MonitorToKeyd {
     /// First message.
     Hello(Hello),
-    /// Result of [`KeydToMonitor::BindPort`]: the bound port, or an errno.
-    PortBound {
-        /// The port now in use (also on failure: the old one).
-        port: u16,
-        /// 0 on success, else the errno (EADDRINUSE when taken).
-        errno: i32,
+    /// Everything to start: fds are the UAPI listener and keyd's end of the keyd↔datad
+    /// channel, in that order.
+    Start {
+        /// The interface name (for logs).
+        interface: String,
+        /// The UDP port the monitor bound at start-up.
+        listen_port: u16,
     },
-    /// Result of [`KeydToMonitor::SetFwmark`].
-    FwmarkSet {
-        /// 0 on success, else the errno.
+    /// Result of [`KeydToMonitor::Reconfigure`].
+    Reconfigured {
+        /// The port now in use (the old one on failure).
+        port: u16,
+        /// 0 on success, else the errno (EADDRINUSE when the port is taken, EPERM when a
+        /// privileged port or the mark is not allowed).
         errno: i32,
     },
     /// A new data plane runs; carries keyd's end of a fresh keyd↔datad channel as its fd.
@@ -280,6 +285,7 @@ mod tests {
             remote_index: 2,
             send: SecretBytes([0xab; 32]),
             recv: SecretBytes([0xcd; 32]),
+            endpoint: None,
         };
         let shown = format!("{s:?}");
         assert!(!shown.contains("171") && !shown.contains("205") && !shown.contains("ab, "));

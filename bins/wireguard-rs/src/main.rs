@@ -1,0 +1,152 @@
+//! `wireguard-rs [-f|--foreground] IFNAME`: creates the TUN interface IFNAME and its UAPI
+//! socket, starts the key process and the data plane, and supervises them. Without `-f`
+//! it returns once the interface and socket exist and keeps running in the background, as
+//! wireguard-go does, so `wg-quick` can configure it right away.
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wg_monitor::{Prepared, Stopped, Supervisor};
+use wg_tun::Tun;
+
+/// Default MTU, as wireguard-go sets it at creation.
+const DEFAULT_MTU: u32 = 1420;
+/// Set in the background child, as wireguard-go does.
+const FOREGROUND_ENV: &str = "WG_PROCESS_FOREGROUND";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wireguard-rs",
+    version,
+    about = "Userspace WireGuard: creates interface IFNAME and its UAPI socket; configure it with wg(8)"
+)]
+struct Cli {
+    /// Stay in the foreground instead of returning once the interface exists.
+    #[arg(short = 'f', long = "foreground")]
+    foreground: bool,
+    /// Directory holding wireguard-rs-keyd and wireguard-rs-datad (default: beside this
+    /// binary, or the packager's build-time setting).
+    #[arg(long, value_name = "DIR")]
+    libexec_dir: Option<PathBuf>,
+    /// Interface name (at most 15 bytes).
+    #[arg(value_name = "IFNAME")]
+    interface: String,
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("wireguard-rs: {message}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    wg_ipc::init_logging("wireguard-rs");
+    if let Err(e) = wg_tun::validate_interface_name(&cli.interface) {
+        return fail(e);
+    }
+    // Descriptors inherited from a parent (our own daemonizing step, or a caller that
+    // opened them, as wireguard-go allows). Adopted before any thread starts.
+    let inherited_tun = match wg_ipc::inherited_fd("WG_TUN_FD") {
+        Ok(fd) => fd,
+        Err(e) => return fail(e),
+    };
+    let inherited_uapi = match wg_ipc::inherited_fd("WG_UAPI_FD") {
+        Ok(fd) => fd,
+        Err(e) => return fail(e),
+    };
+    let foreground = cli.foreground || std::env::var_os(FOREGROUND_ENV).is_some();
+
+    let tun = match inherited_tun {
+        Some(fd) => Tun::from_fd(fd),
+        None => Tun::create(&cli.interface, DEFAULT_MTU),
+    };
+    let tun = match tun {
+        Ok(tun) => tun,
+        Err(e) => return fail(e),
+    };
+    let uapi = match inherited_uapi {
+        Some(fd) => Ok(UnixListener::from(fd)),
+        None => wg_uapi::server::bind_listener(&cli.interface),
+    };
+    let uapi = match uapi {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let socket_path = wg_uapi::server::socket_path(
+        std::path::Path::new(wg_uapi::server::DEFAULT_SOCKET_DIR),
+        &cli.interface,
+    );
+
+    if !foreground {
+        // The background child owns the interface and the socket file from here on.
+        return match daemonize(&cli, tun.into_fd(), uapi) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket_path);
+                fail(format!("cannot start in the background: {e}"))
+            }
+        };
+    }
+    let socket_file = wg_uapi::server::SocketFileGuard::new(socket_path);
+
+    let sockets = match wg_monitor::sockets::bind(0, 0) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot open UDP sockets: {e}")),
+    };
+    let prepared = Prepared {
+        interface: cli.interface.clone(),
+        tun,
+        uapi,
+        sockets,
+        worker_dir: wg_monitor::worker_dir(cli.libexec_dir.as_deref()),
+        worker_args: Vec::new(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let result = runtime.block_on(Supervisor::new(prepared).run());
+    drop(socket_file);
+    match result {
+        Ok(Stopped::InterfaceGone) => {
+            tracing::info!("interface {} is gone; shutting down", cli.interface);
+            ExitCode::SUCCESS
+        }
+        Ok(Stopped::Signal) => {
+            tracing::info!("shutting down on signal");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Re-runs this program in the foreground in a new process group with the TUN device and
+/// UAPI listener inherited (as `WG_TUN_FD` and `WG_UAPI_FD`), and returns once it started.
+fn daemonize(cli: &Cli, tun: OwnedFd, uapi: UnixListener) -> std::io::Result<()> {
+    let uapi = OwnedFd::from(uapi);
+    wg_ipc::make_inheritable(&tun)?;
+    wg_ipc::make_inheritable(&uapi)?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--foreground");
+    if let Some(dir) = &cli.libexec_dir {
+        cmd.arg("--libexec-dir").arg(dir);
+    }
+    cmd.arg(&cli.interface)
+        .env(FOREGROUND_ENV, "1")
+        .env("WG_TUN_FD", tun.as_raw_fd().to_string())
+        .env("WG_UAPI_FD", uapi.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn()?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! The data plane: moves packets between the TUN device and the UDP sockets.
+//!
+//! **Owns:** the TUN and UDP descriptors it is handed, the [`wg_router::Router`] (allowed
+//! IPs, transport keypairs, replay windows), one [`wg_timers::PeerTimers`] per peer, the
+//! responder's cookie secret and every MAC1/MAC2 check. Handshake messages reach the key
+//! process only after passing those checks (and, under load, a per-source rate limit).
+//!
+//! **Trusts:** nothing from the network; the key process for configuration and session
+//! keys; the monitor for descriptors. It never receives a static private key or a PSK, and
+//! it must not depend on `wg-handshake` (enforced in `deny.toml`).
+//!
+//! **May depend on:** wire, cookie, router, timers, ipc, tun, tokio.
+#![forbid(unsafe_code)]
+
+mod plane;
+mod ratelimit;
+
+use std::net::UdpSocket;
+use std::os::fd::OwnedFd;
+
+pub use plane::serve;
+
+/// Why the data plane stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DatadError {
+    /// The key process went away: fail closed.
+    #[error("lost the key process: {0}")]
+    Keyd(wg_ipc::IpcError),
+    /// The monitor went away.
+    #[error("lost the monitor: {0}")]
+    Monitor(wg_ipc::IpcError),
+    /// The TUN device failed.
+    #[error("TUN device error: {0}")]
+    Tun(std::io::Error),
+    /// The monitor sent something that does not belong in this phase.
+    #[error("protocol violation from {0}; stopping")]
+    Protocol(&'static str),
+    /// Setting up the sockets or runtime failed.
+    #[error("I/O setup failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How the data plane ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The TUN interface was deleted (`ip link del`): the daemon should exit cleanly.
+    InterfaceGone,
+}
+
+/// What the data plane starts with.
+#[derive(Debug)]
+pub struct Startup {
+    /// The TUN device.
+    pub tun: OwnedFd,
+    /// UDP socket bound to the listen port on IPv4.
+    pub udp4: UdpSocket,
+    /// UDP socket bound to the same port on IPv6, if the host has IPv6.
+    pub udp6: Option<UdpSocket>,
+    /// Channel to the key process.
+    pub keyd: wg_ipc::Channel,
+    /// Channel to the monitor (absent in some embeddings).
+    pub monitor: Option<wg_ipc::Channel>,
+}
+
+/// Builds a [`Startup`] from the monitor's `Start` message and its descriptors
+/// (TUN, IPv4 UDP, IPv6 UDP if `has_ipv6`, keyd channel).
+pub fn startup_from_fds(
+    fds: Vec<OwnedFd>,
+    has_ipv6: bool,
+    monitor: wg_ipc::Channel,
+) -> Result<Startup, DatadError> {
+    let mut fds = fds.into_iter();
+    let mut next = || fds.next().ok_or(DatadError::Protocol("monitor (missing fds)"));
+    let tun = next()?;
+    let udp4 = UdpSocket::from(next()?);
+    let udp6 = if has_ipv6 {
+        Some(UdpSocket::from(next()?))
+    } else {
+        None
+    };
+    let keyd = wg_ipc::Channel::from_fd(next()?)?;
+    Ok(Startup {
+        tun,
+        udp4,
+        udp6,
+        keyd,
+        monitor: Some(monitor),
+    })
+}
+
+/// The data-plane process's entry point after `exec`: waits for the monitor's `Start`
+/// with its descriptors, then serves until the interface goes away.
+pub async fn run_worker(monitor: wg_ipc::Channel) -> Result<Exit, DatadError> {
+    use wg_ipc::messages::{DatadToMonitor, Hello, MonitorToDatad, Role};
+    monitor
+        .send(&DatadToMonitor::Hello(Hello::new(Role::Datad)), &[])
+        .await
+        .map_err(DatadError::Monitor)?;
+    let hello = monitor.recv::<MonitorToDatad>().await.map_err(DatadError::Monitor)?;
+    match hello.msg {
+        MonitorToDatad::Hello(h) => h
+            .check(Role::Monitor)
+            .map_err(|_| DatadError::Protocol("monitor (bad hello)"))?,
+        _ => return Err(DatadError::Protocol("monitor (no hello)")),
+    }
+    let start = monitor.recv::<MonitorToDatad>().await.map_err(DatadError::Monitor)?;
+    let MonitorToDatad::Start { has_ipv6, .. } = start.msg else {
+        return Err(DatadError::Protocol("monitor (expected start)"));
+    };
+    let startup = startup_from_fds(start.fds, has_ipv6, monitor)?;
+    serve(startup).await
+}

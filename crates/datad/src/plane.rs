@@ -1,0 +1,698 @@
+//! The data plane's event loop: one task that waits on the TUN device, the UDP sockets, the
+//! key process, the monitor and the earliest timer, and feeds each event to the sans-IO
+//! router and timers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use wg_cookie::{CookieChecker, Verdict};
+use wg_ipc::messages::{
+    DatadToKeyd, DatadToMonitor, Hello, KeydToDatad, MonitorToDatad, PeerStats, PeerUpdate, Role,
+    SessionKeys,
+};
+use wg_ipc::{Channel, IpcError, Received};
+use wg_router::{HEADROOM, InboundKind, NewSession, Outbound, PeerId, Router, TAILROOM};
+use wg_timers::{PeerTimers, TimerAction};
+use wg_tun::AsyncTun;
+use wg_wire::{
+    CookieReply, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_TRANSPORT,
+    PublicKey, SessionKey, message_type,
+};
+
+use crate::ratelimit::RateLimiter;
+use crate::{DatadError, Exit, Startup};
+
+/// Largest datagram or IP packet we handle.
+const MAX_PACKET: usize = 65535;
+/// Handshake messages per second above which we consider ourselves under load and demand
+/// cookies (MAC2). wireguard-go measures its queue depth instead; a rate over a one-second
+/// window is the same signal without a queue of our own.
+const UNDER_LOAD_RATE: u32 = 128;
+/// Once under load, stay so for this long (wireguard-go: 1 s).
+const UNDER_LOAD_AFTER: Duration = Duration::from_secs(1);
+/// Peers per stats message, keeping each well under the IPC size limit.
+const STATS_CHUNK: usize = 256;
+
+/// Handshake load over one-second windows.
+#[derive(Debug, Default)]
+struct LoadMeter {
+    window_start: Option<Instant>,
+    count: u32,
+    under_load_until: Option<Instant>,
+}
+
+impl LoadMeter {
+    fn record(&mut self, now: Instant) {
+        match self.window_start {
+            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
+                self.count += 1;
+            }
+            _ => {
+                self.window_start = Some(now);
+                self.count = 1;
+            }
+        }
+        if self.count > UNDER_LOAD_RATE {
+            self.under_load_until = Some(now + UNDER_LOAD_AFTER);
+        }
+    }
+
+    fn under_load(&self, now: Instant) -> bool {
+        self.under_load_until.is_some_and(|until| now < until)
+    }
+}
+
+/// What the data plane keeps per peer besides the router's state.
+#[derive(Debug)]
+struct PeerSlot {
+    public_key: PublicKey,
+    timers: PeerTimers,
+    /// Sender index of the last handshake message we sent: a cookie reply must name it.
+    last_handshake_index: Option<u32>,
+}
+
+/// Everything the event loop waits on.
+struct Io {
+    tun: AsyncTun,
+    udp4: UdpSocket,
+    udp6: Option<UdpSocket>,
+    keyd: Channel,
+    monitor: Option<Channel>,
+}
+
+/// One event, with owned data only, so handling it can borrow everything mutably.
+enum Event {
+    Tun(std::io::Result<usize>),
+    Udp4(std::io::Result<(usize, SocketAddr)>),
+    Udp6(std::io::Result<(usize, SocketAddr)>),
+    Keyd(Result<Received<KeydToDatad>, IpcError>),
+    Monitor(Result<Received<MonitorToDatad>, IpcError>),
+    Timer,
+}
+
+struct Daemon {
+    io: Io,
+    router: Router,
+    by_key: HashMap<PublicKey, PeerId>,
+    slots: HashMap<PeerId, PeerSlot>,
+    by_handshake_index: HashMap<u32, PeerId>,
+    checker: Option<CookieChecker>,
+    limiter: RateLimiter,
+    load: LoadMeter,
+    tun_buf: Vec<u8>,
+    udp4_buf: Vec<u8>,
+    udp6_buf: Vec<u8>,
+    to_keyd: Vec<DatadToKeyd>,
+    rng: rand::rngs::ThreadRng,
+}
+
+async fn recv_udp(
+    socket: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_monitor(
+    monitor: Option<&Channel>,
+) -> Result<Received<MonitorToDatad>, IpcError> {
+    match monitor {
+        Some(m) => m.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn to_tokio(socket: std::net::UdpSocket) -> std::io::Result<UdpSocket> {
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// Wall-clock time of an `Instant` in the past, as Unix seconds and nanoseconds.
+fn unix_time(at: Instant, now: Instant) -> Option<(u64, u32)> {
+    let wall = SystemTime::now().checked_sub(now.saturating_duration_since(at))?;
+    let since = wall.duration_since(UNIX_EPOCH).ok()?;
+    Some((since.as_secs(), since.subsec_nanos()))
+}
+
+/// Runs the data plane until the interface disappears or a peer process fails.
+pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
+    let tun = wg_tun::Tun::from_fd(startup.tun)
+        .and_then(AsyncTun::new)
+        .map_err(|e| DatadError::Tun(std::io::Error::other(e)))?;
+    let io = Io {
+        tun,
+        udp4: to_tokio(startup.udp4)?,
+        udp6: startup.udp6.map(to_tokio).transpose()?,
+        keyd: startup.keyd,
+        monitor: startup.monitor,
+    };
+    io.keyd
+        .send(&DatadToKeyd::Hello(Hello::new(Role::Datad)), &[])
+        .await
+        .map_err(DatadError::Keyd)?;
+    let mut daemon = Daemon {
+        io,
+        router: Router::new(),
+        by_key: HashMap::new(),
+        slots: HashMap::new(),
+        by_handshake_index: HashMap::new(),
+        checker: None,
+        limiter: RateLimiter::default(),
+        load: LoadMeter::default(),
+        tun_buf: vec![0; HEADROOM + MAX_PACKET + TAILROOM],
+        udp4_buf: vec![0; MAX_PACKET],
+        udp6_buf: vec![0; MAX_PACKET],
+        to_keyd: Vec::new(),
+        rng: rand::rng(),
+    };
+    daemon.run().await
+}
+
+impl Daemon {
+    async fn run(&mut self) -> Result<Exit, DatadError> {
+        loop {
+            let deadline = self.next_deadline();
+            let event = {
+                let io = &self.io;
+                let tun_buf = self
+                    .tun_buf
+                    .get_mut(HEADROOM..HEADROOM + MAX_PACKET)
+                    .unwrap_or_default();
+                tokio::select! {
+                    r = io.tun.recv(tun_buf) => Event::Tun(r),
+                    r = io.udp4.recv_from(&mut self.udp4_buf) => Event::Udp4(r),
+                    r = recv_udp(io.udp6.as_ref(), &mut self.udp6_buf) => Event::Udp6(r),
+                    m = io.keyd.recv::<KeydToDatad>() => Event::Keyd(m),
+                    m = recv_monitor(io.monitor.as_ref()) => Event::Monitor(m),
+                    () = sleep_until(deadline) => Event::Timer,
+                }
+            };
+            let now = Instant::now();
+            match event {
+                Event::Tun(Ok(len)) => self.on_tun_packet(len, now).await,
+                Event::Tun(Err(e)) => {
+                    if self.io.tun.get_ref().is_deleted() || wg_tun::is_interface_gone(&e) {
+                        tracing::info!("interface deleted; data plane exiting");
+                        if let Some(m) = &self.io.monitor {
+                            let _ = m.send(&DatadToMonitor::InterfaceGone, &[]).await;
+                        }
+                        return Ok(Exit::InterfaceGone);
+                    }
+                    return Err(DatadError::Tun(e));
+                }
+                Event::Udp4(Ok((len, src))) => self.on_datagram(Family::V4, len, src, now).await,
+                Event::Udp6(Ok((len, src))) => self.on_datagram(Family::V6, len, src, now).await,
+                Event::Udp4(Err(e)) | Event::Udp6(Err(e)) => {
+                    // ICMP errors surface here (ECONNREFUSED and friends); not fatal.
+                    tracing::debug!("UDP receive error: {e}");
+                }
+                Event::Keyd(Ok(m)) => self.on_keyd(m.msg, now).await?,
+                Event::Keyd(Err(e)) => return Err(DatadError::Keyd(e)),
+                Event::Monitor(Ok(m)) => self.on_monitor(m)?,
+                Event::Monitor(Err(e)) => return Err(DatadError::Monitor(e)),
+                Event::Timer => self.on_timers(now).await,
+            }
+            self.flush_to_keyd().await?;
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.slots
+            .values()
+            .filter_map(|s| s.timers.next_deadline())
+            .min()
+    }
+
+    async fn flush_to_keyd(&mut self) -> Result<(), DatadError> {
+        let retired: Vec<u32> = self.router.drain_retired_indices().collect();
+        if !retired.is_empty() {
+            self.to_keyd.push(DatadToKeyd::RetiredIndices { indices: retired });
+        }
+        for msg in self.to_keyd.drain(..) {
+            self.io
+                .keyd
+                .send(&msg, &[])
+                .await
+                .map_err(DatadError::Keyd)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one datagram; drops it (with a debug log) if the family has no socket.
+    async fn send_to(io: &Io, endpoint: SocketAddr, bytes: &[u8]) -> bool {
+        let socket = match endpoint {
+            SocketAddr::V4(_) => Some(&io.udp4),
+            SocketAddr::V6(_) => io.udp6.as_ref(),
+        };
+        let Some(socket) = socket else {
+            tracing::debug!("no IPv6 socket for {endpoint}");
+            return false;
+        };
+        let sent = match socket.try_send_to(bytes, endpoint) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                socket.send_to(bytes, endpoint).await
+            }
+            other => other,
+        };
+        match sent {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!("send to {endpoint} failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Asks keyd for an initiation if the timers allow one now.
+    fn want_handshake(&mut self, peer: PeerId, now: Instant) {
+        if let Some(slot) = self.slots.get_mut(&peer)
+            && slot.timers.want_handshake(now)
+        {
+            self.to_keyd.push(DatadToKeyd::WantHandshake {
+                public_key: slot.public_key,
+                retry: false,
+            });
+        }
+    }
+
+    /// Bookkeeping after a transport packet went out.
+    fn sent_transport(&mut self, peer: PeerId, len: usize, data: bool, now: Instant) {
+        self.router.count_tx(peer, len);
+        if let Some(slot) = self.slots.get_mut(&peer) {
+            if data {
+                slot.timers.data_sent(now, &mut self.rng);
+            }
+            slot.timers.authenticated_packet_sent(now);
+            slot.timers.authenticated_packet_traversal(now);
+        }
+    }
+
+    async fn on_tun_packet(&mut self, len: usize, now: Instant) {
+        let Some(packet) = self.tun_buf.get(HEADROOM..HEADROOM + len) else {
+            return;
+        };
+        match self.router.route_outbound(packet, now) {
+            Outbound::Send {
+                peer,
+                endpoint,
+                job,
+                rekey,
+            } => {
+                let Ok(n) = job.seal(&mut self.tun_buf) else {
+                    return;
+                };
+                let message = self.tun_buf.get(..n).unwrap_or_default();
+                if Self::send_to(&self.io, endpoint, message).await {
+                    self.sent_transport(peer, n, true, now);
+                }
+                if rekey {
+                    self.want_handshake(peer, now);
+                }
+            }
+            Outbound::Staged { peer } => self.want_handshake(peer, now),
+            Outbound::Dropped(reason) => tracing::trace!("outbound packet dropped: {reason}"),
+        }
+    }
+
+    async fn on_datagram(&mut self, family: Family, len: usize, src: SocketAddr, now: Instant) {
+        let buf = match family {
+            Family::V4 => &mut self.udp4_buf,
+            Family::V6 => &mut self.udp6_buf,
+        };
+        let Some(datagram) = buf.get_mut(..len) else {
+            return;
+        };
+        match message_type(datagram) {
+            Ok(MESSAGE_INITIATION | MESSAGE_RESPONSE) => {
+                let Some(checker) = &mut self.checker else {
+                    tracing::trace!("handshake from {src} dropped: no private key configured");
+                    return;
+                };
+                let under_load = self.load.under_load(now);
+                match checker.check(datagram, src, now, under_load) {
+                    Verdict::Drop => tracing::trace!("handshake from {src}: invalid MAC1"),
+                    Verdict::SendCookie => {
+                        match checker.create_reply(datagram, src, now, &mut self.rng) {
+                            Ok(reply) => {
+                                Self::send_to(&self.io, src, &reply.to_bytes()).await;
+                            }
+                            Err(e) => tracing::trace!("no cookie reply: {e}"),
+                        }
+                    }
+                    Verdict::Accept => {
+                        if under_load && !self.limiter.allow(src.ip(), now) {
+                            tracing::trace!("handshake from {src} rate-limited");
+                            return;
+                        }
+                        self.load.record(now);
+                        self.to_keyd.push(DatadToKeyd::Handshake {
+                            message: datagram.to_vec(),
+                            source: src,
+                        });
+                    }
+                }
+            }
+            Ok(MESSAGE_COOKIE_REPLY) => {
+                let Ok(reply) = CookieReply::parse(datagram) else {
+                    return;
+                };
+                if self.by_handshake_index.contains_key(&reply.receiver_index) {
+                    self.to_keyd.push(DatadToKeyd::CookieReply {
+                        message: datagram.to_vec(),
+                    });
+                }
+            }
+            Ok(MESSAGE_TRANSPORT) => self.on_transport(family, len, src, now).await,
+            _ => tracing::trace!("{len}-byte datagram from {src} is not WireGuard"),
+        }
+    }
+
+    async fn on_transport(&mut self, family: Family, len: usize, src: SocketAddr, now: Instant) {
+        let buf = match family {
+            Family::V4 => &mut self.udp4_buf,
+            Family::V6 => &mut self.udp6_buf,
+        };
+        let Some(datagram) = buf.get_mut(..len) else {
+            return;
+        };
+        let job = match self.router.plan_inbound(datagram, now) {
+            Ok(job) => job,
+            Err(reason) => {
+                tracing::trace!("transport from {src} dropped: {reason}");
+                return;
+            }
+        };
+        let Ok(n) = job.open(datagram) else {
+            tracing::trace!("transport from {src} failed authentication");
+            return;
+        };
+        let plaintext = datagram.get(HEADROOM..HEADROOM + n).unwrap_or_default();
+        let inbound = match self.router.finish_inbound(&job, plaintext, len, src, now) {
+            Ok(inbound) => inbound,
+            Err(reason) => {
+                tracing::trace!("transport from {src} dropped: {reason}");
+                return;
+            }
+        };
+        let peer = inbound.peer;
+        if let Some(slot) = self.slots.get_mut(&peer) {
+            slot.timers.authenticated_packet_received(now);
+            slot.timers.authenticated_packet_traversal(now);
+            if inbound.handshake_complete {
+                slot.timers.handshake_complete(now);
+            }
+            if let InboundKind::Data { .. } = inbound.kind {
+                slot.timers.data_received(now);
+            }
+        }
+        if let InboundKind::Data { len: inner } = inbound.kind
+            && let Some(packet) = plaintext.get(..inner)
+            && let Err(e) = self.io.tun.send(packet).await
+        {
+            tracing::debug!("TUN write failed: {e}");
+        }
+        if inbound.handshake_complete {
+            self.send_staged(peer, now).await;
+        }
+        if inbound.rekey {
+            self.want_handshake(peer, now);
+        }
+    }
+
+    async fn send_staged(&mut self, peer: PeerId, now: Instant) {
+        let mut out = Vec::new();
+        self.router.flush_staged(peer, now, &mut out);
+        for staged in out {
+            if Self::send_to(&self.io, staged.endpoint, &staged.message).await {
+                self.sent_transport(peer, staged.message.len(), true, now);
+            }
+        }
+    }
+
+    async fn send_keepalive(&mut self, peer: PeerId, now: Instant) {
+        if let Outbound::Send { endpoint, job, .. } = self.router.keepalive(peer, now) {
+            let mut buf = vec![0u8; job.message_len()];
+            if job.seal(&mut buf).is_ok() && Self::send_to(&self.io, endpoint, &buf).await {
+                self.sent_transport(peer, buf.len(), false, now);
+            }
+        }
+    }
+
+    async fn on_keyd(&mut self, msg: KeydToDatad, now: Instant) -> Result<(), DatadError> {
+        match msg {
+            KeydToDatad::Hello(hello) => hello
+                .check(Role::Keyd)
+                .map_err(|_| DatadError::Protocol("keyd (bad hello)"))?,
+            KeydToDatad::Interface { public_key } => {
+                self.checker = public_key.as_ref().map(CookieChecker::new);
+            }
+            KeydToDatad::Peer(update) => self.upsert_peer(update, now),
+            KeydToDatad::RemovePeer { public_key } => self.remove_peer(&public_key),
+            KeydToDatad::ClearPeers => {
+                let keys: Vec<PublicKey> = self.by_key.keys().copied().collect();
+                for key in keys {
+                    self.remove_peer(&key);
+                }
+            }
+            KeydToDatad::Session(keys) => self.install_session(keys, now).await,
+            KeydToDatad::SendHandshake {
+                public_key,
+                message,
+                endpoint,
+            } => self.send_handshake(public_key, &message, endpoint, now).await,
+            KeydToDatad::StatsRequest { request } => self.answer_stats(request, now),
+        }
+        Ok(())
+    }
+
+    fn upsert_peer(&mut self, update: PeerUpdate, now: Instant) {
+        let interval = NonZeroU16::new(update.persistent_keepalive);
+        let peer = match self.by_key.get(&update.public_key) {
+            Some(&peer) => peer,
+            None => {
+                let peer = self.router.add_peer();
+                self.by_key.insert(update.public_key, peer);
+                let mut timers = PeerTimers::new(None);
+                timers.start(now);
+                self.slots.insert(
+                    peer,
+                    PeerSlot {
+                        public_key: update.public_key,
+                        timers,
+                        last_handshake_index: None,
+                    },
+                );
+                peer
+            }
+        };
+        if let Some(endpoint) = update.endpoint {
+            self.router.set_endpoint(peer, endpoint);
+        }
+        self.router.clear_allowed_ips(peer);
+        for net in update.allowed_ips {
+            let _ = self.router.insert_allowed_ip(peer, net);
+        }
+        if let Some(slot) = self.slots.get_mut(&peer)
+            && slot.timers.persistent_keepalive() != interval
+        {
+            slot.timers.set_persistent_keepalive(interval, now);
+        }
+    }
+
+    fn remove_peer(&mut self, public_key: &PublicKey) {
+        if let Some(peer) = self.by_key.remove(public_key) {
+            self.router.remove_peer(peer);
+            if let Some(slot) = self.slots.remove(&peer)
+                && let Some(index) = slot.last_handshake_index
+            {
+                self.by_handshake_index.remove(&index);
+            }
+        }
+    }
+
+    async fn install_session(&mut self, keys: SessionKeys, now: Instant) {
+        let Some(&peer) = self.by_key.get(&keys.public_key) else {
+            return;
+        };
+        if let Some(endpoint) = keys.endpoint {
+            self.router.set_endpoint(peer, endpoint);
+        }
+        let session = NewSession {
+            initiator: keys.initiator,
+            local_index: keys.local_index,
+            remote_index: keys.remote_index,
+            send: SessionKey::from_bytes(keys.send.0),
+            recv: SessionKey::from_bytes(keys.recv.0),
+        };
+        if self.router.add_session(peer, session, now).is_err() {
+            return;
+        }
+        if let Some(slot) = self.slots.get_mut(&peer) {
+            slot.timers.session_derived(now);
+            slot.timers.authenticated_packet_received(now);
+            slot.timers.authenticated_packet_traversal(now);
+            if keys.initiator {
+                slot.timers.handshake_complete(now);
+            }
+        }
+        if keys.initiator {
+            // The initiator speaks first so the responder can confirm the keypair: staged
+            // data if there is any, else a keepalive (as wireguard-go and the kernel do).
+            if self.router.staged_len(peer) == 0 {
+                self.send_keepalive(peer, now).await;
+            } else {
+                self.send_staged(peer, now).await;
+            }
+        }
+    }
+
+    async fn send_handshake(
+        &mut self,
+        public_key: PublicKey,
+        message: &[u8],
+        endpoint: Option<SocketAddr>,
+        now: Instant,
+    ) {
+        let Some(&peer) = self.by_key.get(&public_key) else {
+            return;
+        };
+        if let Some(endpoint) = endpoint {
+            self.router.set_endpoint(peer, endpoint);
+        }
+        let Some(endpoint) = self.router.stats(peer).and_then(|s| s.endpoint) else {
+            tracing::debug!("no endpoint for peer {public_key:?}; handshake not sent");
+            return;
+        };
+        let sender_index = message
+            .get(4..8)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_le_bytes);
+        if !Self::send_to(&self.io, endpoint, message).await {
+            return;
+        }
+        self.router.count_tx(peer, message.len());
+        if let Some(slot) = self.slots.get_mut(&peer) {
+            if message_type(message) == Ok(MESSAGE_INITIATION) {
+                slot.timers.handshake_initiated(now, &mut self.rng);
+            } else {
+                slot.timers.handshake_response_sent(now);
+            }
+            slot.timers.authenticated_packet_sent(now);
+            slot.timers.authenticated_packet_traversal(now);
+            if let Some(old) = slot.last_handshake_index.take() {
+                self.by_handshake_index.remove(&old);
+            }
+            if let Some(index) = sender_index {
+                slot.last_handshake_index = Some(index);
+                self.by_handshake_index.insert(index, peer);
+            }
+        }
+    }
+
+    fn answer_stats(&mut self, request: u32, now: Instant) {
+        let peers: Vec<PeerStats> = self
+            .slots
+            .iter()
+            .filter_map(|(&peer, slot)| {
+                let s = self.router.stats(peer)?;
+                Some(PeerStats {
+                    public_key: slot.public_key,
+                    endpoint: s.endpoint,
+                    last_handshake: s.last_handshake.and_then(|at| unix_time(at, now)),
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                })
+            })
+            .collect();
+        let mut chunks = peers.chunks(STATS_CHUNK).peekable();
+        if chunks.peek().is_none() {
+            self.to_keyd.push(DatadToKeyd::Stats {
+                request,
+                peers: Vec::new(),
+                done: true,
+            });
+        }
+        while let Some(chunk) = chunks.next() {
+            self.to_keyd.push(DatadToKeyd::Stats {
+                request,
+                peers: chunk.to_vec(),
+                done: chunks.peek().is_none(),
+            });
+        }
+    }
+
+    async fn on_timers(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.timers.next_deadline().is_some_and(|d| d <= now))
+            .map(|(&p, _)| p)
+            .collect();
+        for peer in due {
+            loop {
+                let Some(slot) = self.slots.get_mut(&peer) else {
+                    break;
+                };
+                let Some(action) = slot.timers.poll(now) else {
+                    break;
+                };
+                let public_key = slot.public_key;
+                match action {
+                    TimerAction::SendInitiation { retry } => {
+                        self.to_keyd
+                            .push(DatadToKeyd::WantHandshake { public_key, retry });
+                    }
+                    TimerAction::SendKeepalive => self.send_keepalive(peer, now).await,
+                    TimerAction::GiveUp => self.router.clear_staged(peer),
+                    TimerAction::ZeroKeyMaterial => {
+                        self.router.clear_keypairs(peer);
+                        self.to_keyd.push(DatadToKeyd::ZeroKeys { public_key });
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_monitor(&mut self, m: Received<MonitorToDatad>) -> Result<(), DatadError> {
+        match m.msg {
+            MonitorToDatad::Hello(hello) => hello
+                .check(Role::Monitor)
+                .map_err(|_| DatadError::Protocol("monitor (bad hello)")),
+            MonitorToDatad::Sockets { has_ipv6, .. } => {
+                let mut fds = m.fds.into_iter();
+                let udp4 = fds
+                    .next()
+                    .ok_or(DatadError::Protocol("monitor (missing socket)"))?;
+                self.io.udp4 = to_tokio(std::net::UdpSocket::from(udp4))?;
+                self.io.udp6 = if has_ipv6 {
+                    fds.next()
+                        .map(|fd| to_tokio(std::net::UdpSocket::from(fd)))
+                        .transpose()?
+                } else {
+                    None
+                };
+                Ok(())
+            }
+            MonitorToDatad::Start { .. } => Err(DatadError::Protocol("monitor (second start)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

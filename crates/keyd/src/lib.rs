@@ -1,0 +1,66 @@
+//! The key process: holds the static private key and every PSK, runs the Noise handshakes
+//! and serves the UAPI socket (which carries private keys).
+//!
+//! **Owns:** the device configuration, the [`handshakes::Handshakes`] oracle, and the
+//! UAPI server.
+//!
+//! **Trusts:** nothing from the data plane beyond "this message passed the MAC checks"
+//! (it checks MAC1 again); nothing from UAPI clients until their credentials are checked.
+//!
+//! **May depend on:** handshake, cookie, wire, ipc, uapi, tokio. No network sockets, no
+//! TUN, no router.
+#![forbid(unsafe_code)]
+
+pub mod handshakes;
+mod service;
+
+pub use service::{KeydStartup, serve};
+
+/// Why the key process stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum KeydError {
+    /// The monitor went away or broke protocol.
+    #[error("lost the monitor: {0}")]
+    Monitor(wg_ipc::IpcError),
+    /// A peer process sent something this phase does not allow.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// An OS call failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The key process's entry point after `exec`: waits for the monitor's `Start` with the
+/// UAPI listener and the data-plane channel, then serves.
+pub async fn run_worker(monitor: wg_ipc::Channel) -> Result<(), KeydError> {
+    use wg_ipc::messages::{Hello, KeydToMonitor, MonitorToKeyd, Role};
+    monitor
+        .send(&KeydToMonitor::Hello(Hello::new(Role::Keyd)), &[])
+        .await
+        .map_err(KeydError::Monitor)?;
+    let hello = monitor.recv::<MonitorToKeyd>().await.map_err(KeydError::Monitor)?;
+    match hello.msg {
+        MonitorToKeyd::Hello(h) => h.check(Role::Monitor).map_err(KeydError::Monitor)?,
+        _ => return Err(KeydError::Protocol("expected hello")),
+    }
+    let start = monitor.recv::<MonitorToKeyd>().await.map_err(KeydError::Monitor)?;
+    let MonitorToKeyd::Start {
+        interface,
+        listen_port,
+    } = start.msg
+    else {
+        return Err(KeydError::Protocol("expected start"));
+    };
+    let mut fds = start.fds.into_iter();
+    let (Some(uapi), Some(datad)) = (fds.next(), fds.next()) else {
+        return Err(KeydError::Protocol("start without descriptors"));
+    };
+    serve(KeydStartup {
+        interface,
+        uapi: std::os::unix::net::UnixListener::from(uapi),
+        datad: wg_ipc::Channel::from_fd(datad)?,
+        monitor,
+        listen_port,
+    })
+    .await
+}

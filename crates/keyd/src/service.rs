@@ -1,0 +1,375 @@
+//! The key process's event loop: UAPI clients, the data plane and the monitor, all feeding
+//! one owner of the configuration and the handshake state (no locks, no shared state).
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::time::{Duration, Instant};
+
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+use wg_handshake::LocalIdentity;
+use wg_ipc::messages::{
+    DatadToKeyd, Hello, KeydToDatad, KeydToMonitor, MonitorToKeyd, PeerStats, Role,
+};
+use wg_ipc::{Channel, IpcError, Received};
+use wg_uapi::{
+    Applied, DeviceConfig, Errno, ParseOptions, PeerRuntime, Request, Response, SecretKey,
+};
+use wg_wire::{PresharedKey, PublicKey};
+use zeroize::Zeroizing;
+
+use crate::KeydError;
+use crate::handshakes::{Handshakes, peer_update};
+
+/// A UAPI client waiting this long for its next request is disconnected.
+const UAPI_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests queued from all UAPI clients.
+const COMMAND_QUEUE: usize = 64;
+
+/// One UAPI request and where to send its answer.
+struct Command {
+    request: Request,
+    reply: oneshot::Sender<Response>,
+}
+
+/// What keyd starts with.
+#[derive(Debug)]
+pub struct KeydStartup {
+    /// The interface name.
+    pub interface: String,
+    /// The UAPI listener (`/var/run/wireguard/IFNAME.sock`).
+    pub uapi: StdUnixListener,
+    /// Channel to the data plane.
+    pub datad: Channel,
+    /// Channel to the monitor (privileged operations).
+    pub monitor: Channel,
+    /// The port the monitor bound at start-up.
+    pub listen_port: u16,
+}
+
+fn identity_of(key: &SecretKey) -> LocalIdentity {
+    LocalIdentity::from_private_bytes(Zeroizing::new(*key.expose_secret()))
+}
+
+struct Keyd {
+    config: DeviceConfig,
+    handshakes: Handshakes,
+    datad: Option<Channel>,
+    monitor: Channel,
+    next_request: u32,
+    pending_stats: HashMap<u32, (Vec<PeerStats>, oneshot::Sender<Response>)>,
+    /// A `set` waiting for the monitor to rebind or re-mark the sockets.
+    pending_set: Option<(Applied, oneshot::Sender<Response>)>,
+    /// Commands that arrived while a `set` was pending; served in order afterwards.
+    queued: VecDeque<Command>,
+}
+
+async fn recv_datad(datad: Option<&Channel>) -> Result<Received<DatadToKeyd>, IpcError> {
+    match datad {
+        Some(d) => d.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves until the monitor goes away (the process is then stopped anyway).
+pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
+    startup.uapi.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(startup.uapi)?;
+    let (commands_tx, mut commands) = mpsc::channel::<Command>(COMMAND_QUEUE);
+    let mut keyd = Keyd {
+        config: DeviceConfig {
+            listen_port: startup.listen_port,
+            ..DeviceConfig::default()
+        },
+        handshakes: Handshakes::new(),
+        datad: None,
+        monitor: startup.monitor,
+        next_request: 0,
+        pending_stats: HashMap::new(),
+        pending_set: None,
+        queued: VecDeque::new(),
+    };
+    keyd.attach_datad(startup.datad).await;
+    tracing::info!("key process serving interface {}", startup.interface);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => spawn_client(stream, commands_tx.clone()),
+                Err(e) => tracing::warn!("UAPI accept failed: {e}"),
+            },
+            Some(command) = commands.recv() => keyd.on_command(command).await,
+            m = recv_datad(keyd.datad.as_ref()) => match m {
+                Ok(m) => keyd.on_datad(m.msg).await,
+                Err(e) => keyd.lost_datad(e),
+            },
+            m = keyd.monitor.recv::<MonitorToKeyd>() => match m {
+                Ok(m) => keyd.on_monitor(m).await?,
+                Err(e) => return Err(KeydError::Monitor(e)),
+            },
+        }
+    }
+}
+
+fn spawn_client(stream: tokio::net::UnixStream, commands: mpsc::Sender<Command>) {
+    tokio::spawn(async move {
+        if let Err(e) = wg_uapi::check_peer(&stream) {
+            tracing::warn!("UAPI client refused: {e}");
+            return;
+        }
+        let options = ParseOptions::default();
+        let result = wg_uapi::serve_connection(
+            stream,
+            &options,
+            UAPI_IDLE_TIMEOUT,
+            // A plain closure returning a `'static` future keeps the task `Send`.
+            move |request| {
+                let commands = commands.clone();
+                async move {
+                    let (reply, answer) = oneshot::channel();
+                    if commands.send(Command { request, reply }).await.is_err() {
+                        return Response::Error(Errno::Unknown);
+                    }
+                    answer.await.unwrap_or(Response::Error(Errno::Unknown))
+                }
+            },
+        )
+        .await;
+        if let Err(e) = result {
+            tracing::info!("UAPI client: {e}");
+        }
+    });
+}
+
+impl Keyd {
+    async fn send_datad(&mut self, messages: Vec<KeydToDatad>) {
+        let Some(datad) = &self.datad else {
+            return;
+        };
+        for msg in &messages {
+            if let Err(e) = datad.send(msg, &[]).await {
+                self.lost_datad(e);
+                return;
+            }
+        }
+    }
+
+    /// Connects a (new) data plane and gives it the whole configuration.
+    async fn attach_datad(&mut self, datad: Channel) {
+        self.datad = Some(datad);
+        self.handshakes.reset_sessions();
+        let mut out = vec![
+            KeydToDatad::Hello(Hello::new(Role::Keyd)),
+            KeydToDatad::Interface {
+                public_key: self.handshakes.public_key(),
+            },
+        ];
+        out.extend(self.config.peers.iter().map(|p| {
+            peer_update(
+                p.public_key,
+                p.endpoint,
+                p.allowed_ips.clone(),
+                p.persistent_keepalive_interval,
+            )
+        }));
+        self.send_datad(out).await;
+    }
+
+    fn lost_datad(&mut self, e: IpcError) {
+        tracing::warn!("lost the data plane ({e}); waiting for the monitor to restart it");
+        self.datad = None;
+        for (_, (_, reply)) in self.pending_stats.drain() {
+            let _ = reply.send(Response::Get(wg_uapi::write_get(&self.config, |_| {
+                PeerRuntime::default()
+            })));
+        }
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        if self.pending_set.is_some() {
+            self.queued.push_back(command);
+            return;
+        }
+        match command.request {
+            Request::Get => {
+                let Some(datad) = &self.datad else {
+                    let text = wg_uapi::write_get(&self.config, |_| PeerRuntime::default());
+                    let _ = command.reply.send(Response::Get(text));
+                    return;
+                };
+                let request = self.next_request;
+                self.next_request = self.next_request.wrapping_add(1);
+                match datad.send(&KeydToDatad::StatsRequest { request }, &[]).await {
+                    Ok(()) => {
+                        self.pending_stats
+                            .insert(request, (Vec::new(), command.reply));
+                    }
+                    Err(e) => {
+                        self.lost_datad(e);
+                        let text = wg_uapi::write_get(&self.config, |_| PeerRuntime::default());
+                        let _ = command.reply.send(Response::Get(text));
+                    }
+                }
+            }
+            Request::Set(request) => {
+                let applied = match wg_uapi::apply_detailed(
+                    &self.config,
+                    &request,
+                    |key| *identity_of(key).public_key(),
+                    &wg_uapi::Limits::DEFAULT,
+                ) {
+                    Ok(applied) => applied,
+                    Err(e) => {
+                        tracing::info!("UAPI set refused: {e}");
+                        let response =
+                            Response::for_error(&e).unwrap_or(Response::Error(Errno::Invalid));
+                        let _ = command.reply.send(response);
+                        return;
+                    }
+                };
+                let port_changes = request.listen_port.is_some()
+                    && applied.config.listen_port != self.config.listen_port;
+                let mark_changes = applied.config.fwmark != self.config.fwmark;
+                if port_changes || mark_changes {
+                    let ask = KeydToMonitor::Reconfigure {
+                        port: applied.config.listen_port,
+                        fwmark: applied.config.fwmark,
+                    };
+                    if let Err(e) = self.monitor.send(&ask, &[]).await {
+                        tracing::error!("cannot reach the monitor: {e}");
+                        let _ = command.reply.send(Response::Error(Errno::PortInUse));
+                        return;
+                    }
+                    self.pending_set = Some((applied, command.reply));
+                } else {
+                    self.commit(applied).await;
+                    let _ = command.reply.send(Response::SetOk);
+                }
+            }
+        }
+    }
+
+    /// Makes a validated configuration current and tells the data plane what changed.
+    async fn commit(&mut self, applied: Applied) {
+        let Applied { config, diff } = applied;
+        let mut out = Vec::new();
+        if diff.private_key_changed {
+            self.handshakes
+                .set_identity(config.private_key.as_ref().map(identity_of));
+            out.push(KeydToDatad::Interface {
+                public_key: self.handshakes.public_key(),
+            });
+        }
+        for key in &diff.peers_removed {
+            self.handshakes.remove_peer(key);
+            out.push(KeydToDatad::RemovePeer { public_key: *key });
+        }
+        let psk_of = |p: &wg_uapi::PeerConfig| p.preshared_key.clone().unwrap_or_else(PresharedKey::zero);
+        // With a new identity every peer needs handshake state made with it.
+        for peer in &config.peers {
+            let added = diff.peers_added.contains(&peer.public_key);
+            let changed = diff.peers_changed.iter().find(|d| d.public_key == peer.public_key);
+            if added || diff.private_key_changed || changed.is_some_and(|d| d.preshared_key) {
+                self.handshakes.upsert_peer(peer.public_key, psk_of(peer));
+            }
+            let data_plane_change = changed.is_some_and(|d| {
+                d.endpoint || d.allowed_ips || d.persistent_keepalive_interval
+            });
+            if added || data_plane_change {
+                // The configured endpoint goes out only when it was set now: a learned
+                // (roamed) endpoint must survive unrelated changes.
+                let endpoint = if added || changed.is_some_and(|d| d.endpoint) {
+                    peer.endpoint
+                } else {
+                    None
+                };
+                out.push(peer_update(
+                    peer.public_key,
+                    endpoint,
+                    peer.allowed_ips.clone(),
+                    peer.persistent_keepalive_interval,
+                ));
+            }
+        }
+        self.config = config;
+        self.send_datad(out).await;
+    }
+
+    async fn on_datad(&mut self, msg: DatadToKeyd) {
+        match msg {
+            DatadToKeyd::Hello(hello) => {
+                if let Err(e) = hello.check(Role::Datad) {
+                    self.lost_datad(e);
+                }
+            }
+            DatadToKeyd::Stats {
+                request,
+                peers,
+                done,
+            } => {
+                if let Some((collected, _)) = self.pending_stats.get_mut(&request) {
+                    collected.extend(peers);
+                }
+                if done && let Some((collected, reply)) = self.pending_stats.remove(&request) {
+                    let by_key: HashMap<PublicKey, PeerStats> =
+                        collected.into_iter().map(|s| (s.public_key, s)).collect();
+                    let text = wg_uapi::write_get(&self.config, |key| {
+                        by_key.get(key).map_or_else(PeerRuntime::default, |s| PeerRuntime {
+                            endpoint: s.endpoint,
+                            last_handshake: s.last_handshake.map(|(secs, nanos)| {
+                                std::time::UNIX_EPOCH + Duration::new(secs, nanos)
+                            }),
+                            rx_bytes: s.rx_bytes,
+                            tx_bytes: s.tx_bytes,
+                        })
+                    });
+                    let _ = reply.send(Response::Get(text));
+                }
+            }
+            other => {
+                let mut out = Vec::new();
+                self.handshakes.on_datad(other, Instant::now(), &mut out);
+                self.send_datad(out).await;
+            }
+        }
+    }
+
+    async fn on_monitor(&mut self, m: Received<MonitorToKeyd>) -> Result<(), KeydError> {
+        match m.msg {
+            MonitorToKeyd::Hello(hello) => hello.check(Role::Monitor).map_err(KeydError::Monitor)?,
+            MonitorToKeyd::Start { .. } => return Err(KeydError::Protocol("second start")),
+            MonitorToKeyd::Reconfigured { port, errno } => {
+                let Some((mut applied, reply)) = self.pending_set.take() else {
+                    return Err(KeydError::Protocol("unrequested reconfiguration"));
+                };
+                if errno == 0 {
+                    applied.config.listen_port = port;
+                    self.commit(applied).await;
+                    let _ = reply.send(Response::SetOk);
+                } else {
+                    tracing::warn!(
+                        "cannot apply listen port {} / fwmark {}: errno {errno}; configuration unchanged",
+                        applied.config.listen_port,
+                        applied.config.fwmark
+                    );
+                    let _ = reply.send(Response::Error(Errno::PortInUse));
+                }
+                while self.pending_set.is_none() {
+                    let Some(next) = self.queued.pop_front() else {
+                        break;
+                    };
+                    Box::pin(self.on_command(next)).await;
+                }
+            }
+            MonitorToKeyd::DataPlaneRestarted => {
+                let fd = m
+                    .fds
+                    .into_iter()
+                    .next()
+                    .ok_or(KeydError::Protocol("restart without a channel"))?;
+                tracing::info!("data plane restarted; re-sending the configuration");
+                self.attach_datad(Channel::from_fd(fd)?).await;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,100 @@
+//! The UDP sockets: one IPv4 and (where the host has IPv6) one IPv6 socket on the same port,
+//! as wireguard-go binds them, with an optional firewall mark.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The bound sockets of the listen port.
+#[derive(Debug)]
+pub struct UdpSockets {
+    /// IPv4 socket.
+    pub v4: UdpSocket,
+    /// IPv6 socket (`IPV6_V6ONLY`), absent when the host has no IPv6.
+    pub v6: Option<UdpSocket>,
+    /// The bound port.
+    pub port: u16,
+}
+
+fn socket(domain: Domain, fwmark: u32) -> io::Result<Socket> {
+    let s = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    if domain == Domain::IPV6 {
+        s.set_only_v6(true)?;
+    }
+    if fwmark != 0 {
+        s.set_mark(fwmark)?;
+    }
+    Ok(s)
+}
+
+/// Binds `port` (0: a free port chosen by the kernel) on IPv4 and the same port on IPv6.
+/// With port 0 a few ports are tried in case the IPv6 side of the first one is taken.
+pub fn bind(port: u16, fwmark: u32) -> io::Result<UdpSockets> {
+    let attempts = if port == 0 { 8 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let v4 = socket(Domain::IPV4, fwmark)?;
+        v4.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+        let bound = v4
+            .local_addr()?
+            .as_socket()
+            .map(|a| a.port())
+            .ok_or_else(|| io::Error::other("bound IPv4 socket has no port"))?;
+        let v6 = match socket(Domain::IPV6, fwmark) {
+            Ok(s) => match s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, bound)).into()) {
+                Ok(()) => Some(s),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    last_error = Some(e);
+                    continue;
+                }
+                // No IPv6 on this host (EAFNOSUPPORT, EADDRNOTAVAIL): IPv4 only.
+                Err(e) => {
+                    tracing::info!("IPv6 unavailable ({e}); listening on IPv4 only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::info!("IPv6 unavailable ({e}); listening on IPv4 only");
+                None
+            }
+        };
+        return Ok(UdpSockets {
+            v4: v4.into(),
+            v6: v6.map(Into::into),
+            port: bound,
+        });
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+}
+
+/// Sets `SO_MARK` on existing sockets (0 clears it).
+pub fn set_fwmark(sockets: &UdpSockets, fwmark: u32) -> io::Result<()> {
+    socket2::SockRef::from(&sockets.v4).set_mark(fwmark)?;
+    if let Some(v6) = &sockets.v6 {
+        socket2::SockRef::from(v6).set_mark(fwmark)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_the_same_port_on_both_families() {
+        let s = bind(0, 0).unwrap();
+        assert_ne!(s.port, 0);
+        assert_eq!(s.v4.local_addr().unwrap().port(), s.port);
+        if let Some(v6) = &s.v6 {
+            assert_eq!(v6.local_addr().unwrap().port(), s.port);
+        }
+    }
+
+    #[test]
+    fn a_taken_port_is_an_addr_in_use_error() {
+        let first = bind(0, 0).unwrap();
+        let err = bind(first.port, 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+}
