@@ -33,6 +33,8 @@ const MAX_PACKET: usize = 65535;
 const UNDER_LOAD_RATE: u32 = 128;
 /// Once under load, stay so for this long (wireguard-go: 1 s).
 const UNDER_LOAD_AFTER: Duration = Duration::from_secs(1);
+/// Packets handled per wakeup before the loop looks at its other sources again.
+const BATCH: usize = 64;
 /// Peers per stats message, keeping each well under the IPC size limit.
 const STATS_CHUNK: usize = 256;
 
@@ -195,7 +197,10 @@ impl Daemon {
             };
             let now = Instant::now();
             match event {
-                Event::Tun(Ok(len)) => self.on_tun_packet(len, now).await,
+                Event::Tun(Ok(len)) => {
+                    self.on_tun_packet(len, now).await;
+                    self.drain_tun(now).await;
+                }
                 Event::Tun(Err(e)) => {
                     if self.io.tun.get_ref().is_deleted() || wg_tun::is_interface_gone(&e) {
                         tracing::info!("interface deleted; data plane exiting");
@@ -206,8 +211,14 @@ impl Daemon {
                     }
                     return Err(DatadError::Tun(e));
                 }
-                Event::Udp4(Ok((len, src))) => self.on_datagram(Family::V4, len, src, now).await,
-                Event::Udp6(Ok((len, src))) => self.on_datagram(Family::V6, len, src, now).await,
+                Event::Udp4(Ok((len, src))) => {
+                    self.on_datagram(Family::V4, len, src, now).await;
+                    self.drain_udp(Family::V4, now).await;
+                }
+                Event::Udp6(Ok((len, src))) => {
+                    self.on_datagram(Family::V6, len, src, now).await;
+                    self.drain_udp(Family::V6, now).await;
+                }
                 Event::Udp4(Err(e)) | Event::Udp6(Err(e)) => {
                     // ICMP errors surface here (ECONNREFUSED and friends); not fatal.
                     tracing::debug!("UDP receive error: {e}");
@@ -219,6 +230,38 @@ impl Daemon {
                 Event::Timer => self.on_timers(now).await,
             }
             self.flush_to_keyd().await?;
+        }
+    }
+
+    /// Handles packets already queued on the TUN device without going back through the
+    /// event loop: one wakeup serves a burst (up to [`BATCH`] packets).
+    async fn drain_tun(&mut self, now: Instant) {
+        for _ in 1..BATCH {
+            let Some(buf) = self.tun_buf.get_mut(HEADROOM..HEADROOM + MAX_PACKET) else {
+                return;
+            };
+            match self.io.tun.get_ref().read(buf) {
+                Ok(len) => self.on_tun_packet(len, now).await,
+                // WouldBlock, or an error the next wait reports properly.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// As [`Daemon::drain_tun`], for datagrams queued on a UDP socket.
+    async fn drain_udp(&mut self, family: Family, now: Instant) {
+        for _ in 1..BATCH {
+            let received = match family {
+                Family::V4 => self.io.udp4.try_recv_from(&mut self.udp4_buf),
+                Family::V6 => match &self.io.udp6 {
+                    Some(s) => s.try_recv_from(&mut self.udp6_buf),
+                    None => return,
+                },
+            };
+            match received {
+                Ok((len, src)) => self.on_datagram(family, len, src, now).await,
+                Err(_) => return,
+            }
         }
     }
 

@@ -484,8 +484,14 @@ mod tests {
         assert_eq!(c.fwmark, 0);
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.peers[0].public_key, pk(1));
-        assert_eq!(c.peers[0].allowed_ips, vec![net("10.0.0.0/24"), net("10.9.0.0/16")]);
-        assert_eq!(c.peers[1].endpoint, Some("[fd00::2]:51820".parse().unwrap()));
+        assert_eq!(
+            c.peers[0].allowed_ips,
+            vec![net("10.0.0.0/24"), net("10.9.0.0/16")]
+        );
+        assert_eq!(
+            c.peers[1].endpoint,
+            Some("[fd00::2]:51820".parse().unwrap())
+        );
         assert_eq!(c.peers[1].allowed_ips, vec![net("fd00::/64")]);
     }
 
@@ -555,7 +561,10 @@ mod tests {
 
     #[test]
     fn private_key_is_clamped_and_zero_removes_it() {
-        let c = run(&DeviceConfig::default(), &format!("private_key={}", hex(0xff)));
+        let c = run(
+            &DeviceConfig::default(),
+            &format!("private_key={}", hex(0xff)),
+        );
         let stored = c.private_key.clone().unwrap();
         assert_eq!(stored.expose_secret()[0], 0xf8);
         assert_eq!(stored.expose_secret()[31], 0x7f);
@@ -567,7 +576,10 @@ mod tests {
     fn replace_peers_drops_every_peer_first() {
         let c = run(
             &base(),
-            &format!("replace_peers=true\npublic_key={}\nallowed_ip=10.0.0.0/24\n", hex(3)),
+            &format!(
+                "replace_peers=true\npublic_key={}\nallowed_ip=10.0.0.0/24\n",
+                hex(3)
+            ),
         );
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.peers[0].public_key, pk(3));
@@ -582,7 +594,10 @@ mod tests {
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.peers[0].public_key, pk(2));
         // Removing an unknown peer is not an error.
-        assert_eq!(run(&base(), &format!("public_key={}\nremove=true", hex(9))), base());
+        assert_eq!(
+            run(&base(), &format!("public_key={}\nremove=true", hex(9))),
+            base()
+        );
         // A later section for the same key creates it again, at the end.
         let c = run(
             &base(),
@@ -618,27 +633,51 @@ mod tests {
     fn replace_allowed_ips_clears_before_adding() {
         let c = run(
             &base(),
-            &format!("public_key={}\nreplace_allowed_ips=true\nallowed_ip=192.168.0.0/16\n", hex(1)),
+            &format!(
+                "public_key={}\nreplace_allowed_ips=true\nallowed_ip=192.168.0.0/16\n",
+                hex(1)
+            ),
         );
         assert_eq!(c.peers[0].allowed_ips, vec![net("192.168.0.0/16")]);
-        let c = run(&base(), &format!("public_key={}\nreplace_allowed_ips=true\n", hex(1)));
+        let c = run(
+            &base(),
+            &format!("public_key={}\nreplace_allowed_ips=true\n", hex(1)),
+        );
         assert!(c.peers[0].allowed_ips.is_empty());
         // Without it, allowed IPs accumulate.
-        let c = run(&base(), &format!("public_key={}\nallowed_ip=192.168.0.0/16\n", hex(1)));
+        let c = run(
+            &base(),
+            &format!("public_key={}\nallowed_ip=192.168.0.0/16\n", hex(1)),
+        );
         assert_eq!(c.peers[0].allowed_ips.len(), 3);
     }
 
     #[test]
     fn an_allowed_ip_moves_between_peers() {
-        let c = run(&base(), &format!("public_key={}\nallowed_ip=10.0.0.77/24\n", hex(2)));
+        let c = run(
+            &base(),
+            &format!("public_key={}\nallowed_ip=10.0.0.77/24\n", hex(2)),
+        );
         assert_eq!(c.peers[0].allowed_ips, vec![net("10.9.0.0/16")]);
-        assert_eq!(c.peers[1].allowed_ips, vec![net("fd00::/64"), net("10.0.0.0/24")]);
+        assert_eq!(
+            c.peers[1].allowed_ips,
+            vec![net("fd00::/64"), net("10.0.0.0/24")]
+        );
         // A different prefix length is a different entry.
-        let c = run(&base(), &format!("public_key={}\nallowed_ip=10.0.0.0/25\n", hex(2)));
+        let c = run(
+            &base(),
+            &format!("public_key={}\nallowed_ip=10.0.0.0/25\n", hex(2)),
+        );
         assert_eq!(c.peers[0].allowed_ips.len(), 2);
         // Re-adding an entry to its own peer moves it to the end, as in wireguard-go.
-        let c = run(&base(), &format!("public_key={}\nallowed_ip=10.0.0.0/24\n", hex(1)));
-        assert_eq!(c.peers[0].allowed_ips, vec![net("10.9.0.0/16"), net("10.0.0.0/24")]);
+        let c = run(
+            &base(),
+            &format!("public_key={}\nallowed_ip=10.0.0.0/24\n", hex(1)),
+        );
+        assert_eq!(
+            c.peers[0].allowed_ips,
+            vec![net("10.9.0.0/16"), net("10.0.0.0/24")]
+        );
         // Moving within one request, several times.
         let c = run(
             &base(),
@@ -684,12 +723,18 @@ mod tests {
 
     #[test]
     fn zero_psk_removes_the_psk() {
-        let c = run(&base(), &format!("public_key={}\npreshared_key={}\n", hex(1), hex(0xaa)));
+        let c = run(
+            &base(),
+            &format!("public_key={}\npreshared_key={}\n", hex(1), hex(0xaa)),
+        );
         assert_eq!(
             c.peers[0].preshared_key,
             Some(PresharedKey::from_bytes([0xaa; 32]))
         );
-        let c = run(&c, &format!("public_key={}\npreshared_key={}\n", hex(1), hex(0)));
+        let c = run(
+            &c,
+            &format!("public_key={}\npreshared_key={}\n", hex(1), hex(0)),
+        );
         assert_eq!(c.peers[0].preshared_key, None);
     }
 

@@ -43,8 +43,7 @@ pub fn write_get(
     stats: impl Fn(&PublicKey) -> PeerRuntime,
 ) -> Zeroizing<String> {
     let ips: usize = config.peers.iter().map(|p| p.allowed_ips.len()).sum();
-    let capacity =
-        DEVICE_TEXT_MAX + config.peers.len() * PEER_TEXT_MAX + ips * ALLOWED_IP_TEXT_MAX;
+    let capacity = DEVICE_TEXT_MAX + config.peers.len() * PEER_TEXT_MAX + ips * ALLOWED_IP_TEXT_MAX;
     let mut out = Zeroizing::new(String::with_capacity(capacity));
     let o: &mut String = &mut out;
 
@@ -159,8 +158,10 @@ pub fn parse_get_response(text: &[u8], limits: &Limits) -> Result<GetResponse, U
                 response.config.private_key = (!key.is_zero()).then_some(key);
             }
             (b"listen_port", None, _) => {
-                let port = parse_decimal(value, u64::from(u16::MAX)).ok_or(invalid("listen_port"))?;
-                response.config.listen_port = u16::try_from(port).map_err(|_| invalid("listen_port"))?;
+                let port =
+                    parse_decimal(value, u64::from(u16::MAX)).ok_or(invalid("listen_port"))?;
+                response.config.listen_port =
+                    u16::try_from(port).map_err(|_| invalid("listen_port"))?;
             }
             (b"fwmark", None, _) => {
                 let mark = parse_decimal(value, u64::from(u32::MAX)).ok_or(invalid("fwmark"))?;
@@ -173,7 +174,10 @@ pub fn parse_get_response(text: &[u8], limits: &Limits) -> Result<GetResponse, U
                     });
                 }
                 let bytes = decode_key_hex(value).ok_or(invalid("public_key"))?;
-                response.config.peers.push(PeerConfig::new(PublicKey(*bytes)));
+                response
+                    .config
+                    .peers
+                    .push(PeerConfig::new(PublicKey(*bytes)));
                 response.runtime.push(PeerRuntime::default());
             }
             (b"preshared_key", Some(peer), _) => {
@@ -181,10 +185,8 @@ pub fn parse_get_response(text: &[u8], limits: &Limits) -> Result<GetResponse, U
                 let psk = PresharedKey::from_bytes(*bytes);
                 peer.preshared_key = (!psk_is_zero(&psk)).then_some(psk);
             }
-            (b"protocol_version", Some(_), _) => {
-                if value != b"1" {
-                    return Err(invalid("protocol_version"));
-                }
+            (b"protocol_version", Some(_), _) if value != b"1" => {
+                return Err(invalid("protocol_version"));
             }
             (b"endpoint", Some(peer), _) => {
                 peer.endpoint = Some(parse_endpoint(value, None).ok_or(invalid("endpoint"))?);
@@ -199,8 +201,8 @@ pub fn parse_get_response(text: &[u8], limits: &Limits) -> Result<GetResponse, U
                 rt.last_handshake = handshake_time(secs, nanos);
             }
             (b"last_handshake_time_nsec", Some(_), Some(rt)) => {
-                let nanos = parse_decimal(value, 999_999_999)
-                    .ok_or(invalid("last_handshake_time_nsec"))?;
+                let nanos =
+                    parse_decimal(value, 999_999_999).ok_or(invalid("last_handshake_time_nsec"))?;
                 let secs = rt
                     .last_handshake
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -274,10 +276,7 @@ mod tests {
                     preshared_key: Some(PresharedKey::from_bytes([0xcd; 32])),
                     endpoint: Some("[fd00::1]:4242".parse().unwrap()),
                     persistent_keepalive_interval: 25,
-                    allowed_ips: vec![
-                        "fd00::/64".parse().unwrap(),
-                        "0.0.0.0/0".parse().unwrap(),
-                    ],
+                    allowed_ips: vec!["fd00::/64".parse().unwrap(), "0.0.0.0/0".parse().unwrap()],
                 },
             ],
         }
@@ -339,11 +338,19 @@ mod tests {
         let mut config = two_peers();
         for i in 0..50u8 {
             let mut peer = PeerConfig::new(PublicKey([i; 32]));
-            peer.endpoint = Some("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535".parse().unwrap());
+            peer.endpoint = Some(
+                "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
+                    .parse()
+                    .unwrap(),
+            );
             peer.preshared_key = Some(PresharedKey::from_bytes([i; 32]));
             peer.persistent_keepalive_interval = u16::MAX;
             peer.allowed_ips = (0..20u8)
-                .map(|j| format!("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff{j:02x}/128").parse::<IpNet>().unwrap())
+                .map(|j| {
+                    format!("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff{j:02x}/128")
+                        .parse::<IpNet>()
+                        .unwrap()
+                })
                 .collect();
             config.peers.push(peer);
         }

@@ -123,9 +123,15 @@ mod tests {
             let mut text = String::new();
             push_key_hex(&mut text, &key);
             assert_eq!(text.len(), 64);
-            assert!(text.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+            assert!(
+                text.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            );
             assert_eq!(*decode_key_hex(text.as_bytes()).unwrap(), key);
-            assert_eq!(*decode_key_hex(text.to_uppercase().as_bytes()).unwrap(), key);
+            assert_eq!(
+                *decode_key_hex(text.to_uppercase().as_bytes()).unwrap(),
+                key
+            );
         }
     }
 

@@ -24,7 +24,9 @@
 //! A failed request is answered `errno=-N` followed by the empty line: wireguard-go's
 //! `ipc` constants are negative errno values and `IpcHandle` prints them unchanged
 //! (`device/uapi.go`, `ipc/uapi_unix.go`; checked against wireguard-go 0.0.20220316, which
-//! answers `errno=-22`). `wg` negates the number to get the errno it reports.
+//! answers `errno=-22`). `wg` negates the number to get the errno it reports
+//! (`ipc-uapi.h`: `errno = -ret`): `wg` 1.0.20210914 prints "Address already in use" for
+//! `errno=-98`, and would print "Unknown error -98" for `errno=98`.
 //!
 //! | input | wireguard-go | here |
 //! |---|---|---|
@@ -48,8 +50,10 @@
 //!   prefix lengths allow no leading zeros (Go ≥ 1.22 `netip.ParsePrefix`).
 //! - Endpoints are IP literals (`netip.ParseAddrPort`): no host names, which `wg`
 //!   resolves itself. A named IPv6 zone goes through [`ParseOptions::resolve_scope`].
-//! - Several requests may follow each other on one connection; after an error the
+//! - Several requests may follow each other on one connection, also right after a `set`
+//!   (wireguard-go's line scanner swallows what follows a `set`); after an error the
 //!   connection is closed.
+//! - `get` lists peers in insertion order (wireguard-go: map order; `wg` sorts anyway).
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -313,17 +313,19 @@ fn device_line(
             request.private_key = Some(SecretKey::from_bytes(*bytes));
         }
         b"listen_port" => {
-            let port = parse_decimal(value, u64::from(u16::MAX)).ok_or(
-                UapiError::InvalidValue {
+            let port =
+                parse_decimal(value, u64::from(u16::MAX)).ok_or(UapiError::InvalidValue {
                     line,
                     key: "listen_port",
-                },
-            )?;
+                })?;
             request.listen_port = u16::try_from(port).ok();
         }
         b"fwmark" => {
-            let mark = parse_decimal(value, u64::from(u32::MAX))
-                .ok_or(UapiError::InvalidValue { line, key: "fwmark" })?;
+            let mark =
+                parse_decimal(value, u64::from(u32::MAX)).ok_or(UapiError::InvalidValue {
+                    line,
+                    key: "fwmark",
+                })?;
             request.fwmark = u32::try_from(mark).ok();
         }
         b"replace_peers" => {
@@ -369,12 +371,11 @@ fn peer_line(
             )?);
         }
         b"persistent_keepalive_interval" => {
-            let secs = parse_decimal(value, u64::from(u16::MAX)).ok_or(
-                UapiError::InvalidValue {
+            let secs =
+                parse_decimal(value, u64::from(u16::MAX)).ok_or(UapiError::InvalidValue {
                     line,
                     key: "persistent_keepalive_interval",
-                },
-            )?;
+                })?;
             peer.persistent_keepalive_interval = u16::try_from(secs).ok();
         }
         b"replace_allowed_ips" => {
@@ -700,7 +701,10 @@ mod tests {
         let p = &s.peers[0];
         assert_eq!(p.public_key, PublicKey([0xa1; 32]));
         assert!(p.update_only && !p.remove && p.replace_allowed_ips);
-        assert_eq!(p.preshared_key.as_ref().unwrap().expose_secret(), &[0xb2; 32]);
+        assert_eq!(
+            p.preshared_key.as_ref().unwrap().expose_secret(),
+            &[0xb2; 32]
+        );
         assert_eq!(p.endpoint, Some("192.0.2.1:51820".parse().unwrap()));
         assert_eq!(p.persistent_keepalive_interval, Some(25));
         assert_eq!(
@@ -767,14 +771,20 @@ mod tests {
             assert_eq!(errno_of(bad), Errno::Invalid, "{bad}");
         }
         assert_eq!(
-            errno_of(&format!("public_key={K1}\npersistent_keepalive_interval=65536")),
+            errno_of(&format!(
+                "public_key={K1}\npersistent_keepalive_interval=65536"
+            )),
             Errno::Invalid
         );
     }
 
     #[test]
     fn booleans_must_be_exactly_true() {
-        for bad in ["replace_peers=false", "replace_peers=TRUE", "replace_peers="] {
+        for bad in [
+            "replace_peers=false",
+            "replace_peers=TRUE",
+            "replace_peers=",
+        ] {
             assert_eq!(errno_of(bad), Errno::Invalid, "{bad}");
         }
         for key in ["remove", "update_only", "replace_allowed_ips"] {
@@ -808,8 +818,14 @@ mod tests {
     fn endpoints_are_ip_literals() {
         let ep = |v: &str| parse_endpoint(v.as_bytes(), None);
         assert_eq!(ep("1.2.3.4:51820"), Some("1.2.3.4:51820".parse().unwrap()));
-        assert_eq!(ep("[fe80::1]:51820"), Some("[fe80::1]:51820".parse().unwrap()));
-        assert_eq!(ep("[::ffff:1.2.3.4]:1"), Some("[::ffff:1.2.3.4]:1".parse().unwrap()));
+        assert_eq!(
+            ep("[fe80::1]:51820"),
+            Some("[fe80::1]:51820".parse().unwrap())
+        );
+        assert_eq!(
+            ep("[::ffff:1.2.3.4]:1"),
+            Some("[::ffff:1.2.3.4]:1".parse().unwrap())
+        );
         assert_eq!(ep("1.2.3.4:051820"), Some("1.2.3.4:51820".parse().unwrap()));
         let scoped = ep("[fe80::1%3]:7").unwrap();
         assert!(matches!(scoped, SocketAddr::V6(v6) if v6.scope_id() == 3));
@@ -846,10 +862,22 @@ mod tests {
         assert_eq!(p("10.0.0.1/24"), Some("10.0.0.1/24".parse().unwrap()));
         assert_eq!(p("0.0.0.0/0"), Some("0.0.0.0/0".parse().unwrap()));
         assert_eq!(p("::/0"), Some("::/0".parse().unwrap()));
-        assert_eq!(p("::ffff:1.2.3.4/128"), Some("::ffff:1.2.3.4/128".parse().unwrap()));
+        assert_eq!(
+            p("::ffff:1.2.3.4/128"),
+            Some("::ffff:1.2.3.4/128".parse().unwrap())
+        );
         for bad in [
-            "10.0.0.1", "10.0.0.1/33", "::/129", "10.0.0.1/024", "10.0.0.1/+24", "10.0.0.1/",
-            "fe80::1%eth0/64", "/24", "10.0.0.1/24/", "10.0.0.01/24", "host/24",
+            "10.0.0.1",
+            "10.0.0.1/33",
+            "::/129",
+            "10.0.0.1/024",
+            "10.0.0.1/+24",
+            "10.0.0.1/",
+            "fe80::1%eth0/64",
+            "/24",
+            "10.0.0.1/24/",
+            "10.0.0.01/24",
+            "host/24",
         ] {
             assert_eq!(p(bad), None, "{bad}");
         }
@@ -883,14 +911,25 @@ mod tests {
         let err = set("endpoint=1.2.3.4:5").unwrap_err();
         assert!(matches!(
             err,
-            UapiError::KeyOutOfContext { line: 2, section: Section::Device, key: "endpoint" }
+            UapiError::KeyOutOfContext {
+                line: 2,
+                section: Section::Device,
+                key: "endpoint"
+            }
         ));
         let err = set(&format!("public_key={K1}\nlisten_port=5")).unwrap_err();
         assert!(matches!(
             err,
-            UapiError::KeyOutOfContext { line: 3, section: Section::Peer, key: "listen_port" }
+            UapiError::KeyOutOfContext {
+                line: 3,
+                section: Section::Peer,
+                key: "listen_port"
+            }
         ));
-        assert_eq!(errno_of(&format!("public_key={K1}\nbogus=1")), Errno::Invalid);
+        assert_eq!(
+            errno_of(&format!("public_key={K1}\nbogus=1")),
+            Errno::Invalid
+        );
         assert_eq!(errno_of("=5"), Errno::Invalid);
         assert_eq!(errno_of("errno=0"), Errno::Invalid);
         // A line that is all hex is never echoed into an error message.
@@ -955,7 +994,13 @@ mod tests {
 
         let long = format!("set=1\nlisten_port={}1\n\n", "0".repeat(100));
         let err = parse(long).unwrap_err();
-        assert!(matches!(err, UapiError::LineTooLong { line: 2, limit: 100 }));
+        assert!(matches!(
+            err,
+            UapiError::LineTooLong {
+                line: 2,
+                limit: 100
+            }
+        ));
         assert_eq!(err.errno(), Some(Errno::Io));
         // An over-long unterminated line is reported as too long, not as truncated.
         assert!(matches!(

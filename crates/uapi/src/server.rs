@@ -33,7 +33,9 @@ fn check_interface_name(interface: &str) -> Result<(), UapiError> {
         && interface.len() <= MAX_INTERFACE_LEN
         && interface != "."
         && interface != ".."
-        && !interface.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace());
+        && !interface
+            .bytes()
+            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace());
     if ok {
         Ok(())
     } else {
@@ -293,34 +295,40 @@ pub async fn write_response<W: AsyncWrite + Unpin>(
 /// invalid (answered with its errno when wireguard-go would answer, then closed).
 ///
 /// Call [`check_peer`] first, and spawn one task per connection so one slow client
-/// cannot hold up another.
-pub async fn serve_connection<S, H>(
+/// cannot hold up another. The handler returns a future that owns what it needs (for
+/// instance a channel to the task that holds the configuration), so the whole connection
+/// future stays `Send`.
+pub async fn serve_connection<S, H, F>(
     stream: S,
-    options: &ParseOptions,
+    options: ParseOptions,
     idle_timeout: Duration,
     mut handler: H,
 ) -> Result<(), UapiError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    H: AsyncFnMut(Request) -> Response,
+    H: FnMut(Request) -> F,
+    F: Future<Output = Response>,
 {
     let (read_half, mut write_half) = tokio::io::split(stream);
     let mut reader = SecretBufReader::new(read_half);
     loop {
-        let request =
-            match tokio::time::timeout(idle_timeout, read_request_with(&mut reader, options)).await
-            {
-                Err(_elapsed) => return Ok(()),
-                Ok(Err(UapiError::Closed)) => return Ok(()),
-                Ok(Err(err)) => {
-                    if let Some(response) = Response::for_error(&err) {
-                        // The client may already be gone; the request error is what matters.
-                        let _ = write_response(&mut write_half, &response).await;
-                    }
-                    return Err(err);
+        let request = match tokio::time::timeout(
+            idle_timeout,
+            read_request_with(&mut reader, &options),
+        )
+        .await
+        {
+            Err(_elapsed) => return Ok(()),
+            Ok(Err(UapiError::Closed)) => return Ok(()),
+            Ok(Err(err)) => {
+                if let Some(response) = Response::for_error(&err) {
+                    // The client may already be gone; the request error is what matters.
+                    let _ = write_response(&mut write_half, &response).await;
                 }
-                Ok(Ok(request)) => request,
-            };
+                return Err(err);
+            }
+            Ok(Ok(request)) => request,
+        };
         let response = handler(request).await;
         write_response(&mut write_half, &response).await?;
     }
@@ -415,7 +423,10 @@ mod tests {
     #[tokio::test]
     async fn pipelined_requests_are_read_one_at_a_time() {
         let mut r = SecretBufReader::new(&b"set=1\nfwmark=3\n\nget=1\n\n"[..]);
-        assert!(matches!(read_request(&mut r).await.unwrap(), Request::Set(_)));
+        assert!(matches!(
+            read_request(&mut r).await.unwrap(),
+            Request::Set(_)
+        ));
         assert_eq!(read_request(&mut r).await.unwrap(), Request::Get);
         assert!(matches!(read_request(&mut r).await, Err(UapiError::Closed)));
     }
@@ -423,14 +434,26 @@ mod tests {
     #[tokio::test]
     async fn stream_errors() {
         assert!(matches!(read(b"").await, Err(UapiError::Closed)));
-        assert!(matches!(read(b"bogus=1\n\n").await, Err(UapiError::UnknownOperation)));
-        assert!(matches!(read(b"set=1").await, Err(UapiError::UnknownOperation)));
+        assert!(matches!(
+            read(b"bogus=1\n\n").await,
+            Err(UapiError::UnknownOperation)
+        ));
+        assert!(matches!(
+            read(b"set=1").await,
+            Err(UapiError::UnknownOperation)
+        ));
         assert!(matches!(
             read(&[b'x'; 100]).await,
             Err(UapiError::UnknownOperation)
         ));
-        assert!(matches!(read(b"get=1\n").await, Err(UapiError::IncompleteGet)));
-        assert!(matches!(read(b"get=1\nx").await, Err(UapiError::GetNotTerminated)));
+        assert!(matches!(
+            read(b"get=1\n").await,
+            Err(UapiError::IncompleteGet)
+        ));
+        assert!(matches!(
+            read(b"get=1\nx").await,
+            Err(UapiError::GetNotTerminated)
+        ));
         let err = read(b"set=1\nfwmark=1").await.unwrap_err();
         assert!(matches!(err, UapiError::Truncated { line: 2 }));
         assert_eq!(err.errno(), Some(Errno::Protocol));

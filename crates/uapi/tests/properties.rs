@@ -29,9 +29,16 @@ fn public_key() -> impl Strategy<Value = PublicKey> {
 
 fn allowed_ip() -> impl Strategy<Value = IpNet> {
     prop_oneof![
-        (0u8..4, 0u8..4, prop::sample::select(vec![0u8, 8, 16, 24, 32])).prop_map(
-            |(a, b, len)| IpNet::new(format!("10.{a}.{b}.7").parse().unwrap(), len).unwrap()
-        ),
+        (
+            0u8..4,
+            0u8..4,
+            prop::sample::select(vec![0u8, 8, 16, 24, 32])
+        )
+            .prop_map(|(a, b, len)| IpNet::new(
+                format!("10.{a}.{b}.7").parse().unwrap(),
+                len
+            )
+            .unwrap()),
         (0u16..4, prop::sample::select(vec![0u8, 48, 64, 128])).prop_map(|(a, len)| {
             IpNet::new(format!("fd00:{a}::1").parse().unwrap(), len).unwrap()
         }),
@@ -81,7 +88,12 @@ fn peer_change() -> impl Strategy<Value = PeerChange> {
 
 fn set_request() -> impl Strategy<Value = SetRequest> {
     (
-        prop::option::of(prop_oneof![Just(0u8), Just(0x48u8), Just(0x50u8), Just(0xffu8)]),
+        prop::option::of(prop_oneof![
+            Just(0u8),
+            Just(0x48u8),
+            Just(0x50u8),
+            Just(0xffu8)
+        ]),
         prop::option::of(any::<u16>()),
         prop::option::of(prop_oneof![Just(0u32), any::<u32>()]),
         prop::bool::weighted(0.15),
@@ -99,11 +111,16 @@ fn set_request() -> impl Strategy<Value = SetRequest> {
 /// A configuration reached through the public API (so it is normalized and consistent).
 fn device_config() -> impl Strategy<Value = DeviceConfig> {
     prop::collection::vec(set_request(), 0..3).prop_map(|requests| {
-        requests.iter().fold(DeviceConfig::default(), |config, request| {
-            apply(&config, request, own).unwrap()
-        })
+        requests
+            .iter()
+            .fold(DeviceConfig::default(), |config, request| {
+                apply(&config, request, own).unwrap()
+            })
     })
 }
+
+/// A model peer: key, PSK (zeros = none), endpoint, keepalive, allowed IPs in order.
+type ModelPeer = (PublicKey, [u8; 32], Option<SocketAddr>, u16, Vec<IpNet>);
 
 /// wireguard-go's `IpcSetOperation`, line by line, over plain data: the slow model.
 #[derive(Debug, Default)]
@@ -111,7 +128,7 @@ struct Model {
     private_key: Option<[u8; 32]>,
     listen_port: u16,
     fwmark: u32,
-    peers: Vec<(PublicKey, [u8; 32], Option<SocketAddr>, u16, Vec<IpNet>)>,
+    peers: Vec<ModelPeer>,
 }
 
 fn clamp(mut k: [u8; 32]) -> [u8; 32] {
@@ -141,7 +158,9 @@ impl Model {
                 .map(|p| {
                     (
                         p.public_key,
-                        p.preshared_key.as_ref().map_or([0; 32], |k| *k.expose_secret()),
+                        p.preshared_key
+                            .as_ref()
+                            .map_or([0; 32], |k| *k.expose_secret()),
                         p.endpoint,
                         p.persistent_keepalive_interval,
                         p.allowed_ips.clone(),
