@@ -119,7 +119,7 @@ fn spawn_client(stream: tokio::net::UnixStream, commands: mpsc::Sender<Command>)
         let options = ParseOptions::default();
         let result = wg_uapi::serve_connection(
             stream,
-            &options,
+            options,
             UAPI_IDLE_TIMEOUT,
             // A plain closure returning a `'static` future keeps the task `Send`.
             move |request| {
