@@ -108,7 +108,7 @@ struct Daemon {
     udp4_buf: Vec<u8>,
     udp6_buf: Vec<u8>,
     to_keyd: Vec<DatadToKeyd>,
-    rng: rand::rngs::ThreadRng,
+    rng: rand::rngs::StdRng,
 }
 
 async fn recv_udp(
@@ -171,7 +171,7 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
         udp4_buf: vec![0; MAX_PACKET],
         udp6_buf: vec![0; MAX_PACKET],
         to_keyd: Vec::new(),
-        rng: rand::rng(),
+        rng: rand::make_rng(),
     };
     daemon.run().await
 }

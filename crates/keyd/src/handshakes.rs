@@ -30,7 +30,7 @@ pub struct Handshakes {
     peers: HashMap<PublicKey, HandshakePeer>,
     /// Receiver indices handed out: pending initiations and live sessions.
     indices: IndexTable<PublicKey>,
-    rng: rand::rngs::ThreadRng,
+    rng: rand::rngs::StdRng,
 }
 
 impl std::fmt::Debug for Handshakes {
@@ -68,7 +68,7 @@ impl Handshakes {
             identity: None,
             peers: HashMap::new(),
             indices: IndexTable::new(),
-            rng: rand::rng(),
+            rng: rand::make_rng(),
         }
     }
 

@@ -161,15 +161,19 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
 
 /// The running supervisor.
 pub struct Supervisor {
-    prepared: Prepared,
-    fwmark: u32,
+    interface: String,
+    tun: Tun,
+    uapi: UnixListener,
+    sockets: sockets::SocketOwner,
+    worker_dir: PathBuf,
+    worker_args: Vec<String>,
     restarts: Vec<Instant>,
 }
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor")
-            .field("interface", &self.prepared.interface)
+            .field("interface", &self.interface)
             .finish_non_exhaustive()
     }
 }
@@ -178,8 +182,15 @@ impl Supervisor {
     /// A supervisor for prepared descriptors.
     pub fn new(prepared: Prepared) -> Self {
         Self {
-            prepared,
-            fwmark: 0,
+            interface: prepared.interface,
+            tun: prepared.tun,
+            uapi: prepared.uapi,
+            sockets: sockets::SocketOwner {
+                sockets: prepared.sockets,
+                fwmark: 0,
+            },
+            worker_dir: prepared.worker_dir,
+            worker_args: prepared.worker_args,
             restarts: Vec::new(),
         }
     }
@@ -187,8 +198,8 @@ impl Supervisor {
     /// Starts the workers and supervises them until the interface goes away, a signal
     /// arrives, or keyd dies. The workers are stopped before this returns.
     pub async fn run(mut self) -> Result<Stopped, MonitorError> {
-        let dir = self.prepared.worker_dir.clone();
-        let args = self.prepared.worker_args.clone();
+        let dir = self.worker_dir.clone();
+        let args = self.worker_args.clone();
         let (keyd_child, keyd_channel) = spawn(&dir, KEYD_BINARY, &args)?;
         let mut keyd = Worker {
             child: keyd_child,
@@ -202,10 +213,10 @@ impl Supervisor {
         keyd.channel
             .send(
                 &MonitorToKeyd::Start {
-                    interface: self.prepared.interface.clone(),
-                    listen_port: self.prepared.sockets.port,
+                    interface: self.interface.clone(),
+                    listen_port: self.sockets.sockets.port,
                 },
-                &[self.prepared.uapi.as_fd(), keyd_end.as_fd()],
+                &[self.uapi.as_fd(), keyd_end.as_fd()],
             )
             .await
             .map_err(|e| MonitorError::Ipc("keyd", e))?;
@@ -254,7 +265,7 @@ impl Supervisor {
                     }
                 }
                 _ = poll.tick() => {
-                    if self.prepared.tun.is_deleted() {
+                    if self.tun.is_deleted() {
                         break Ok(Stopped::InterfaceGone);
                     }
                 }
@@ -269,17 +280,13 @@ impl Supervisor {
     }
 
     async fn start_datad(&mut self, keyd_link: OwnedFd) -> Result<Worker, MonitorError> {
-        let (child, channel) = spawn(
-            &self.prepared.worker_dir,
-            DATAD_BINARY,
-            &self.prepared.worker_args,
-        )?;
+        let (child, channel) = spawn(&self.worker_dir, DATAD_BINARY, &self.worker_args)?;
         channel
             .send(&MonitorToDatad::Hello(Hello::new(Role::Monitor)), &[])
             .await
             .map_err(|e| MonitorError::Ipc("datad", e))?;
-        let s = &self.prepared.sockets;
-        let mut fds = vec![self.prepared.tun.as_fd(), s.v4.as_fd()];
+        let s = &self.sockets.sockets;
+        let mut fds = vec![self.tun.as_fd(), s.v4.as_fd()];
         if let Some(v6) = &s.v6 {
             fds.push(v6.as_fd());
         }
@@ -338,63 +345,28 @@ impl Supervisor {
     }
 
     async fn reconfigure(&mut self, port: u16, fwmark: u32, datad: &Worker) -> MonitorToKeyd {
-        let current = self.prepared.sockets.port;
-        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(nix::errno::Errno::EIO as i32);
-        if port != current {
-            match sockets::bind(port, fwmark) {
-                Ok(new) => {
-                    let mut fds = vec![new.v4.as_fd()];
-                    if let Some(v6) = &new.v6 {
-                        fds.push(v6.as_fd());
-                    }
-                    let sent = datad
-                        .channel
-                        .send(
-                            &MonitorToDatad::Sockets {
-                                listen_port: new.port,
-                                has_ipv6: new.v6.is_some(),
-                            },
-                            &fds,
-                        )
-                        .await;
-                    drop(fds);
-                    if let Err(e) = sent {
+        match self.sockets.reconfigure(port, fwmark) {
+            Ok(rebound) => {
+                if rebound {
+                    let (msg, fds) = self.sockets.announcement();
+                    if let Err(e) = datad.channel.send(&msg, &fds).await {
                         tracing::warn!("could not hand new sockets to the data plane: {e}");
                     }
-                    tracing::info!("listening on port {}", new.port);
-                    self.prepared.sockets = new;
-                    self.fwmark = fwmark;
-                    MonitorToKeyd::Reconfigured {
-                        port: self.prepared.sockets.port,
-                        errno: 0,
-                    }
                 }
-                Err(e) => {
-                    tracing::warn!("cannot listen on port {port}: {e}; keeping port {current}");
-                    MonitorToKeyd::Reconfigured {
-                        port: current,
-                        errno: errno(e),
-                    }
+                MonitorToKeyd::Reconfigured {
+                    port: self.sockets.sockets.port,
+                    errno: 0,
                 }
             }
-        } else if fwmark != self.fwmark {
-            match sockets::set_fwmark(&self.prepared.sockets, fwmark) {
-                Ok(()) => {
-                    self.fwmark = fwmark;
-                    MonitorToKeyd::Reconfigured {
-                        port: current,
-                        errno: 0,
-                    }
+            Err(errno) => {
+                tracing::warn!(
+                    "cannot apply port {port} / fwmark {fwmark}: errno {errno}; keeping port {}",
+                    self.sockets.sockets.port
+                );
+                MonitorToKeyd::Reconfigured {
+                    port: self.sockets.sockets.port,
+                    errno,
                 }
-                Err(e) => MonitorToKeyd::Reconfigured {
-                    port: current,
-                    errno: errno(e),
-                },
-            }
-        } else {
-            MonitorToKeyd::Reconfigured {
-                port: current,
-                errno: 0,
             }
         }
     }

@@ -77,6 +77,54 @@ pub fn set_fwmark(sockets: &UdpSockets, fwmark: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// The listen sockets and their firewall mark, changed all or nothing.
+#[derive(Debug)]
+pub struct SocketOwner {
+    /// The sockets in use.
+    pub sockets: UdpSockets,
+    /// Their `SO_MARK` (0: none).
+    pub fwmark: u32,
+}
+
+impl SocketOwner {
+    /// Applies a wanted port and mark. A different port binds new sockets (with the new
+    /// mark) and returns `Ok(true)`: the caller hands them to the data plane. The same port
+    /// only re-marks the current sockets. On failure nothing changed and the errno says why
+    /// (EADDRINUSE for a taken port).
+    pub fn reconfigure(&mut self, port: u16, fwmark: u32) -> Result<bool, i32> {
+        let errno = |e: io::Error| e.raw_os_error().unwrap_or(nix::errno::Errno::EIO as i32);
+        if port != self.sockets.port {
+            let new = bind(port, fwmark).map_err(errno)?;
+            tracing::info!("listening on port {}", new.port);
+            self.sockets = new;
+            self.fwmark = fwmark;
+            Ok(true)
+        } else if fwmark != self.fwmark {
+            set_fwmark(&self.sockets, fwmark).map_err(errno)?;
+            self.fwmark = fwmark;
+            Ok(false)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// The message announcing the current sockets to the data plane, and their fds.
+    pub fn announcement(&self) -> (wg_ipc::messages::MonitorToDatad, Vec<std::os::fd::BorrowedFd<'_>>) {
+        use std::os::fd::AsFd;
+        let mut fds = vec![self.sockets.v4.as_fd()];
+        if let Some(v6) = &self.sockets.v6 {
+            fds.push(v6.as_fd());
+        }
+        (
+            wg_ipc::messages::MonitorToDatad::Sockets {
+                listen_port: self.sockets.port,
+                has_ipv6: self.sockets.v6.is_some(),
+            },
+            fds,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +137,18 @@ mod tests {
         if let Some(v6) = &s.v6 {
             assert_eq!(v6.local_addr().unwrap().port(), s.port);
         }
+    }
+
+    #[test]
+    fn a_failed_rebind_keeps_the_old_sockets() {
+        let taken = bind(0, 0).unwrap();
+        let mut owner = SocketOwner { sockets: bind(0, 0).unwrap(), fwmark: 0 };
+        let old = owner.sockets.port;
+        assert_eq!(owner.reconfigure(taken.port, 0), Err(nix::errno::Errno::EADDRINUSE as i32));
+        assert_eq!(owner.sockets.port, old);
+        assert_eq!(owner.reconfigure(old, 0), Ok(false));
+        assert_eq!(owner.reconfigure(0, 0), Ok(true));
+        assert_ne!(owner.sockets.port, old);
     }
 
     #[test]

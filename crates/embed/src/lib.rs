@@ -1,0 +1,116 @@
+//! The in-process mode: the key process, the data plane and the supervisor's privileged
+//! operations as tasks of one process, joined by in-memory channels that carry the very
+//! same IPC messages (each one encoded and decoded, as between processes).
+//!
+//! **For:** tests, and applications that embed WireGuard (a mobile app's network
+//! extension) where spawning processes is impossible. It gives up the privilege
+//! separation: everything shares one address space. Use the `wireguard-rs` launcher
+//! wherever processes are available.
+//!
+//! **Owns:** the wiring only. **Trusts:** its caller for the descriptors.
+//! **May depend on:** keyd, datad, monitor (sockets), ipc, tun, tokio.
+#![forbid(unsafe_code)]
+
+use std::os::unix::net::UnixListener;
+
+use wg_ipc::messages::{DatadToMonitor, KeydToMonitor, MonitorToKeyd};
+use wg_ipc::{Channel, Received};
+use wg_monitor::sockets::{SocketOwner, UdpSockets};
+use wg_tun::Tun;
+
+/// Why the in-process daemon stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The key part failed: everything stops (fail closed).
+    #[error("key process task failed: {0}")]
+    Keyd(String),
+    /// The data plane failed.
+    #[error("data plane task failed: {0}")]
+    Datad(String),
+    /// Duplicating a descriptor failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How it ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The TUN interface was deleted.
+    InterfaceGone,
+}
+
+/// Runs the whole daemon in this process until the interface goes away or a part fails.
+/// Must be called inside a tokio runtime with I/O and time enabled.
+pub async fn run(
+    interface: String,
+    tun: Tun,
+    uapi: UnixListener,
+    sockets: UdpSockets,
+) -> Result<Stopped, EmbedError> {
+    let (keyd_to_datad, datad_to_keyd) = Channel::memory_pair();
+    let (monitor_keyd, keyd_monitor) = Channel::memory_pair();
+    let (monitor_datad, datad_monitor) = Channel::memory_pair();
+
+    let datad_startup = wg_datad::Startup {
+        tun: tun.into_fd(),
+        udp4: sockets.v4.try_clone()?,
+        udp6: sockets.v6.as_ref().map(|s| s.try_clone()).transpose()?,
+        keyd: datad_to_keyd,
+        monitor: Some(datad_monitor),
+    };
+    let keyd_startup = wg_keyd::KeydStartup {
+        interface,
+        uapi,
+        datad: keyd_to_datad,
+        monitor: keyd_monitor,
+        listen_port: sockets.port,
+    };
+    let mut owner = SocketOwner { sockets, fwmark: 0 };
+    let mut keyd = tokio::spawn(wg_keyd::serve(keyd_startup));
+    let mut datad = tokio::spawn(wg_datad::serve(datad_startup));
+
+    let result = loop {
+        tokio::select! {
+            m = monitor_keyd.recv::<KeydToMonitor>() => match m {
+                Ok(Received { msg: KeydToMonitor::Reconfigure { port, fwmark }, .. }) => {
+                    let (port, errno) = match owner.reconfigure(port, fwmark) {
+                        Ok(rebound) => {
+                            if rebound {
+                                let (msg, fds) = owner.announcement();
+                                if let Err(e) = monitor_datad.send(&msg, &fds).await {
+                                    tracing::warn!("could not hand new sockets to the data plane: {e}");
+                                }
+                            }
+                            (owner.sockets.port, 0)
+                        }
+                        Err(errno) => (owner.sockets.port, errno),
+                    };
+                    let reply = MonitorToKeyd::Reconfigured { port, errno };
+                    if let Err(e) = monitor_keyd.send(&reply, &[]).await {
+                        break Err(EmbedError::Keyd(e.to_string()));
+                    }
+                }
+                Ok(Received { msg: KeydToMonitor::Hello(_), .. }) => {}
+                Err(e) => break Err(EmbedError::Keyd(e.to_string())),
+            },
+            m = monitor_datad.recv::<DatadToMonitor>() => match m {
+                Ok(Received { msg: DatadToMonitor::InterfaceGone, .. }) => break Ok(Stopped::InterfaceGone),
+                Ok(Received { msg: DatadToMonitor::Hello(_), .. }) => {}
+                Err(e) => break Err(EmbedError::Datad(e.to_string())),
+            },
+            r = &mut keyd => break Err(EmbedError::Keyd(match r {
+                Ok(Ok(())) => "stopped".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            })),
+            r = &mut datad => break match r {
+                Ok(Ok(wg_datad::Exit::InterfaceGone)) => Ok(Stopped::InterfaceGone),
+                Ok(Err(e)) => Err(EmbedError::Datad(e.to_string())),
+                Err(e) => Err(EmbedError::Datad(e.to_string())),
+            },
+        }
+    };
+    keyd.abort();
+    datad.abort();
+    result
+}
