@@ -32,9 +32,19 @@ struct Cli {
     /// binary, or the packager's build-time setting).
     #[arg(long, value_name = "DIR")]
     libexec_dir: Option<PathBuf>,
+    /// Run every process without seccomp, capability limits or user switch. For
+    /// debugging only: a bug in packet handling could then reach the static key.
+    #[arg(long)]
+    no_sandbox: bool,
+    /// Unprivileged user for the key process and the data plane.
+    #[arg(long, value_name = "USER", default_value = wg_sandbox::DEFAULT_USER)]
+    user: String,
+    /// Internal: run as the spawner of data planes (started by the monitor itself).
+    #[arg(long, hide = true)]
+    spawner: bool,
     /// Interface name (at most 15 bytes).
-    #[arg(value_name = "IFNAME")]
-    interface: String,
+    #[arg(value_name = "IFNAME", required_unless_present = "spawner")]
+    interface: Option<String>,
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -44,9 +54,23 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let options = wg_sandbox::Options {
+        enabled: !cli.no_sandbox,
+        user: cli.user.clone(),
+    };
+    if cli.spawner {
+        wg_ipc::init_logging("spawner");
+        return run_spawner(&cli, &options);
+    }
     wg_ipc::init_logging("wireguard-rs");
-    if let Err(e) = wg_tun::validate_interface_name(&cli.interface) {
+    let Some(interface) = cli.interface.clone() else {
+        return fail("an interface name is required");
+    };
+    if let Err(e) = wg_tun::validate_interface_name(&interface) {
         return fail(e);
+    }
+    if cli.no_sandbox {
+        tracing::warn!("--no-sandbox: running WITHOUT seccomp, capability limits or user switch");
     }
     // Descriptors inherited from a parent (our own daemonizing step, or a caller that
     // opened them, as wireguard-go allows). Adopted before any thread starts.
@@ -62,7 +86,7 @@ fn main() -> ExitCode {
 
     let tun = match inherited_tun {
         Some(fd) => Tun::from_fd(fd),
-        None => Tun::create(&cli.interface, DEFAULT_MTU),
+        None => Tun::create(&interface, DEFAULT_MTU),
     };
     let tun = match tun {
         Ok(tun) => tun,
@@ -70,7 +94,7 @@ fn main() -> ExitCode {
     };
     let uapi = match inherited_uapi {
         Some(fd) => Ok(UnixListener::from(fd)),
-        None => wg_uapi::server::bind_listener(&cli.interface),
+        None => wg_uapi::server::bind_listener(&interface),
     };
     let uapi = match uapi {
         Ok(l) => l,
@@ -78,12 +102,12 @@ fn main() -> ExitCode {
     };
     let socket_path = wg_uapi::server::socket_path(
         std::path::Path::new(wg_uapi::server::DEFAULT_SOCKET_DIR),
-        &cli.interface,
+        &interface,
     );
 
     if !foreground {
         // The background child owns the interface and the socket file from here on.
-        return match daemonize(&cli, tun.into_fd(), uapi) {
+        return match daemonize(&cli, &interface, tun.into_fd(), uapi) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 let _ = std::fs::remove_file(&socket_path);
@@ -98,12 +122,12 @@ fn main() -> ExitCode {
         Err(e) => return fail(format!("cannot open UDP sockets: {e}")),
     };
     let prepared = Prepared {
-        interface: cli.interface.clone(),
+        interface: interface.clone(),
         tun,
         uapi,
         sockets,
         worker_dir: wg_monitor::worker_dir(cli.libexec_dir.as_deref()),
-        worker_args: Vec::new(),
+        worker_args: options.to_worker_args(),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -112,11 +136,13 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    let result = runtime.block_on(Supervisor::new(prepared).run());
+    let result = runtime.block_on(Supervisor::new(prepared).run(|| {
+        wg_sandbox::lock_down(wg_sandbox::Role::Monitor, &options, None).map_err(|e| e.to_string())
+    }));
     drop(socket_file);
     match result {
         Ok(Stopped::InterfaceGone) => {
-            tracing::info!("interface {} is gone; shutting down", cli.interface);
+            tracing::info!("interface {interface} is gone; shutting down");
             ExitCode::SUCCESS
         }
         Ok(Stopped::Signal) => {
@@ -129,7 +155,7 @@ fn main() -> ExitCode {
 
 /// Re-runs this program in the foreground in a new process group with the TUN device and
 /// UAPI listener inherited (as `WG_TUN_FD` and `WG_UAPI_FD`), and returns once it started.
-fn daemonize(cli: &Cli, tun: OwnedFd, uapi: UnixListener) -> std::io::Result<()> {
+fn daemonize(cli: &Cli, interface: &str, tun: OwnedFd, uapi: UnixListener) -> std::io::Result<()> {
     let uapi = OwnedFd::from(uapi);
     wg_ipc::make_inheritable(&tun)?;
     wg_ipc::make_inheritable(&uapi)?;
@@ -139,7 +165,11 @@ fn daemonize(cli: &Cli, tun: OwnedFd, uapi: UnixListener) -> std::io::Result<()>
     if let Some(dir) = &cli.libexec_dir {
         cmd.arg("--libexec-dir").arg(dir);
     }
-    cmd.arg(&cli.interface)
+    if cli.no_sandbox {
+        cmd.arg("--no-sandbox");
+    }
+    cmd.arg("--user").arg(&cli.user);
+    cmd.arg(interface)
         .env(FOREGROUND_ENV, "1")
         .env("WG_TUN_FD", tun.as_raw_fd().to_string())
         .env("WG_UAPI_FD", uapi.as_raw_fd().to_string())
@@ -149,4 +179,43 @@ fn daemonize(cli: &Cli, tun: OwnedFd, uapi: UnixListener) -> std::io::Result<()>
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.spawn()?;
     Ok(())
+}
+
+/// The spawner role: started by the monitor, sandboxed as the unprivileged user, starts
+/// data planes on request.
+fn run_spawner(cli: &Cli, options: &wg_sandbox::Options) -> ExitCode {
+    use wg_sandbox::{Role, SyscallReport};
+    if let Err(e) = wg_sandbox::die_with_parent() {
+        return fail(e);
+    }
+    let fd = match wg_ipc::inherited_fd(wg_ipc::IPC_FD_ENV) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return fail("--spawner is internal to wireguard-rs"),
+        Err(e) => return fail(e),
+    };
+    let report = SyscallReport {
+        fd: fd.as_raw_fd(),
+        prefix: wg_ipc::SIGSYS_REPORT_PREFIX,
+    };
+    if let Err(e) = wg_sandbox::close_inherited_fds(&[report.fd]) {
+        return fail(e);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let worker_dir = wg_monitor::worker_dir(cli.libexec_dir.as_deref());
+    let result = runtime.block_on(async {
+        let channel = wg_ipc::Channel::from_fd(fd)?;
+        wg_sandbox::lock_down(Role::Spawner, options, Some(report))
+            .map_err(|e| wg_monitor::MonitorError::Sandbox(e.to_string()))?;
+        wg_monitor::spawner::run(channel, worker_dir, options.to_worker_args()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
 }

@@ -32,6 +32,9 @@ pub enum DatadError {
     /// The TUN device failed.
     #[error("TUN device error: {0}")]
     Tun(std::io::Error),
+    /// The sandbox could not be installed: refuse to run without it.
+    #[error("cannot sandbox the data plane: {0}")]
+    Sandbox(String),
     /// The monitor sent something that does not belong in this phase.
     #[error("protocol violation from {0}; stopping")]
     Protocol(&'static str),
@@ -48,7 +51,6 @@ pub enum Exit {
 }
 
 /// What the data plane starts with.
-#[derive(Debug)]
 pub struct Startup {
     /// The TUN device.
     pub tun: OwnedFd,
@@ -60,7 +62,24 @@ pub struct Startup {
     pub keyd: wg_ipc::Channel,
     /// Channel to the monitor (absent in some embeddings).
     pub monitor: Option<wg_ipc::Channel>,
+    /// Run once the descriptors are set up and before the first untrusted byte is read:
+    /// the sandbox.
+    pub lockdown: Option<Lockdown>,
 }
+
+impl std::fmt::Debug for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Startup")
+            .field("tun", &self.tun)
+            .field("udp4", &self.udp4)
+            .field("udp6", &self.udp6)
+            .field("sandboxed", &self.lockdown.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A step run by a worker right before it starts serving (installing the sandbox).
+pub type Lockdown = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// Builds a [`Startup`] from the monitor's `Start` message and its descriptors
 /// (TUN, IPv4 UDP, IPv6 UDP if `has_ipv6`, keyd channel).
@@ -85,12 +104,16 @@ pub fn startup_from_fds(
         udp6,
         keyd,
         monitor: Some(monitor),
+        lockdown: None,
     })
 }
 
 /// The data-plane process's entry point after `exec`: waits for the monitor's `Start`
 /// with its descriptors, then serves until the interface goes away.
-pub async fn run_worker(monitor: wg_ipc::Channel) -> Result<Exit, DatadError> {
+pub async fn run_worker(
+    monitor: wg_ipc::Channel,
+    lockdown: Lockdown,
+) -> Result<Exit, DatadError> {
     use wg_ipc::messages::{DatadToMonitor, Hello, MonitorToDatad, Role};
     monitor
         .send(&DatadToMonitor::Hello(Hello::new(Role::Datad)), &[])
@@ -107,6 +130,7 @@ pub async fn run_worker(monitor: wg_ipc::Channel) -> Result<Exit, DatadError> {
     let MonitorToDatad::Start { has_ipv6, .. } = start.msg else {
         return Err(DatadError::Protocol("monitor (expected start)"));
     };
-    let startup = startup_from_fds(start.fds, has_ipv6, monitor)?;
+    let mut startup = startup_from_fds(start.fds, has_ipv6, monitor)?;
+    startup.lockdown = Some(lockdown);
     serve(startup).await
 }

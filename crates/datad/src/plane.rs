@@ -154,6 +154,9 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
         keyd: startup.keyd,
         monitor: startup.monitor,
     };
+    if let Some(lockdown) = startup.lockdown {
+        lockdown().map_err(DatadError::Sandbox)?;
+    }
     io.keyd
         .send(&DatadToKeyd::Hello(Hello::new(Role::Datad)), &[])
         .await
@@ -450,8 +453,14 @@ impl Daemon {
             if inbound.handshake_complete {
                 slot.timers.handshake_complete(now);
             }
-            if let InboundKind::Data { .. } = inbound.kind {
-                slot.timers.data_received(now);
+            match inbound.kind {
+                InboundKind::Data { .. } => slot.timers.data_received(now),
+                InboundKind::Refused(reason) => {
+                    // wireguard-go counts it as data received before refusing it.
+                    slot.timers.data_received(now);
+                    tracing::debug!("transport from {src}: inner packet dropped: {reason}");
+                }
+                InboundKind::Keepalive => {}
             }
         }
         if let InboundKind::Data { len: inner } = inbound.kind
@@ -478,12 +487,25 @@ impl Daemon {
         }
     }
 
+    /// Sends a keepalive. Like every send it keeps the session fresh: a keypair due for
+    /// rekeying, or none at all, asks for a handshake (wireguard-go's keepKeyFreshSending).
     async fn send_keepalive(&mut self, peer: PeerId, now: Instant) {
-        if let Outbound::Send { endpoint, job, .. } = self.router.keepalive(peer, now) {
-            let mut buf = vec![0u8; job.message_len()];
-            if job.seal(&mut buf).is_ok() && Self::send_to(&self.io, endpoint, &buf).await {
-                self.sent_transport(peer, buf.len(), false, now);
+        match self.router.keepalive(peer, now) {
+            Outbound::Send {
+                endpoint, job, rekey, ..
+            } => {
+                let mut buf = vec![0u8; job.message_len()];
+                if job.seal(&mut buf).is_ok() && Self::send_to(&self.io, endpoint, &buf).await {
+                    self.sent_transport(peer, buf.len(), false, now);
+                }
+                if rekey {
+                    self.want_handshake(peer, now);
+                }
             }
+            Outbound::Staged { .. } | Outbound::Dropped(wg_router::DropReason::Expired) => {
+                self.want_handshake(peer, now);
+            }
+            Outbound::Dropped(_) => {}
         }
     }
 

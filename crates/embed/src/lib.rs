@@ -57,6 +57,7 @@ pub async fn run(
         udp6: sockets.v6.as_ref().map(|s| s.try_clone()).transpose()?,
         keyd: datad_to_keyd,
         monitor: Some(datad_monitor),
+        lockdown: None,
     };
     let keyd_startup = wg_keyd::KeydStartup {
         interface,

@@ -95,6 +95,15 @@ impl Channel {
         })
     }
 
+    /// The socket's descriptor (none for an in-memory channel): where a sandboxed
+    /// process reports a refused syscall.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        match &self.transport {
+            Transport::Seqpacket(fd) => Some(fd.as_raw_fd()),
+            Transport::Memory { .. } => None,
+        }
+    }
+
     /// Two connected in-memory ends, for the in-process mode.
     pub fn memory_pair() -> (Self, Self) {
         const DEPTH: usize = 1024;

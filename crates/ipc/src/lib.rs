@@ -61,7 +61,20 @@ pub enum IpcError {
     /// The socket failed.
     #[error("IPC socket error: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer process was stopped by its seccomp filter for making this syscall.
+    #[error("the other process made a forbidden syscall: {name} ({number})")]
+    Seccomp {
+        /// The syscall number.
+        number: u32,
+        /// Its name, if known.
+        name: &'static str,
+    },
 }
+
+/// First bytes of the datagram a sandboxed process's `SIGSYS` handler sends on its IPC
+/// socket (followed by the syscall number, little-endian). No postcard message starts
+/// with 0xff 0xff, so it cannot be confused with one.
+pub const SIGSYS_REPORT_PREFIX: [u8; 8] = [0xff, 0xff, b'S', b'I', b'G', b'S', b'Y', b'S'];
 
 /// Encodes a message, refusing anything over [`MAX_MESSAGE_LEN`].
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, IpcError> {
@@ -77,6 +90,16 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, IpcError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
     if bytes.len() > MAX_MESSAGE_LEN {
         return Err(IpcError::TooLarge(bytes.len()));
+    }
+    if let Some((prefix, rest)) = bytes.split_first_chunk::<8>()
+        && *prefix == SIGSYS_REPORT_PREFIX
+        && let Ok(number) = <[u8; 4]>::try_from(rest)
+    {
+        let number = u32::from_le_bytes(number);
+        return Err(IpcError::Seccomp {
+            number,
+            name: wg_sandbox::syscall_name(number).unwrap_or("unknown"),
+        });
     }
     let (msg, rest) = postcard::take_from_bytes(bytes).map_err(IpcError::Decode)?;
     if !rest.is_empty() {

@@ -31,6 +31,8 @@ pub enum Role {
     Keyd,
     /// The data plane.
     Datad,
+    /// The process that starts data planes.
+    Spawner,
 }
 
 /// First message on every channel.
@@ -270,6 +272,39 @@ pub enum DatadToMonitor {
     InterfaceGone,
 }
 
+/// monitor → spawner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MonitorToSpawner {
+    /// First message.
+    Hello(Hello),
+    /// Start a data plane; the fd is its end of a fresh monitor↔datad channel.
+    SpawnDatad,
+}
+
+/// spawner → monitor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SpawnerToMonitor {
+    /// First message.
+    Hello(Hello),
+    /// The data plane runs with this pid.
+    Spawned {
+        /// Its process id.
+        pid: u32,
+    },
+    /// Starting it failed.
+    SpawnFailed {
+        /// Why.
+        reason: String,
+    },
+    /// A data plane ended.
+    Exited {
+        /// Its process id.
+        pid: u32,
+        /// How it ended ("exit status 1", "killed by SIGKILL").
+        status: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +346,20 @@ mod tests {
     }
 
     #[test]
+    fn sigsys_reports_are_recognised() {
+        let mut report = crate::SIGSYS_REPORT_PREFIX.to_vec();
+        report.extend_from_slice(&41u32.to_le_bytes());
+        match decode::<KeydToMonitor>(&report) {
+            Err(IpcError::Seccomp { number: 41, name }) => {
+                if cfg!(target_arch = "x86_64") {
+                    assert_eq!(name, "socket");
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn hello_checks_version_and_role() {
         assert!(Hello::new(Role::Keyd).check(Role::Keyd).is_ok());
         assert!(Hello::new(Role::Keyd).check(Role::Datad).is_err());
@@ -327,6 +376,8 @@ mod tests {
             let _ = decode::<MonitorToKeyd>(&bytes);
             let _ = decode::<MonitorToDatad>(&bytes);
             let _ = decode::<DatadToMonitor>(&bytes);
+            let _ = decode::<MonitorToSpawner>(&bytes);
+            let _ = decode::<SpawnerToMonitor>(&bytes);
         }
     }
 }

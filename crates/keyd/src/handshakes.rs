@@ -212,9 +212,15 @@ impl Handshakes {
             tracing::debug!("initiation from {source} by unknown peer {public_key:?}");
             return;
         };
+        // Accepting an initiation replaces one we may have sent ourselves (crossing
+        // initiations): its index is no longer waited on and must be freed.
+        let superseded = p.noise.pending_local_index();
         if let Err(e) = p.noise.consume_initiation(identity, incoming, now) {
             tracing::debug!("initiation from {source} ({public_key:?}) rejected: {e}");
             return;
+        }
+        if let Some(index) = superseded {
+            self.indices.remove(index);
         }
         let index = self.indices.insert(&mut self.rng, public_key);
         match p.noise.create_response(index, &mut p.macs, now, &mut self.rng) {

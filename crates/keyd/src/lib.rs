@@ -22,6 +22,9 @@ pub enum KeydError {
     /// The monitor went away or broke protocol.
     #[error("lost the monitor: {0}")]
     Monitor(wg_ipc::IpcError),
+    /// The sandbox could not be installed: refuse to run without it.
+    #[error("cannot sandbox the key process: {0}")]
+    Sandbox(String),
     /// A peer process sent something this phase does not allow.
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
@@ -32,7 +35,10 @@ pub enum KeydError {
 
 /// The key process's entry point after `exec`: waits for the monitor's `Start` with the
 /// UAPI listener and the data-plane channel, then serves.
-pub async fn run_worker(monitor: wg_ipc::Channel) -> Result<(), KeydError> {
+pub async fn run_worker(
+    monitor: wg_ipc::Channel,
+    lockdown: impl FnOnce() -> Result<(), String>,
+) -> Result<(), KeydError> {
     use wg_ipc::messages::{Hello, KeydToMonitor, MonitorToKeyd, Role};
     monitor
         .send(&KeydToMonitor::Hello(Hello::new(Role::Keyd)), &[])
@@ -55,6 +61,7 @@ pub async fn run_worker(monitor: wg_ipc::Channel) -> Result<(), KeydError> {
     let (Some(uapi), Some(datad)) = (fds.next(), fds.next()) else {
         return Err(KeydError::Protocol("start without descriptors"));
     };
+    lockdown().map_err(KeydError::Sandbox)?;
     serve(KeydStartup {
         interface,
         uapi: std::os::unix::net::UnixListener::from(uapi),

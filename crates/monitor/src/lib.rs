@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod sockets;
+pub mod spawner;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -23,12 +24,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 use wg_ipc::messages::{
-    DatadToMonitor, Hello, KeydToMonitor, MonitorToDatad, MonitorToKeyd, Role,
+    DatadToMonitor, Hello, KeydToMonitor, MonitorToDatad, MonitorToKeyd, MonitorToSpawner,
+    Role, SpawnerToMonitor,
 };
-use wg_ipc::{Channel, IPC_FD_ENV, IpcError, make_inheritable, seqpacket_pair};
+use wg_ipc::{Channel, IpcError, Received, seqpacket_pair};
 use wg_tun::Tun;
 
 pub use sockets::UdpSockets;
@@ -61,6 +63,12 @@ pub enum MonitorError {
     /// The key process died: the interface is taken down (fail closed).
     #[error("the key process exited ({0}); taking the interface down")]
     KeydDied(String),
+    /// The spawner died: no data plane could be restarted.
+    #[error("the spawner process exited ({0}); taking the interface down")]
+    SpawnerDied(String),
+    /// The monitor's own sandbox could not be installed.
+    #[error("cannot sandbox the monitor: {0}")]
+    Sandbox(String),
     /// The data plane keeps dying.
     #[error("the data plane died {MAX_RESTARTS} times within {RESTART_WINDOW:?}; giving up")]
     CrashLoop,
@@ -113,37 +121,17 @@ pub struct Prepared {
     pub worker_args: Vec<String>,
 }
 
-struct Worker {
-    child: Child,
-    channel: Channel,
-}
-
 fn spawn(
     dir: &Path,
     binary: &'static str,
     args: &[String],
 ) -> Result<(Child, Channel), MonitorError> {
-    let path = dir.join(binary);
     let (ours, theirs) = seqpacket_pair()?;
-    make_inheritable(&theirs)?;
-    let child = Command::new(&path)
-        .args(args)
-        .env(IPC_FD_ENV, std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string())
-        .env_remove("WG_TUN_FD")
-        .env_remove("WG_UAPI_FD")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| MonitorError::Spawn {
-            binary,
-            path: path.display().to_string(),
-            source,
-        })?;
-    drop(theirs);
+    let child = spawner::spawn_with_channel(&dir.join(binary), binary, args, theirs)?;
     Ok((child, Channel::from_fd(ours)?))
 }
 
-fn describe(status: std::io::Result<ExitStatus>) -> String {
+pub(crate) fn describe(status: std::io::Result<ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Ok(s) => match s.signal() {
@@ -178,6 +166,12 @@ impl std::fmt::Debug for Supervisor {
     }
 }
 
+/// The data plane as the monitor sees it: a channel, and a pid the spawner reported.
+struct DataPlane {
+    channel: Channel,
+    pid: u32,
+}
+
 impl Supervisor {
     /// A supervisor for prepared descriptors.
     pub fn new(prepared: Prepared) -> Self {
@@ -195,92 +189,131 @@ impl Supervisor {
         }
     }
 
-    /// Starts the workers and supervises them until the interface goes away, a signal
-    /// arrives, or keyd dies. The workers are stopped before this returns.
-    pub async fn run(mut self) -> Result<Stopped, MonitorError> {
-        let dir = self.worker_dir.clone();
-        let args = self.worker_args.clone();
-        let (keyd_child, keyd_channel) = spawn(&dir, KEYD_BINARY, &args)?;
-        let mut keyd = Worker {
-            child: keyd_child,
-            channel: keyd_channel,
-        };
-        keyd.channel
-            .send(&MonitorToKeyd::Hello(Hello::new(Role::Monitor)), &[])
+    /// Starts keyd, the spawner and (through it) the data plane, runs `lockdown` (the
+    /// monitor's own sandbox), and supervises until the interface goes away, a signal
+    /// arrives, or keyd dies. Closing the channels on return stops every worker: each
+    /// exits when its channel to us closes, and dies with its parent.
+    pub async fn run(
+        mut self,
+        lockdown: impl FnOnce() -> Result<(), String>,
+    ) -> Result<Stopped, MonitorError> {
+        let (mut keyd_child, keyd) = spawn(&self.worker_dir, KEYD_BINARY, &self.worker_args)?;
+        keyd.send(&MonitorToKeyd::Hello(Hello::new(Role::Monitor)), &[])
             .await
             .map_err(|e| MonitorError::Ipc("keyd", e))?;
         let (keyd_end, datad_end) = seqpacket_pair()?;
-        keyd.channel
-            .send(
-                &MonitorToKeyd::Start {
-                    interface: self.interface.clone(),
-                    listen_port: self.sockets.sockets.port,
-                },
-                &[self.uapi.as_fd(), keyd_end.as_fd()],
-            )
-            .await
-            .map_err(|e| MonitorError::Ipc("keyd", e))?;
+        keyd.send(
+            &MonitorToKeyd::Start {
+                interface: self.interface.clone(),
+                listen_port: self.sockets.sockets.port,
+            },
+            &[self.uapi.as_fd(), keyd_end.as_fd()],
+        )
+        .await
+        .map_err(|e| MonitorError::Ipc("keyd", e))?;
         drop(keyd_end);
-        let mut datad = self.start_datad(datad_end).await?;
+
+        // The spawner is this very program in its `--spawner` role.
+        let exe = std::env::current_exe()?;
+        let mut spawner_args = vec![
+            "--spawner".to_owned(),
+            "--libexec-dir".to_owned(),
+            self.worker_dir.display().to_string(),
+        ];
+        spawner_args.extend(self.worker_args.iter().cloned());
+        let (ours, theirs) = seqpacket_pair()?;
+        let mut spawner_child =
+            spawner::spawn_with_channel(&exe, "wireguard-rs --spawner", &spawner_args, theirs)?;
+        let spawner = Channel::from_fd(ours)?;
+        spawner
+            .send(&MonitorToSpawner::Hello(Hello::new(Role::Monitor)), &[])
+            .await
+            .map_err(|e| MonitorError::Ipc("spawner", e))?;
+        let mut datad = self.start_datad(&spawner, datad_end).await?;
 
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
         let mut poll = tokio::time::interval(INTERFACE_POLL);
+        lockdown().map_err(MonitorError::Sandbox)?;
 
-        let result = loop {
+        loop {
             tokio::select! {
-                m = keyd.channel.recv::<KeydToMonitor>() => match m {
-                    Ok(m) => if let Err(e) = self.on_keyd(m.msg, &keyd, &datad).await {
-                        break Err(e);
-                    },
+                m = keyd.recv::<KeydToMonitor>() => match m {
+                    Ok(m) => self.on_keyd(m.msg, &keyd, &datad).await?,
                     Err(e) => {
-                        let status = describe(keyd.child.wait().await);
+                        let status = describe(keyd_child.wait().await);
                         tracing::error!("key process channel closed ({e}); it {status}");
-                        break Err(MonitorError::KeydDied(status));
+                        return Err(MonitorError::KeydDied(format!("{e}; {status}")));
                     }
                 },
-                status = keyd.child.wait() => {
-                    break Err(MonitorError::KeydDied(describe(status)));
+                status = keyd_child.wait() => {
+                    return Err(MonitorError::KeydDied(describe(status)));
                 }
                 m = datad.channel.recv::<DatadToMonitor>() => match m {
                     Ok(Received { msg: DatadToMonitor::InterfaceGone, .. }) => {
-                        break Ok(Stopped::InterfaceGone);
+                        return Ok(Stopped::InterfaceGone);
                     }
                     Ok(Received { msg: DatadToMonitor::Hello(_), .. }) => {}
                     Err(e) => {
-                        let status = describe(datad.child.wait().await);
-                        tracing::warn!("data plane channel closed ({e}); it {status}; restarting");
-                        match self.restart_datad(&keyd).await {
-                            Ok(d) => datad = d,
-                            Err(e) => break Err(e),
-                        }
+                        tracing::warn!("data plane (pid {}) lost: {e}; restarting it", datad.pid);
+                        datad = self.restart_datad(&keyd, &spawner).await?;
                     }
                 },
-                status = datad.child.wait() => {
-                    tracing::warn!("data plane {}; restarting", describe(status));
-                    match self.restart_datad(&keyd).await {
-                        Ok(d) => datad = d,
-                        Err(e) => break Err(e),
+                m = spawner.recv::<SpawnerToMonitor>() => match m {
+                    Ok(Received { msg: SpawnerToMonitor::Exited { pid, status }, .. }) => {
+                        tracing::warn!("data plane pid {pid} {status}");
                     }
-                }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let status = describe(spawner_child.wait().await);
+                        return Err(MonitorError::SpawnerDied(format!("{e}; {status}")));
+                    }
+                },
                 _ = poll.tick() => {
                     if self.tun.is_deleted() {
-                        break Ok(Stopped::InterfaceGone);
+                        return Ok(Stopped::InterfaceGone);
                     }
                 }
-                _ = sigterm.recv() => break Ok(Stopped::Signal),
-                _ = sigint.recv() => break Ok(Stopped::Signal),
-                _ = sighup.recv() => break Ok(Stopped::Signal),
+                _ = sigterm.recv() => return Ok(Stopped::Signal),
+                _ = sigint.recv() => return Ok(Stopped::Signal),
+                _ = sighup.recv() => return Ok(Stopped::Signal),
             }
-        };
-        stop(&mut datad.child).await;
-        stop(&mut keyd.child).await;
-        result
+        }
     }
 
-    async fn start_datad(&mut self, keyd_link: OwnedFd) -> Result<Worker, MonitorError> {
-        let (child, channel) = spawn(&self.worker_dir, DATAD_BINARY, &self.worker_args)?;
+    /// Has the spawner start a data plane and gives it its descriptors.
+    async fn start_datad(
+        &mut self,
+        spawner: &Channel,
+        keyd_link: OwnedFd,
+    ) -> Result<DataPlane, MonitorError> {
+        let (ours, theirs) = seqpacket_pair()?;
+        spawner
+            .send(&MonitorToSpawner::SpawnDatad, &[theirs.as_fd()])
+            .await
+            .map_err(|e| MonitorError::Ipc("spawner", e))?;
+        drop(theirs);
+        let pid = loop {
+            let reply = spawner
+                .recv::<SpawnerToMonitor>()
+                .await
+                .map_err(|e| MonitorError::Ipc("spawner", e))?;
+            match reply.msg {
+                SpawnerToMonitor::Spawned { pid } => break pid,
+                SpawnerToMonitor::SpawnFailed { reason } => {
+                    return Err(MonitorError::Ipc(
+                        "spawner",
+                        wg_ipc::IpcError::Io(std::io::Error::other(reason)),
+                    ));
+                }
+                SpawnerToMonitor::Exited { pid, status } => {
+                    tracing::warn!("data plane pid {pid} {status}");
+                }
+                SpawnerToMonitor::Hello(h) => h.check(Role::Spawner).map_err(|e| MonitorError::Ipc("spawner", e))?,
+            }
+        };
+        let channel = Channel::from_fd(ours)?;
         channel
             .send(&MonitorToDatad::Hello(Hello::new(Role::Monitor)), &[])
             .await
@@ -301,10 +334,15 @@ impl Supervisor {
             )
             .await
             .map_err(|e| MonitorError::Ipc("datad", e))?;
-        Ok(Worker { child, channel })
+        tracing::info!("data plane started (pid {pid})");
+        Ok(DataPlane { channel, pid })
     }
 
-    async fn restart_datad(&mut self, keyd: &Worker) -> Result<Worker, MonitorError> {
+    async fn restart_datad(
+        &mut self,
+        keyd: &Channel,
+        spawner: &Channel,
+    ) -> Result<DataPlane, MonitorError> {
         let now = Instant::now();
         self.restarts
             .retain(|t| now.saturating_duration_since(*t) < RESTART_WINDOW);
@@ -313,9 +351,8 @@ impl Supervisor {
         }
         self.restarts.push(now);
         let (keyd_end, datad_end) = seqpacket_pair()?;
-        let datad = self.start_datad(datad_end).await?;
-        keyd.channel
-            .send(&MonitorToKeyd::DataPlaneRestarted, &[keyd_end.as_fd()])
+        let datad = self.start_datad(spawner, datad_end).await?;
+        keyd.send(&MonitorToKeyd::DataPlaneRestarted, &[keyd_end.as_fd()])
             .await
             .map_err(|e| MonitorError::Ipc("keyd", e))?;
         Ok(datad)
@@ -325,8 +362,8 @@ impl Supervisor {
     async fn on_keyd(
         &mut self,
         msg: KeydToMonitor,
-        keyd: &Worker,
-        datad: &Worker,
+        keyd: &Channel,
+        datad: &DataPlane,
     ) -> Result<(), MonitorError> {
         let reply = match msg {
             KeydToMonitor::Hello(hello) => {
@@ -338,13 +375,12 @@ impl Supervisor {
                 self.reconfigure(port, fwmark, datad).await
             }
         };
-        keyd.channel
-            .send(&reply, &[])
+        keyd.send(&reply, &[])
             .await
             .map_err(|e| MonitorError::Ipc("keyd", e))
     }
 
-    async fn reconfigure(&mut self, port: u16, fwmark: u32, datad: &Worker) -> MonitorToKeyd {
+    async fn reconfigure(&mut self, port: u16, fwmark: u32, datad: &DataPlane) -> MonitorToKeyd {
         match self.sockets.reconfigure(port, fwmark) {
             Ok(rebound) => {
                 if rebound {
@@ -372,19 +408,4 @@ impl Supervisor {
     }
 }
 
-use wg_ipc::Received;
 
-/// Asks a worker to stop (SIGTERM), then kills it if it lingers.
-async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        if tokio::time::timeout(Duration::from_secs(2), child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = child.kill().await;
-}

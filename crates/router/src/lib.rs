@@ -252,6 +252,10 @@ pub enum InboundKind {
         /// Length of the inner IP packet.
         len: usize,
     },
+    /// Authenticated, but the inner packet must not be delivered: malformed, or its
+    /// source address is not in the sending peer's allowed IPs. The session events
+    /// (handshake completion, rekey) of the [`Inbound`] still apply.
+    Refused(DropReason),
 }
 
 /// An authenticated inbound transport packet.
@@ -685,15 +689,19 @@ impl Router {
             _ => false,
         };
 
+        // Cryptokey routing's inbound rule, checked last: the packet authenticated, so
+        // the session events above stand even if its content is refused.
         let kind = if plaintext.is_empty() {
             InboundKind::Keepalive
         } else {
-            let header = ip::parse(plaintext).ok_or(DropReason::MalformedInner)?;
-            if self.allowed_ips.lookup(header.source) != Some(job.peer) {
-                return Err(DropReason::SourceNotAllowed);
-            }
-            InboundKind::Data {
-                len: header.total_len,
+            match ip::parse(plaintext) {
+                None => InboundKind::Refused(DropReason::MalformedInner),
+                Some(header) if self.allowed_ips.lookup(header.source) != Some(job.peer) => {
+                    InboundKind::Refused(DropReason::SourceNotAllowed)
+                }
+                Some(header) => InboundKind::Data {
+                    len: header.total_len,
+                },
             }
         };
         Ok(Inbound {

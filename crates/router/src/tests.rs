@@ -83,6 +83,7 @@ fn deliver(router: &mut Router, datagram: &[u8], from: &str, now: Instant) -> Re
     let inner = match inbound.kind {
         InboundKind::Data { len } => plaintext[..len].to_vec(),
         InboundKind::Keepalive => Vec::new(),
+        InboundKind::Refused(reason) => return Err(reason),
     };
     Ok((inbound, inner))
 }
@@ -178,6 +179,20 @@ fn source_address_must_belong_to_the_decrypting_peer() {
         deliver(&mut p.b, &msg, "192.0.2.1:1", p.t0).err(),
         Some(DropReason::SourceNotAllowed)
     );
+}
+
+#[test]
+fn a_refused_packet_still_confirms_the_session() {
+    let mut p = Pair::new();
+    p.handshake(1, 2, 10, p.t0);
+    let spoofed = seal(&mut p.a, &ipv4([10, 9, 9, 9], B_ADDR, 10), p.t0).unwrap();
+    let job = p.b.plan_inbound(&spoofed, p.t0).unwrap();
+    let mut buf = spoofed.clone();
+    let n = job.open(&mut buf).unwrap();
+    let inbound = p.b.finish_inbound(&job, &buf[HEADROOM..HEADROOM + n], buf.len(), ep("192.0.2.1:1"), p.t0).unwrap();
+    assert_eq!(inbound.kind, InboundKind::Refused(DropReason::SourceNotAllowed));
+    assert!(inbound.handshake_complete);
+    assert!(p.b.can_send(p.b_peer, p.t0));
 }
 
 #[test]

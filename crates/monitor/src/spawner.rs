@@ -1,0 +1,82 @@
+//! The spawner: the one process that may start programs after start-up. It runs as the
+//! unprivileged user with no capabilities, so every data plane it starts (the first one
+//! and every restart) is unprivileged from birth, while the monitor itself never execs.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use tokio::process::Child;
+use tokio::task::JoinSet;
+use wg_ipc::messages::{Hello, MonitorToSpawner, Role, SpawnerToMonitor};
+use wg_ipc::{Channel, IPC_FD_ENV, make_inheritable};
+
+use crate::{DATAD_BINARY, MonitorError, describe};
+
+/// Starts `binary` with `ipc` as its channel (inherited, named in `WG_RS_IPC_FD`).
+pub(crate) fn spawn_with_channel(
+    path: &std::path::Path,
+    binary: &'static str,
+    args: &[String],
+    ipc: OwnedFd,
+) -> Result<Child, MonitorError> {
+    make_inheritable(&ipc)?;
+    let child = tokio::process::Command::new(path)
+        .args(args)
+        .env(IPC_FD_ENV, std::os::fd::AsRawFd::as_raw_fd(&ipc).to_string())
+        .env_remove("WG_TUN_FD")
+        .env_remove("WG_UAPI_FD")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| MonitorError::Spawn {
+            binary,
+            path: path.display().to_string(),
+            source,
+        })?;
+    drop(ipc);
+    Ok(child)
+}
+
+/// Serves the monitor's spawn requests until it closes the channel.
+pub async fn run(channel: Channel, worker_dir: PathBuf, worker_args: Vec<String>) -> Result<(), MonitorError> {
+    channel
+        .send(&SpawnerToMonitor::Hello(Hello::new(Role::Spawner)), &[])
+        .await
+        .map_err(|e| MonitorError::Ipc("monitor", e))?;
+    let path = worker_dir.join(DATAD_BINARY);
+    let mut children: JoinSet<(u32, String)> = JoinSet::new();
+    loop {
+        tokio::select! {
+            m = channel.recv::<MonitorToSpawner>() => {
+                let m = match m {
+                    Ok(m) => m,
+                    // The monitor is gone: dropping the children kills them.
+                    Err(_) => return Ok(()),
+                };
+                match m.msg {
+                    MonitorToSpawner::Hello(h) => h.check(Role::Monitor).map_err(|e| MonitorError::Ipc("monitor", e))?,
+                    MonitorToSpawner::SpawnDatad => {
+                        let Some(fd) = m.fds.into_iter().next() else {
+                            return Err(MonitorError::Ipc("monitor", wg_ipc::IpcError::BadFds));
+                        };
+                        let reply = match spawn_with_channel(&path, DATAD_BINARY, &worker_args, fd) {
+                            Ok(mut child) => {
+                                let pid = child.id().unwrap_or(0);
+                                children.spawn(async move { (pid, describe(child.wait().await)) });
+                                SpawnerToMonitor::Spawned { pid }
+                            }
+                            Err(e) => SpawnerToMonitor::SpawnFailed { reason: e.to_string() },
+                        };
+                        channel.send(&reply, &[]).await.map_err(|e| MonitorError::Ipc("monitor", e))?;
+                    }
+                }
+            }
+            Some(Ok((pid, status))) = children.join_next() => {
+                channel
+                    .send(&SpawnerToMonitor::Exited { pid, status }, &[])
+                    .await
+                    .map_err(|e| MonitorError::Ipc("monitor", e))?;
+            }
+        }
+    }
+}

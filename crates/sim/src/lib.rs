@@ -1,0 +1,45 @@
+//! A deterministic, virtual-time simulation of two WireGuard peers built from the sans-IO
+//! crates (`wg-handshake`, `wg-cookie`, `wg-router`, `wg-timers`), in the manner of
+//! quinn-proto's `Pair::step`: no sockets, no threads, no real clock.
+//!
+//! **Owns:** a [`Node`] per peer that wires the crates exactly as the daemon does (the data
+//! plane's event handling of `crates/datad/src/plane.rs` and the key process's handshake
+//! oracle of `crates/keyd/src/handshakes.rs`, with the IPC between them replaced by direct
+//! calls in the same order), a lossy, jittery, duplicating, reordering [`Network`], and a
+//! [`Sim`] that advances a virtual clock from event to event.
+//!
+//! **Trusts:** the crates it drives; it exists to test them together. Test-only: it is not
+//! published and nothing but tests may depend on it.
+//!
+//! **May depend on:** `wg-wire`, `wg-cookie`, `wg-handshake`, `wg-router`, `wg-timers`,
+//! `ipnet`, `rand` (seeded `StdRng` only), `zeroize`, `thiserror`.
+//!
+//! # Determinism
+//! Every random choice (keys, indices, ephemerals, jitter, loss) comes from `StdRng`s seeded
+//! from [`SimConfig::seed`]. Time is an `Instant` taken once at construction and then only
+//! advanced by additions; wall-clock time (the TAI64N timestamps of initiations) is a fixed
+//! `SystemTime` plus the virtual time elapsed. The same seed and the same calls replay the
+//! same run, datagram for datagram.
+//!
+//! ```
+//! use std::time::Duration;
+//! use wg_sim::{Side, Sim, SimConfig};
+//!
+//! let mut sim = Sim::new(SimConfig::default());
+//! let id = sim.send(Side::A); // staged; A starts a handshake
+//! sim.run_for(Duration::from_secs(1));
+//! assert_eq!(sim.node(Side::B).delivered_count(id), 1);
+//! ```
+#![forbid(unsafe_code)]
+
+mod clock;
+mod network;
+mod node;
+mod packet;
+mod sim;
+
+pub use clock::Clock;
+pub use network::{Capture, Datagram, LinkConditions, Network, NetworkStats};
+pub use node::{Counters, Event, EventKind, Node, NodeConfig, Receipt, Rejection, SendOutcome};
+pub use packet::{INNER_PACKET_LEN, inner_packet, payload_id};
+pub use sim::{Side, Sim, SimConfig};
