@@ -54,7 +54,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let monitor = wg_ipc::Channel::from_fd(fd).map_err(wg_datad::DatadError::Io)?;
         let lockdown: wg_datad::Lockdown = Box::new(move || {
-            wg_sandbox::lock_down(Role::Datad, &options, Some(report)).map_err(|e| e.to_string())?;
+            wg_sandbox::lock_down(Role::Datad, &options, Some(report))
+                .map_err(|e| e.to_string())?;
             wg_sandbox::attempt_forbidden_syscall_if_requested(Role::Datad);
             Ok(())
         });

@@ -43,7 +43,10 @@ fn mac1_alone_passes_when_not_under_load() {
     let checker = CookieChecker::new(&RESPONDER);
     let mut msg = initiation(1, 0);
     signer.sign(&mut msg, Instant::now()).unwrap();
-    assert_eq!(checker.check(&msg, addr("10.0.0.1:1"), Instant::now(), false), Verdict::Accept);
+    assert_eq!(
+        checker.check(&msg, addr("10.0.0.1:1"), Instant::now(), false),
+        Verdict::Accept
+    );
     assert_eq!(msg[132..], [0; 16], "without a cookie MAC2 is zeros");
 }
 
@@ -53,8 +56,14 @@ fn mac1_for_another_key_is_dropped() {
     let checker = CookieChecker::new(&RESPONDER);
     let mut msg = initiation(1, 0);
     signer.sign(&mut msg, Instant::now()).unwrap();
-    assert_eq!(checker.check(&msg, addr("10.0.0.1:1"), Instant::now(), false), Verdict::Drop);
-    assert_eq!(checker.check(&msg, addr("10.0.0.1:1"), Instant::now(), true), Verdict::Drop);
+    assert_eq!(
+        checker.check(&msg, addr("10.0.0.1:1"), Instant::now(), false),
+        Verdict::Drop
+    );
+    assert_eq!(
+        checker.check(&msg, addr("10.0.0.1:1"), Instant::now(), true),
+        Verdict::Drop
+    );
 }
 
 #[test]
@@ -64,10 +73,16 @@ fn responses_carry_macs_too() {
     let mut msg = [0u8; RESPONSE_LEN];
     msg[0] = 2;
     signer.sign(&mut msg, Instant::now()).unwrap();
-    assert_eq!(checker.check(&msg, addr("10.0.0.1:1"), Instant::now(), false), Verdict::Accept);
+    assert_eq!(
+        checker.check(&msg, addr("10.0.0.1:1"), Instant::now(), false),
+        Verdict::Accept
+    );
     let mut wrong = [0u8; 64];
     wrong[0] = 3;
-    assert_eq!(signer.sign(&mut wrong, Instant::now()), Err(CookieError::NotAHandshakeMessage));
+    assert_eq!(
+        signer.sign(&mut wrong, Instant::now()),
+        Err(CookieError::NotAHandshakeMessage)
+    );
 }
 
 #[test]
@@ -76,9 +91,14 @@ fn cookie_round_trip_gives_a_valid_mac2() {
     let src = addr("192.0.2.1:51820");
     let (mut signer, checker, _) = with_cookie(src, now);
     let mut next = initiation(10, 0xbb);
-    signer.sign(&mut next, now + Duration::from_secs(1)).unwrap();
+    signer
+        .sign(&mut next, now + Duration::from_secs(1))
+        .unwrap();
     assert_ne!(next[132..], [0; 16]);
-    assert_eq!(checker.check(&next, src, now + Duration::from_secs(1), true), Verdict::Accept);
+    assert_eq!(
+        checker.check(&next, src, now + Duration::from_secs(1), true),
+        Verdict::Accept
+    );
 }
 
 #[test]
@@ -88,8 +108,16 @@ fn cookie_for_another_ip_or_port_is_rejected() {
     let (mut signer, checker, _) = with_cookie(src, now);
     let mut next = initiation(10, 0xbb);
     signer.sign(&mut next, now).unwrap();
-    for other in ["192.0.2.2:51820", "192.0.2.1:51821", "[::ffff:192.0.2.1]:51820"] {
-        assert_eq!(checker.check(&next, addr(other), now, true), Verdict::SendCookie, "{other}");
+    for other in [
+        "192.0.2.2:51820",
+        "192.0.2.1:51821",
+        "[::ffff:192.0.2.1]:51820",
+    ] {
+        assert_eq!(
+            checker.check(&next, addr(other), now, true),
+            Verdict::SendCookie,
+            "{other}"
+        );
     }
 }
 
@@ -100,9 +128,18 @@ fn cookie_older_than_120_s_is_not_used_by_the_initiator() {
     let (mut signer, _, _) = with_cookie(src, now);
     let mut late = initiation(10, 0xbb);
     signer.sign(&mut late, now + COOKIE_REFRESH_TIME).unwrap();
-    assert_eq!(late[132..], [0; 16], "a stale cookie must not be used for MAC2");
+    assert_eq!(
+        late[132..],
+        [0; 16],
+        "a stale cookie must not be used for MAC2"
+    );
     let mut early = initiation(10, 0xbb);
-    signer.sign(&mut early, now + COOKIE_REFRESH_TIME - Duration::from_millis(1)).unwrap();
+    signer
+        .sign(
+            &mut early,
+            now + COOKIE_REFRESH_TIME - Duration::from_millis(1),
+        )
+        .unwrap();
     assert_ne!(early[132..], [0; 16]);
 }
 
@@ -117,10 +154,18 @@ fn cookie_older_than_120_s_is_rejected_by_the_responder() {
     signer.sign(&mut next, signed_at).unwrap();
     assert_eq!(checker.check(&next, src, signed_at, true), Verdict::Accept);
     let checked_at = now + COOKIE_REFRESH_TIME;
-    assert_eq!(checker.check(&next, src, checked_at, true), Verdict::SendCookie);
+    assert_eq!(
+        checker.check(&next, src, checked_at, true),
+        Verdict::SendCookie
+    );
     // The next reply draws a new secret, so the old cookie stays invalid.
-    checker.create_reply(&next, src, checked_at, &mut rng).unwrap();
-    assert_eq!(checker.check(&next, src, checked_at, true), Verdict::SendCookie);
+    checker
+        .create_reply(&next, src, checked_at, &mut rng)
+        .unwrap();
+    assert_eq!(
+        checker.check(&next, src, checked_at, true),
+        Verdict::SendCookie
+    );
 }
 
 #[test]
@@ -135,15 +180,24 @@ fn cookie_reply_to_another_message_is_rejected() {
     let mut other_signer = MacSigner::new(&RESPONDER);
     other_signer.sign(&mut first, now).unwrap();
     let reply = checker.create_reply(&first, src, now, &mut rng).unwrap();
-    assert_eq!(signer.consume_cookie_reply(&reply, now), Err(CookieError::UnexpectedCookieReply));
+    assert_eq!(
+        signer.consume_cookie_reply(&reply, now),
+        Err(CookieError::UnexpectedCookieReply)
+    );
     // We sent a different message: its MAC1 is the associated data, so the reply fails.
     let mut ours = initiation(2, 2);
     signer.sign(&mut ours, now).unwrap();
-    assert_eq!(signer.consume_cookie_reply(&reply, now), Err(CookieError::InvalidCookieReply));
+    assert_eq!(
+        signer.consume_cookie_reply(&reply, now),
+        Err(CookieError::InvalidCookieReply)
+    );
     // A reply from someone who does not know the responder's key fails too.
     let mut impostor = CookieChecker::new(&PublicKey([0x99; 32]));
     let forged = impostor.create_reply(&ours, src, now, &mut rng).unwrap();
-    assert_eq!(signer.consume_cookie_reply(&forged, now), Err(CookieError::InvalidCookieReply));
+    assert_eq!(
+        signer.consume_cookie_reply(&forged, now),
+        Err(CookieError::InvalidCookieReply)
+    );
     // The genuine reply to our message works.
     let genuine = checker.create_reply(&ours, src, now, &mut rng).unwrap();
     signer.consume_cookie_reply(&genuine, now).unwrap();

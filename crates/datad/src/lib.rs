@@ -89,7 +89,10 @@ pub fn startup_from_fds(
     monitor: wg_ipc::Channel,
 ) -> Result<Startup, DatadError> {
     let mut fds = fds.into_iter();
-    let mut next = || fds.next().ok_or(DatadError::Protocol("monitor (missing fds)"));
+    let mut next = || {
+        fds.next()
+            .ok_or(DatadError::Protocol("monitor (missing fds)"))
+    };
     let tun = next()?;
     let udp4 = UdpSocket::from(next()?);
     let udp6 = if has_ipv6 {
@@ -110,23 +113,26 @@ pub fn startup_from_fds(
 
 /// The data-plane process's entry point after `exec`: waits for the monitor's `Start`
 /// with its descriptors, then serves until the interface goes away.
-pub async fn run_worker(
-    monitor: wg_ipc::Channel,
-    lockdown: Lockdown,
-) -> Result<Exit, DatadError> {
+pub async fn run_worker(monitor: wg_ipc::Channel, lockdown: Lockdown) -> Result<Exit, DatadError> {
     use wg_ipc::messages::{DatadToMonitor, Hello, MonitorToDatad, Role};
     monitor
         .send(&DatadToMonitor::Hello(Hello::new(Role::Datad)), &[])
         .await
         .map_err(DatadError::Monitor)?;
-    let hello = monitor.recv::<MonitorToDatad>().await.map_err(DatadError::Monitor)?;
+    let hello = monitor
+        .recv::<MonitorToDatad>()
+        .await
+        .map_err(DatadError::Monitor)?;
     match hello.msg {
         MonitorToDatad::Hello(h) => h
             .check(Role::Monitor)
             .map_err(|_| DatadError::Protocol("monitor (bad hello)"))?,
         _ => return Err(DatadError::Protocol("monitor (no hello)")),
     }
-    let start = monitor.recv::<MonitorToDatad>().await.map_err(DatadError::Monitor)?;
+    let start = monitor
+        .recv::<MonitorToDatad>()
+        .await
+        .map_err(DatadError::Monitor)?;
     let MonitorToDatad::Start { has_ipv6, .. } = start.msg else {
         return Err(DatadError::Protocol("monitor (expected start)"));
     };

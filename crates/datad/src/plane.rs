@@ -121,9 +121,7 @@ async fn recv_udp(
     }
 }
 
-async fn recv_monitor(
-    monitor: Option<&Channel>,
-) -> Result<Received<MonitorToDatad>, IpcError> {
+async fn recv_monitor(monitor: Option<&Channel>) -> Result<Received<MonitorToDatad>, IpcError> {
     match monitor {
         Some(m) => m.recv().await,
         None => std::future::pending().await,
@@ -278,7 +276,8 @@ impl Daemon {
     async fn flush_to_keyd(&mut self) -> Result<(), DatadError> {
         let retired: Vec<u32> = self.router.drain_retired_indices().collect();
         if !retired.is_empty() {
-            self.to_keyd.push(DatadToKeyd::RetiredIndices { indices: retired });
+            self.to_keyd
+                .push(DatadToKeyd::RetiredIndices { indices: retired });
         }
         for msg in self.to_keyd.drain(..) {
             self.io
@@ -492,7 +491,10 @@ impl Daemon {
     async fn send_keepalive(&mut self, peer: PeerId, now: Instant) {
         match self.router.keepalive(peer, now) {
             Outbound::Send {
-                endpoint, job, rekey, ..
+                endpoint,
+                job,
+                rekey,
+                ..
             } => {
                 let mut buf = vec![0u8; job.message_len()];
                 if job.seal(&mut buf).is_ok() && Self::send_to(&self.io, endpoint, &buf).await {
@@ -530,7 +532,10 @@ impl Daemon {
                 public_key,
                 message,
                 endpoint,
-            } => self.send_handshake(public_key, &message, endpoint, now).await,
+            } => {
+                self.send_handshake(public_key, &message, endpoint, now)
+                    .await
+            }
             KeydToDatad::StatsRequest { request } => self.answer_stats(request, now),
         }
         Ok(())
@@ -700,14 +705,11 @@ impl Daemon {
             .map(|(&p, _)| p)
             .collect();
         for peer in due {
-            loop {
-                let Some(slot) = self.slots.get_mut(&peer) else {
-                    break;
-                };
-                let Some(action) = slot.timers.poll(now) else {
-                    break;
-                };
-                let public_key = slot.public_key;
+            while let Some((public_key, action)) = self
+                .slots
+                .get_mut(&peer)
+                .and_then(|slot| Some((slot.public_key, slot.timers.poll(now)?)))
+            {
                 match action {
                     TimerAction::SendInitiation { retry } => {
                         self.to_keyd

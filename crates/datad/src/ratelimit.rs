@@ -74,7 +74,10 @@ mod tests {
         assert!(rl.allow(b, t0), "other addresses are unaffected");
         let later = t0 + Duration::from_millis(500);
         let allowed = (0..100).filter(|_| rl.allow(a, later)).count();
-        assert_eq!(allowed, 5, "0.5 s refills 10 tokens, capped at the burst of 5");
+        assert_eq!(
+            allowed, 5,
+            "0.5 s refills 10 tokens, capped at the burst of 5"
+        );
         let soon = later + Duration::from_millis(100);
         assert_eq!((0..100).filter(|_| rl.allow(a, soon)).count(), 2);
     }

@@ -111,7 +111,10 @@ impl DiffieHellman for x25519_dalek::ReusableSecret {
 
 /// `DH(private, public)`, refusing an all-zero result (a small-order public key), as the
 /// kernel and wireguard-go do.
-pub(crate) fn dh(private: &impl DiffieHellman, public: &[u8; KEY_LEN]) -> Result<Secret, HandshakeError> {
+pub(crate) fn dh(
+    private: &impl DiffieHellman,
+    public: &[u8; KEY_LEN],
+) -> Result<Secret, HandshakeError> {
     let shared = private.shared(&DalekPublic::from(*public));
     if !shared.was_contributory() {
         return Err(HandshakeError::InvalidPublicKey);
@@ -147,14 +150,23 @@ mod tests {
         assert_eq!(&buf[..16], b"sixteen byte msg");
         let mut bad = sealed;
         bad[3] ^= 1;
-        assert_eq!(open(&key, &mut bad, b"ad"), Err(HandshakeError::DecryptionFailed));
+        assert_eq!(
+            open(&key, &mut bad, b"ad"),
+            Err(HandshakeError::DecryptionFailed)
+        );
         let mut bad_ad = sealed;
-        assert_eq!(open(&key, &mut bad_ad, b"AD"), Err(HandshakeError::DecryptionFailed));
+        assert_eq!(
+            open(&key, &mut bad_ad, b"AD"),
+            Err(HandshakeError::DecryptionFailed)
+        );
     }
 
     #[test]
     fn small_order_public_key_is_refused() {
         let secret = x25519_dalek::StaticSecret::from([7u8; KEY_LEN]);
-        assert_eq!(dh(&secret, &[0u8; KEY_LEN]), Err(HandshakeError::InvalidPublicKey));
+        assert_eq!(
+            dh(&secret, &[0u8; KEY_LEN]),
+            Err(HandshakeError::InvalidPublicKey)
+        );
     }
 }

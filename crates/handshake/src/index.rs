@@ -69,7 +69,11 @@ mod tests {
     impl TryRng for Scripted {
         type Error = Infallible;
         fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-            Ok(if self.0.len() > 1 { self.0.remove(0) } else { self.0[0] })
+            Ok(if self.0.len() > 1 {
+                self.0.remove(0)
+            } else {
+                self.0[0]
+            })
         }
         fn try_next_u64(&mut self) -> Result<u64, Infallible> {
             Ok(u64::from(self.try_next_u32()?))

@@ -389,7 +389,10 @@ impl Peer {
         ts.copy_from_slice(ts_buf.get(..wg_wire::TIMESTAMP_LEN).unwrap_or(&[0; 12]));
         let timestamp = Tai64N::from_bytes(ts);
 
-        if self.latest_timestamp.is_some_and(|latest| timestamp <= latest) {
+        if self
+            .latest_timestamp
+            .is_some_and(|latest| timestamp <= latest)
+        {
             return Err(HandshakeError::Replay);
         }
         if self

@@ -59,7 +59,10 @@ mod tests {
 
     #[test]
     fn nanoseconds_are_whitened() {
-        assert_eq!(Tai64N::from_unix(5, 0x0123_4567), Tai64N::from_unix(5, 0x0100_0000));
+        assert_eq!(
+            Tai64N::from_unix(5, 0x0123_4567),
+            Tai64N::from_unix(5, 0x0100_0000)
+        );
     }
 
     proptest! {

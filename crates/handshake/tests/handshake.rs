@@ -50,11 +50,23 @@ fn open_and_consume(
 struct IncomingInitiationSender(u32);
 
 /// Runs a whole handshake and returns (initiator session, responder session).
-fn handshake(i: &mut Side, r: &mut Side, rng: &mut StdRng, now: Instant, t: Tai64N) -> (Session, Session) {
-    let init = i.peer.create_initiation(&i.local, 0x1111, t, &mut i.macs, now, rng).unwrap();
+fn handshake(
+    i: &mut Side,
+    r: &mut Side,
+    rng: &mut StdRng,
+    now: Instant,
+    t: Tai64N,
+) -> (Session, Session) {
+    let init = i
+        .peer
+        .create_initiation(&i.local, 0x1111, t, &mut i.macs, now, rng)
+        .unwrap();
     let sender = open_and_consume(r, &init, now).unwrap();
     assert_eq!(sender.0, 0x1111);
-    let (resp, rs) = r.peer.create_response(0x2222, &mut r.macs, now, rng).unwrap();
+    let (resp, rs) = r
+        .peer
+        .create_response(0x2222, &mut r.macs, now, rng)
+        .unwrap();
     let is = i.peer.consume_response(&i.local, &resp).unwrap();
     (is, rs)
 }
@@ -96,9 +108,15 @@ fn a_psk_changes_the_keys() {
 fn wrong_psk_fails_at_the_initiator() {
     let (mut a, mut b, mut rng) = pair(4, [1; 32], [2; 32]);
     let now = Instant::now();
-    let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng).unwrap();
+    let init = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng)
+        .unwrap();
     open_and_consume(&mut b, &init, now).unwrap();
-    let (resp, _) = b.peer.create_response(2, &mut b.macs, now, &mut rng).unwrap();
+    let (resp, _) = b
+        .peer
+        .create_response(2, &mut b.macs, now, &mut rng)
+        .unwrap();
     assert_eq!(
         a.peer.consume_response(&a.local, &resp).err(),
         Some(HandshakeError::DecryptionFailed)
@@ -112,7 +130,13 @@ fn psk_can_change_between_handshakes() {
     handshake(&mut a, &mut b, &mut rng, now, ts(0));
     a.peer.set_preshared_key(PresharedKey::from_bytes([9; 32]));
     b.peer.set_preshared_key(PresharedKey::from_bytes([9; 32]));
-    let (is, rs) = handshake(&mut a, &mut b, &mut rng, now + Duration::from_secs(1), ts(1));
+    let (is, rs) = handshake(
+        &mut a,
+        &mut b,
+        &mut rng,
+        now + Duration::from_secs(1),
+        ts(1),
+    );
     assert_matching(&is, &rs);
 }
 
@@ -123,7 +147,10 @@ fn wrong_static_key_fails() {
     let stranger = LocalIdentity::generate(&mut rng);
     a.peer = Peer::new(&a.local, *stranger.public_key(), PresharedKey::zero());
     a.macs = MacSigner::new(b.local.public_key()); // MAC1 right, so the Noise layer decides
-    let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, Instant::now(), &mut rng).unwrap();
+    let init = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, Instant::now(), &mut rng)
+        .unwrap();
     assert_eq!(
         b.local.open_initiation(&init).err(),
         Some(HandshakeError::DecryptionFailed)
@@ -131,11 +158,16 @@ fn wrong_static_key_fails() {
     // A responder that does not know the initiator's key: decrypts the static key, but the
     // peer it is given is someone else.
     let (mut a, b, mut rng) = pair(7, [0; 32], [0; 32]);
-    let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, Instant::now(), &mut rng).unwrap();
+    let init = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, Instant::now(), &mut rng)
+        .unwrap();
     let incoming = b.local.open_initiation(&init).unwrap();
     let mut other = Peer::new(&b.local, *stranger.public_key(), PresharedKey::zero());
     assert_eq!(
-        other.consume_initiation(&b.local, incoming, Instant::now()).err(),
+        other
+            .consume_initiation(&b.local, incoming, Instant::now())
+            .err(),
         Some(HandshakeError::WrongPeer)
     );
 }
@@ -144,7 +176,10 @@ fn wrong_static_key_fails() {
 fn every_flipped_bit_of_the_initiation_is_rejected() {
     let (mut a, b, mut rng) = pair(8, [0; 32], [0; 32]);
     let now = Instant::now();
-    let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng).unwrap();
+    let init = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng)
+        .unwrap();
     // MAC2 is zero and unchecked when not under load, so every byte before it is covered.
     for i in 0..init.len() - 16 {
         let mut bad = init;
@@ -162,13 +197,22 @@ fn every_flipped_bit_of_the_initiation_is_rejected() {
 fn every_flipped_bit_of_the_response_is_rejected() {
     let (mut a, mut b, mut rng) = pair(9, [3; 32], [3; 32]);
     let now = Instant::now();
-    let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng).unwrap();
+    let init = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng)
+        .unwrap();
     open_and_consume(&mut b, &init, now).unwrap();
-    let (resp, _) = b.peer.create_response(2, &mut b.macs, now, &mut rng).unwrap();
+    let (resp, _) = b
+        .peer
+        .create_response(2, &mut b.macs, now, &mut rng)
+        .unwrap();
     for i in 0..resp.len() - 16 {
         let mut bad = resp;
         bad[i] ^= 0x80;
-        assert!(a.peer.consume_response(&a.local, &bad).is_err(), "byte {i} flipped was accepted");
+        assert!(
+            a.peer.consume_response(&a.local, &bad).is_err(),
+            "byte {i} flipped was accepted"
+        );
     }
     // The untouched response still completes: failed attempts left the state intact.
     a.peer.consume_response(&a.local, &resp).unwrap();
@@ -179,7 +223,10 @@ fn mac2_is_checked_under_load() {
     let (mut a, b, mut rng) = pair(10, [0; 32], [0; 32]);
     let now = Instant::now();
     let src = "192.0.2.7:51820".parse().unwrap();
-    let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng).unwrap();
+    let init = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng)
+        .unwrap();
     let checker = CookieChecker::new(b.local.public_key());
     assert_eq!(checker.check(&init, src, now, false), Verdict::Accept);
     assert_eq!(checker.check(&init, src, now, true), Verdict::SendCookie);
@@ -189,7 +236,10 @@ fn mac2_is_checked_under_load() {
 fn replayed_initiation_is_rejected() {
     let (mut a, mut b, mut rng) = pair(11, [0; 32], [0; 32]);
     let now = Instant::now();
-    let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng).unwrap();
+    let init = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng)
+        .unwrap();
     open_and_consume(&mut b, &init, now).unwrap();
     let later = now + Duration::from_secs(10);
     assert_eq!(
@@ -197,10 +247,26 @@ fn replayed_initiation_is_rejected() {
         Some(HandshakeError::Replay)
     );
     // An older timestamp is as bad as an equal one.
-    let old = a.peer.create_initiation(&a.local, 2, Tai64N::from_unix(1, 0), &mut a.macs, later, &mut rng).unwrap();
-    assert_eq!(open_and_consume(&mut b, &old, later).err(), Some(HandshakeError::Replay));
+    let old = a
+        .peer
+        .create_initiation(
+            &a.local,
+            2,
+            Tai64N::from_unix(1, 0),
+            &mut a.macs,
+            later,
+            &mut rng,
+        )
+        .unwrap();
+    assert_eq!(
+        open_and_consume(&mut b, &old, later).err(),
+        Some(HandshakeError::Replay)
+    );
     // A newer one is fine.
-    let new = a.peer.create_initiation(&a.local, 3, ts(1), &mut a.macs, later, &mut rng).unwrap();
+    let new = a
+        .peer
+        .create_initiation(&a.local, 3, ts(1), &mut a.macs, later, &mut rng)
+        .unwrap();
     open_and_consume(&mut b, &new, later).unwrap();
 }
 
@@ -208,11 +274,20 @@ fn replayed_initiation_is_rejected() {
 fn initiations_faster_than_fifty_per_second_are_rejected() {
     let (mut a, mut b, mut rng) = pair(12, [0; 32], [0; 32]);
     let now = Instant::now();
-    let first = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng).unwrap();
+    let first = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng)
+        .unwrap();
     open_and_consume(&mut b, &first, now).unwrap();
     let soon = now + Duration::from_millis(20);
-    let second = a.peer.create_initiation(&a.local, 2, ts(1), &mut a.macs, soon, &mut rng).unwrap();
-    assert_eq!(open_and_consume(&mut b, &second, soon).err(), Some(HandshakeError::Flood));
+    let second = a
+        .peer
+        .create_initiation(&a.local, 2, ts(1), &mut a.macs, soon, &mut rng)
+        .unwrap();
+    assert_eq!(
+        open_and_consume(&mut b, &second, soon).err(),
+        Some(HandshakeError::Flood)
+    );
     // The flood rejection did not burn the timestamp: the same message is fine a bit later.
     let later = now + Duration::from_millis(21);
     open_and_consume(&mut b, &second, later).unwrap();
@@ -222,9 +297,15 @@ fn initiations_faster_than_fifty_per_second_are_rejected() {
 fn response_without_initiation_is_unexpected() {
     let (mut a, mut b, mut rng) = pair(13, [0; 32], [0; 32]);
     let now = Instant::now();
-    let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng).unwrap();
+    let init = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng)
+        .unwrap();
     open_and_consume(&mut b, &init, now).unwrap();
-    let (resp, _) = b.peer.create_response(2, &mut b.macs, now, &mut rng).unwrap();
+    let (resp, _) = b
+        .peer
+        .create_response(2, &mut b.macs, now, &mut rng)
+        .unwrap();
     a.peer.consume_response(&a.local, &resp).unwrap();
     // The same response again: the handshake state was consumed.
     assert_eq!(
@@ -242,10 +323,16 @@ fn response_without_initiation_is_unexpected() {
 fn clearing_erases_the_pending_handshake() {
     let (mut a, mut b, mut rng) = pair(14, [0; 32], [0; 32]);
     let now = Instant::now();
-    let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng).unwrap();
+    let init = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng)
+        .unwrap();
     assert_eq!(a.peer.pending_local_index(), Some(1));
     open_and_consume(&mut b, &init, now).unwrap();
-    let (resp, _) = b.peer.create_response(2, &mut b.macs, now, &mut rng).unwrap();
+    let (resp, _) = b
+        .peer
+        .create_response(2, &mut b.macs, now, &mut rng)
+        .unwrap();
     a.peer.clear();
     assert_eq!(a.peer.pending_local_index(), None);
     assert_eq!(
@@ -258,14 +345,26 @@ fn clearing_erases_the_pending_handshake() {
 fn a_new_initiation_supersedes_the_previous_one() {
     let (mut a, mut b, mut rng) = pair(15, [0; 32], [0; 32]);
     let now = Instant::now();
-    let first = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng).unwrap();
+    let first = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng)
+        .unwrap();
     let later = now + Duration::from_secs(5);
-    let second = a.peer.create_initiation(&a.local, 2, ts(5), &mut a.macs, later, &mut rng).unwrap();
+    let second = a
+        .peer
+        .create_initiation(&a.local, 2, ts(5), &mut a.macs, later, &mut rng)
+        .unwrap();
     open_and_consume(&mut b, &first, now).unwrap();
-    let (stale, _) = b.peer.create_response(3, &mut b.macs, now, &mut rng).unwrap();
+    let (stale, _) = b
+        .peer
+        .create_response(3, &mut b.macs, now, &mut rng)
+        .unwrap();
     assert!(a.peer.consume_response(&a.local, &stale).is_err());
     open_and_consume(&mut b, &second, later).unwrap();
-    let (resp, _) = b.peer.create_response(4, &mut b.macs, later, &mut rng).unwrap();
+    let (resp, _) = b
+        .peer
+        .create_response(4, &mut b.macs, later, &mut rng)
+        .unwrap();
     a.peer.consume_response(&a.local, &resp).unwrap();
 }
 
@@ -275,13 +374,19 @@ fn cookie_reply_makes_the_next_initiation_pass_under_load() {
     let now = Instant::now();
     let src = "[2001:db8::1]:40000".parse().unwrap();
     let mut checker = CookieChecker::new(b.local.public_key());
-    let init = a.peer.create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng).unwrap();
+    let init = a
+        .peer
+        .create_initiation(&a.local, 1, ts(0), &mut a.macs, now, &mut rng)
+        .unwrap();
     assert_eq!(checker.check(&init, src, now, true), Verdict::SendCookie);
     let reply: CookieReply = checker.create_reply(&init, src, now, &mut rng).unwrap();
     assert_eq!(reply.receiver_index, 1);
     a.macs.consume_cookie_reply(&reply, now).unwrap();
     let t = now + Duration::from_secs(1);
-    let again = a.peer.create_initiation(&a.local, 2, ts(1), &mut a.macs, t, &mut rng).unwrap();
+    let again = a
+        .peer
+        .create_initiation(&a.local, 2, ts(1), &mut a.macs, t, &mut rng)
+        .unwrap();
     assert_eq!(checker.check(&again, src, t, true), Verdict::Accept);
     // The Noise layer is unaffected by MAC2.
     b.local.open_initiation(&again).unwrap();
@@ -293,11 +398,19 @@ fn debug_output_holds_no_key_material() {
     let (is, _) = handshake(&mut a, &mut b, &mut rng, Instant::now(), ts(0));
     let private = a.local.private_bytes();
     let shown = format!("{:?} {:?} {:?} {:?}", a.local, a.peer, is, a.macs);
-    for secret in [&private[..], &is.send.expose_secret()[..], &is.recv.expose_secret()[..], &[0x5a; 32]] {
+    for secret in [
+        &private[..],
+        &is.send.expose_secret()[..],
+        &is.recv.expose_secret()[..],
+        &[0x5a; 32],
+    ] {
         let hex = hex::encode(&secret[..4]);
         assert!(!shown.contains(&hex), "{shown} shows {hex}");
         let decimal = format!("{:?}", &secret[..4]);
-        assert!(!shown.contains(decimal.trim_matches(|c| c == '[' || c == ']')), "{shown}");
+        assert!(
+            !shown.contains(decimal.trim_matches(|c| c == '[' || c == ']')),
+            "{shown}"
+        );
     }
 }
 

@@ -120,8 +120,14 @@ fn handshakes_match_the_independent_implementation() {
     for case in &v.cases {
         let initiator = identity(&case.initiator_static_private);
         let responder = identity(&case.responder_static_private);
-        assert_eq!(initiator.public_key().0, bytes::<32>(&case.initiator_static_public));
-        assert_eq!(responder.public_key().0, bytes::<32>(&case.responder_static_public));
+        assert_eq!(
+            initiator.public_key().0,
+            bytes::<32>(&case.initiator_static_public)
+        );
+        assert_eq!(
+            responder.public_key().0,
+            bytes::<32>(&case.responder_static_public)
+        );
         let psk = || PresharedKey::from_bytes(bytes(&case.preshared_key));
 
         // Initiator: the same initiation bytes, MACs included.
@@ -133,16 +139,32 @@ fn handshakes_match_the_independent_implementation() {
         let mut rng = Script(hex::decode(&case.initiator_ephemeral_private).unwrap());
         let timestamp = Tai64N::from_bytes(bytes(&case.timestamp));
         let init = i_peer
-            .create_initiation(&initiator, case.initiator_index, timestamp, &mut i_macs, now, &mut rng)
+            .create_initiation(
+                &initiator,
+                case.initiator_index,
+                timestamp,
+                &mut i_macs,
+                now,
+                &mut rng,
+            )
             .unwrap();
-        assert_eq!(hex::encode(init), case.initiation, "{}: initiation", case.name);
+        assert_eq!(
+            hex::encode(init),
+            case.initiation,
+            "{}: initiation",
+            case.name
+        );
 
         // Responder: accepts it and answers with the same response bytes.
         let mut r_peer = Peer::new(&responder, *initiator.public_key(), psk());
         let mut r_macs = MacSigner::new(initiator.public_key());
-        let incoming = responder.open_initiation(&bytes::<148>(&case.initiation)).unwrap();
+        let incoming = responder
+            .open_initiation(&bytes::<148>(&case.initiation))
+            .unwrap();
         assert_eq!(incoming.sender_index(), case.initiator_index);
-        r_peer.consume_initiation(&responder, incoming, now).unwrap();
+        r_peer
+            .consume_initiation(&responder, incoming, now)
+            .unwrap();
         let mut rng = Script(hex::decode(&case.responder_ephemeral_private).unwrap());
         let (resp, r_session) = r_peer
             .create_response(case.responder_index, &mut r_macs, now, &mut rng)
@@ -150,10 +172,18 @@ fn handshakes_match_the_independent_implementation() {
         assert_eq!(hex::encode(resp), case.response, "{}: response", case.name);
 
         // Initiator: the same transport keys.
-        let i_session = i_peer.consume_response(&initiator, &bytes::<92>(&case.response)).unwrap();
+        let i_session = i_peer
+            .consume_response(&initiator, &bytes::<92>(&case.response))
+            .unwrap();
         assert_eq!(i_session.role, Role::Initiator);
-        assert_eq!(hex::encode(i_session.send.expose_secret()), case.initiator_send_key);
-        assert_eq!(hex::encode(i_session.recv.expose_secret()), case.initiator_recv_key);
+        assert_eq!(
+            hex::encode(i_session.send.expose_secret()),
+            case.initiator_send_key
+        );
+        assert_eq!(
+            hex::encode(i_session.recv.expose_secret()),
+            case.initiator_recv_key
+        );
         assert_eq!(r_session.send, i_session.recv);
         assert_eq!(r_session.recv, i_session.send);
 
@@ -190,7 +220,9 @@ fn cookie_reply_matches_the_independent_implementation() {
     let initiation: [u8; 148] = bytes(&base.initiation);
     assert_eq!(hex::encode(&initiation[116..132]), c.mac1);
     let mut rng = Script(hex::decode(&c.nonce).unwrap());
-    let reply = checker.create_reply(&initiation, src, now, &mut rng).unwrap();
+    let reply = checker
+        .create_reply(&initiation, src, now, &mut rng)
+        .unwrap();
     assert_eq!(reply.receiver_index, c.receiver_index);
     assert_eq!(hex::encode(reply.to_bytes()), c.message);
 }

@@ -51,7 +51,9 @@ pub enum IpcError {
     #[error("could not encode IPC message: {0}")]
     Encode(postcard::Error),
     /// The peer speaks another protocol version.
-    #[error("IPC protocol version mismatch: ours {ours}, theirs {theirs}; install matching binaries")]
+    #[error(
+        "IPC protocol version mismatch: ours {ours}, theirs {theirs}; install matching binaries"
+    )]
     Version {
         /// Our version.
         ours: u32,

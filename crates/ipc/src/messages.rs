@@ -340,9 +340,15 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        let mut bytes = encode(&DatadToKeyd::ZeroKeys { public_key: PublicKey([1; 32]) }).unwrap();
+        let mut bytes = encode(&DatadToKeyd::ZeroKeys {
+            public_key: PublicKey([1; 32]),
+        })
+        .unwrap();
         bytes.push(0);
-        assert!(matches!(decode::<DatadToKeyd>(&bytes), Err(IpcError::Trailing(1))));
+        assert!(matches!(
+            decode::<DatadToKeyd>(&bytes),
+            Err(IpcError::Trailing(1))
+        ));
     }
 
     #[test]
@@ -363,8 +369,14 @@ mod tests {
     fn hello_checks_version_and_role() {
         assert!(Hello::new(Role::Keyd).check(Role::Keyd).is_ok());
         assert!(Hello::new(Role::Keyd).check(Role::Datad).is_err());
-        let old = Hello { version: 0, role: Role::Keyd };
-        assert!(matches!(old.check(Role::Keyd), Err(IpcError::Version { .. })));
+        let old = Hello {
+            version: 0,
+            role: Role::Keyd,
+        };
+        assert!(matches!(
+            old.check(Role::Keyd),
+            Err(IpcError::Version { .. })
+        ));
     }
 
     proptest! {

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 
 use wg_ipc::messages::{DatadToKeyd, Hello, KeydToDatad, Role};
@@ -10,25 +10,37 @@ use wg_ipc::{Channel, IpcError, MAX_MESSAGE_LEN, seqpacket_pair};
 use wg_wire::PublicKey;
 
 async fn exchange(a: Channel, b: Channel) {
-    a.send(&KeydToDatad::Hello(Hello::new(Role::Keyd)), &[]).await.unwrap();
+    a.send(&KeydToDatad::Hello(Hello::new(Role::Keyd)), &[])
+        .await
+        .unwrap();
     let got = b.recv::<KeydToDatad>().await.unwrap();
     assert!(matches!(got.msg, KeydToDatad::Hello(h) if h.role == Role::Keyd));
     assert!(got.fds.is_empty());
 
     // A descriptor travels: write into one end of a stream pair, pass the other along.
     let (mut s1, s2) = UnixStream::pair().unwrap();
-    b.send(&DatadToKeyd::ZeroKeys { public_key: PublicKey([7; 32]) }, &[s2.as_fd()]).await.unwrap();
+    b.send(
+        &DatadToKeyd::ZeroKeys {
+            public_key: PublicKey([7; 32]),
+        },
+        &[s2.as_fd()],
+    )
+    .await
+    .unwrap();
     drop(s2);
     let got = a.recv::<DatadToKeyd>().await.unwrap();
     assert_eq!(got.fds.len(), 1);
-    let mut passed = UnixStream::from(OwnedFd::from(got.fds.into_iter().next().unwrap()));
+    let mut passed = UnixStream::from(got.fds.into_iter().next().unwrap());
     s1.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
     passed.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping");
 
     drop(a);
-    assert!(matches!(b.recv::<KeydToDatad>().await, Err(IpcError::Closed)));
+    assert!(matches!(
+        b.recv::<KeydToDatad>().await,
+        Err(IpcError::Closed)
+    ));
 }
 
 #[tokio::test]
@@ -52,8 +64,14 @@ async fn garbage_and_oversized_datagrams_are_errors() {
         nix::sys::socket::send(raw, bytes, nix::sys::socket::MsgFlags::empty()).unwrap();
     };
     write(&[0xff, 0xff, 0xff]);
-    assert!(matches!(chan.recv::<KeydToDatad>().await, Err(IpcError::Decode(_))));
+    assert!(matches!(
+        chan.recv::<KeydToDatad>().await,
+        Err(IpcError::Decode(_))
+    ));
     write(&vec![0u8; MAX_MESSAGE_LEN + 10]);
-    assert!(matches!(chan.recv::<KeydToDatad>().await, Err(IpcError::TooLarge(_))));
+    assert!(matches!(
+        chan.recv::<KeydToDatad>().await,
+        Err(IpcError::TooLarge(_))
+    ));
     drop(x);
 }

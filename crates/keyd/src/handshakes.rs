@@ -132,13 +132,11 @@ impl Handshakes {
     pub fn on_datad(&mut self, msg: DatadToKeyd, now: Instant, out: &mut Vec<KeydToDatad>) {
         match msg {
             DatadToKeyd::Hello(_) | DatadToKeyd::Stats { .. } => {}
-            DatadToKeyd::Handshake { message, source } => {
-                match message_type(&message) {
-                    Ok(MESSAGE_INITIATION) => self.respond(&message, source, now, out),
-                    Ok(MESSAGE_RESPONSE) => self.complete(&message, source, out),
-                    _ => tracing::debug!("data plane forwarded a non-handshake message"),
-                }
-            }
+            DatadToKeyd::Handshake { message, source } => match message_type(&message) {
+                Ok(MESSAGE_INITIATION) => self.respond(&message, source, now, out),
+                Ok(MESSAGE_RESPONSE) => self.complete(&message, source, out),
+                _ => tracing::debug!("data plane forwarded a non-handshake message"),
+            },
             DatadToKeyd::CookieReply { message } => self.consume_cookie(&message, now),
             DatadToKeyd::WantHandshake { public_key, .. } => self.initiate(public_key, now, out),
             DatadToKeyd::ZeroKeys { public_key } => {
@@ -223,7 +221,10 @@ impl Handshakes {
             self.indices.remove(index);
         }
         let index = self.indices.insert(&mut self.rng, public_key);
-        match p.noise.create_response(index, &mut p.macs, now, &mut self.rng) {
+        match p
+            .noise
+            .create_response(index, &mut p.macs, now, &mut self.rng)
+        {
             Ok((response, session)) => {
                 // Keys first: the initiator's first packet may follow the response closely.
                 out.push(session_message(public_key, session, Some(source)));

@@ -44,12 +44,18 @@ pub async fn run_worker(
         .send(&KeydToMonitor::Hello(Hello::new(Role::Keyd)), &[])
         .await
         .map_err(KeydError::Monitor)?;
-    let hello = monitor.recv::<MonitorToKeyd>().await.map_err(KeydError::Monitor)?;
+    let hello = monitor
+        .recv::<MonitorToKeyd>()
+        .await
+        .map_err(KeydError::Monitor)?;
     match hello.msg {
         MonitorToKeyd::Hello(h) => h.check(Role::Monitor).map_err(KeydError::Monitor)?,
         _ => return Err(KeydError::Protocol("expected hello")),
     }
-    let start = monitor.recv::<MonitorToKeyd>().await.map_err(KeydError::Monitor)?;
+    let start = monitor
+        .recv::<MonitorToKeyd>()
+        .await
+        .map_err(KeydError::Monitor)?;
     let MonitorToKeyd::Start {
         interface,
         listen_port,

@@ -198,7 +198,10 @@ impl Keyd {
                 };
                 let request = self.next_request;
                 self.next_request = self.next_request.wrapping_add(1);
-                match datad.send(&KeydToDatad::StatsRequest { request }, &[]).await {
+                match datad
+                    .send(&KeydToDatad::StatsRequest { request }, &[])
+                    .await
+                {
                     Ok(()) => {
                         self.pending_stats
                             .insert(request, (Vec::new(), command.reply));
@@ -263,17 +266,20 @@ impl Keyd {
             self.handshakes.remove_peer(key);
             out.push(KeydToDatad::RemovePeer { public_key: *key });
         }
-        let psk_of = |p: &wg_uapi::PeerConfig| p.preshared_key.clone().unwrap_or_else(PresharedKey::zero);
+        let psk_of =
+            |p: &wg_uapi::PeerConfig| p.preshared_key.clone().unwrap_or_else(PresharedKey::zero);
         // With a new identity every peer needs handshake state made with it.
         for peer in &config.peers {
             let added = diff.peers_added.contains(&peer.public_key);
-            let changed = diff.peers_changed.iter().find(|d| d.public_key == peer.public_key);
+            let changed = diff
+                .peers_changed
+                .iter()
+                .find(|d| d.public_key == peer.public_key);
             if added || diff.private_key_changed || changed.is_some_and(|d| d.preshared_key) {
                 self.handshakes.upsert_peer(peer.public_key, psk_of(peer));
             }
-            let data_plane_change = changed.is_some_and(|d| {
-                d.endpoint || d.allowed_ips || d.persistent_keepalive_interval
-            });
+            let data_plane_change = changed
+                .is_some_and(|d| d.endpoint || d.allowed_ips || d.persistent_keepalive_interval);
             if added || data_plane_change {
                 // The configured endpoint goes out only when it was set now: a learned
                 // (roamed) endpoint must survive unrelated changes.
@@ -313,14 +319,16 @@ impl Keyd {
                     let by_key: HashMap<PublicKey, PeerStats> =
                         collected.into_iter().map(|s| (s.public_key, s)).collect();
                     let text = wg_uapi::write_get(&self.config, |key| {
-                        by_key.get(key).map_or_else(PeerRuntime::default, |s| PeerRuntime {
-                            endpoint: s.endpoint,
-                            last_handshake: s.last_handshake.map(|(secs, nanos)| {
-                                std::time::UNIX_EPOCH + Duration::new(secs, nanos)
-                            }),
-                            rx_bytes: s.rx_bytes,
-                            tx_bytes: s.tx_bytes,
-                        })
+                        by_key
+                            .get(key)
+                            .map_or_else(PeerRuntime::default, |s| PeerRuntime {
+                                endpoint: s.endpoint,
+                                last_handshake: s.last_handshake.map(|(secs, nanos)| {
+                                    std::time::UNIX_EPOCH + Duration::new(secs, nanos)
+                                }),
+                                rx_bytes: s.rx_bytes,
+                                tx_bytes: s.tx_bytes,
+                            })
                     });
                     let _ = reply.send(Response::Get(text));
                 }
@@ -335,7 +343,9 @@ impl Keyd {
 
     async fn on_monitor(&mut self, m: Received<MonitorToKeyd>) -> Result<(), KeydError> {
         match m.msg {
-            MonitorToKeyd::Hello(hello) => hello.check(Role::Monitor).map_err(KeydError::Monitor)?,
+            MonitorToKeyd::Hello(hello) => {
+                hello.check(Role::Monitor).map_err(KeydError::Monitor)?
+            }
             MonitorToKeyd::Start { .. } => return Err(KeydError::Protocol("second start")),
             MonitorToKeyd::Reconfigured { port, errno } => {
                 let Some((mut applied, reply)) = self.pending_set.take() else {

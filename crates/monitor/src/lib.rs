@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 use wg_ipc::messages::{
-    DatadToMonitor, Hello, KeydToMonitor, MonitorToDatad, MonitorToKeyd, MonitorToSpawner,
-    Role, SpawnerToMonitor,
+    DatadToMonitor, Hello, KeydToMonitor, MonitorToDatad, MonitorToKeyd, MonitorToSpawner, Role,
+    SpawnerToMonitor,
 };
 use wg_ipc::{Channel, IpcError, Received, seqpacket_pair};
 use wg_tun::Tun;
@@ -51,7 +51,9 @@ const RESTART_WINDOW: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
     /// A worker binary could not be started.
-    #[error("cannot start {binary} ({path}): {source}; install it beside wireguard-rs or pass --libexec-dir")]
+    #[error(
+        "cannot start {binary} ({path}): {source}; install it beside wireguard-rs or pass --libexec-dir"
+    )]
     Spawn {
         /// Which binary.
         binary: &'static str,
@@ -310,7 +312,9 @@ impl Supervisor {
                 SpawnerToMonitor::Exited { pid, status } => {
                     tracing::warn!("data plane pid {pid} {status}");
                 }
-                SpawnerToMonitor::Hello(h) => h.check(Role::Spawner).map_err(|e| MonitorError::Ipc("spawner", e))?,
+                SpawnerToMonitor::Hello(h) => h
+                    .check(Role::Spawner)
+                    .map_err(|e| MonitorError::Ipc("spawner", e))?,
             }
         };
         let channel = Channel::from_fd(ours)?;
@@ -407,5 +411,3 @@ impl Supervisor {
         }
     }
 }
-
-

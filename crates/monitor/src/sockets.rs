@@ -109,7 +109,12 @@ impl SocketOwner {
     }
 
     /// The message announcing the current sockets to the data plane, and their fds.
-    pub fn announcement(&self) -> (wg_ipc::messages::MonitorToDatad, Vec<std::os::fd::BorrowedFd<'_>>) {
+    pub fn announcement(
+        &self,
+    ) -> (
+        wg_ipc::messages::MonitorToDatad,
+        Vec<std::os::fd::BorrowedFd<'_>>,
+    ) {
         use std::os::fd::AsFd;
         let mut fds = vec![self.sockets.v4.as_fd()];
         if let Some(v6) = &self.sockets.v6 {
@@ -142,9 +147,15 @@ mod tests {
     #[test]
     fn a_failed_rebind_keeps_the_old_sockets() {
         let taken = bind(0, 0).unwrap();
-        let mut owner = SocketOwner { sockets: bind(0, 0).unwrap(), fwmark: 0 };
+        let mut owner = SocketOwner {
+            sockets: bind(0, 0).unwrap(),
+            fwmark: 0,
+        };
         let old = owner.sockets.port;
-        assert_eq!(owner.reconfigure(taken.port, 0), Err(nix::errno::Errno::EADDRINUSE as i32));
+        assert_eq!(
+            owner.reconfigure(taken.port, 0),
+            Err(nix::errno::Errno::EADDRINUSE as i32)
+        );
         assert_eq!(owner.sockets.port, old);
         assert_eq!(owner.reconfigure(old, 0), Ok(false));
         assert_eq!(owner.reconfigure(0, 0), Ok(true));

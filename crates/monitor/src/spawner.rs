@@ -22,7 +22,10 @@ pub(crate) fn spawn_with_channel(
     make_inheritable(&ipc)?;
     let child = tokio::process::Command::new(path)
         .args(args)
-        .env(IPC_FD_ENV, std::os::fd::AsRawFd::as_raw_fd(&ipc).to_string())
+        .env(
+            IPC_FD_ENV,
+            std::os::fd::AsRawFd::as_raw_fd(&ipc).to_string(),
+        )
         .env_remove("WG_TUN_FD")
         .env_remove("WG_UAPI_FD")
         .stdin(std::process::Stdio::null())
@@ -38,7 +41,11 @@ pub(crate) fn spawn_with_channel(
 }
 
 /// Serves the monitor's spawn requests until it closes the channel.
-pub async fn run(channel: Channel, worker_dir: PathBuf, worker_args: Vec<String>) -> Result<(), MonitorError> {
+pub async fn run(
+    channel: Channel,
+    worker_dir: PathBuf,
+    worker_args: Vec<String>,
+) -> Result<(), MonitorError> {
     channel
         .send(&SpawnerToMonitor::Hello(Hello::new(Role::Spawner)), &[])
         .await

@@ -87,7 +87,10 @@ pub(crate) mod tests {
         assert_eq!(h.total_len, 28);
         let (a, b) = ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
         let h = parse(&ipv6(a, b, 3)).unwrap();
-        assert_eq!((h.source, h.destination, h.total_len), (a.into(), b.into(), 43));
+        assert_eq!(
+            (h.source, h.destination, h.total_len),
+            (a.into(), b.into(), 43)
+        );
     }
 
     #[test]

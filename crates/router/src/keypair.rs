@@ -95,7 +95,9 @@ impl Keypairs {
     }
 
     pub(crate) fn is_next(&self, local_index: u32) -> bool {
-        self.next.as_ref().is_some_and(|k| k.local_index == local_index)
+        self.next
+            .as_ref()
+            .is_some_and(|k| k.local_index == local_index)
     }
 
     /// Drops every keypair (their keys zeroize on drop).

@@ -335,11 +335,7 @@ impl std::fmt::Debug for Router {
 /// the kernel's rule; packets larger than the MTU are not padded further).
 fn padded_len(len: usize, mtu: usize) -> usize {
     let rounded = len.div_ceil(PADDING_MULTIPLE) * PADDING_MULTIPLE;
-    if len > mtu {
-        len
-    } else {
-        rounded.min(mtu)
-    }
+    if len > mtu { len } else { rounded.min(mtu) }
 }
 
 impl Router {
@@ -653,7 +649,10 @@ impl Router {
         source: SocketAddr,
         now: Instant,
     ) -> Result<Inbound, DropReason> {
-        let p = self.peers.get_mut(&job.peer).ok_or(DropReason::UnknownPeer)?;
+        let p = self
+            .peers
+            .get_mut(&job.peer)
+            .ok_or(DropReason::UnknownPeer)?;
         let k = p
             .keypairs
             .find_mut(job.local_index)

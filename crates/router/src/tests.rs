@@ -45,16 +45,30 @@ impl Pair {
         b.insert_allowed_ip(b_peer, net("fd00::1/128")).unwrap();
         a.set_endpoint(a_peer, ep("192.0.2.2:51820"));
         b.set_endpoint(b_peer, ep("192.0.2.1:51820"));
-        Self { a, b, a_peer, b_peer, t0: Instant::now() }
+        Self {
+            a,
+            b,
+            a_peer,
+            b_peer,
+            t0: Instant::now(),
+        }
     }
 
     /// A handshake where `a` initiated: a's keypair is current, b's is next.
     fn handshake(&mut self, a_index: u32, b_index: u32, key: u8, now: Instant) {
         self.a
-            .add_session(self.a_peer, session(true, a_index, b_index, key, key + 1), now)
+            .add_session(
+                self.a_peer,
+                session(true, a_index, b_index, key, key + 1),
+                now,
+            )
             .unwrap();
         self.b
-            .add_session(self.b_peer, session(false, b_index, a_index, key + 1, key), now)
+            .add_session(
+                self.b_peer,
+                session(false, b_index, a_index, key + 1, key),
+                now,
+            )
             .unwrap();
     }
 }
@@ -74,7 +88,12 @@ fn seal(router: &mut Router, packet: &[u8], now: Instant) -> Result<Vec<u8>, Out
 }
 
 /// Delivers a datagram: plan, open, finish.
-fn deliver(router: &mut Router, datagram: &[u8], from: &str, now: Instant) -> Result<(Inbound, Vec<u8>), DropReason> {
+fn deliver(
+    router: &mut Router,
+    datagram: &[u8],
+    from: &str,
+    now: Instant,
+) -> Result<(Inbound, Vec<u8>), DropReason> {
     let job = router.plan_inbound(datagram, now)?;
     let mut buf = datagram.to_vec();
     let n = job.open(&mut buf)?;
@@ -95,7 +114,10 @@ fn data_flows_both_ways_and_the_responder_waits_for_confirmation() {
     p.handshake(1, 2, 10, now);
     let to_a = ipv4(B_ADDR, A_ADDR, 10);
     // The responder's keypair is unconfirmed: its data is staged.
-    assert!(matches!(p.b.route_outbound(&to_a, now), Outbound::Staged { .. }));
+    assert!(matches!(
+        p.b.route_outbound(&to_a, now),
+        Outbound::Staged { .. }
+    ));
     let to_b = ipv4(A_ADDR, B_ADDR, 100);
     let msg = seal(&mut p.a, &to_b, now).unwrap();
     let (inbound, inner) = deliver(&mut p.b, &msg, "192.0.2.1:51820", now).unwrap();
@@ -132,26 +154,36 @@ fn plaintext_is_padded_to_sixteen_bytes_but_not_beyond_the_mtu() {
 fn keepalive_is_an_empty_payload() {
     let mut p = Pair::new();
     p.handshake(1, 2, 10, p.t0);
-    let Outbound::Send { job, .. } = p.a.keepalive(p.a_peer, p.t0) else { panic!() };
+    let Outbound::Send { job, .. } = p.a.keepalive(p.a_peer, p.t0) else {
+        panic!()
+    };
     let mut buf = vec![0u8; job.message_len()];
     assert_eq!(job.seal(&mut buf).unwrap(), 32);
     let (inbound, _) = deliver(&mut p.b, &buf, "192.0.2.1:51820", p.t0).unwrap();
     assert_eq!(inbound.kind, InboundKind::Keepalive);
     // No session, no keepalive.
     let mut fresh = Pair::new();
-    assert!(matches!(fresh.a.keepalive(fresh.a_peer, fresh.t0), Outbound::Dropped(_)));
+    assert!(matches!(
+        fresh.a.keepalive(fresh.a_peer, fresh.t0),
+        Outbound::Dropped(_)
+    ));
 }
 
 #[test]
 fn each_counter_is_accepted_once_and_reordering_is_tolerated() {
     let mut p = Pair::new();
     p.handshake(1, 2, 10, p.t0);
-    let msgs: Vec<_> = (0..5).map(|i| seal(&mut p.a, &ipv4(A_ADDR, B_ADDR, i), p.t0).unwrap()).collect();
+    let msgs: Vec<_> = (0..5)
+        .map(|i| seal(&mut p.a, &ipv4(A_ADDR, B_ADDR, i), p.t0).unwrap())
+        .collect();
     for i in [3, 0, 4, 1, 2] {
         deliver(&mut p.b, &msgs[i], "192.0.2.1:1", p.t0).unwrap();
     }
     for m in &msgs {
-        assert_eq!(deliver(&mut p.b, m, "192.0.2.1:1", p.t0).err(), Some(DropReason::Replay));
+        assert_eq!(
+            deliver(&mut p.b, m, "192.0.2.1:1", p.t0).err(),
+            Some(DropReason::Replay)
+        );
     }
 }
 
@@ -163,7 +195,10 @@ fn tampered_transport_fails_authentication() {
     for i in 8..msg.len() {
         let mut bad = msg.clone();
         bad[i] ^= 4;
-        assert!(deliver(&mut p.b, &bad, "192.0.2.1:1", p.t0).is_err(), "byte {i}");
+        assert!(
+            deliver(&mut p.b, &bad, "192.0.2.1:1", p.t0).is_err(),
+            "byte {i}"
+        );
     }
     // The counter was not burnt by the forgeries.
     deliver(&mut p.b, &msg, "192.0.2.1:1", p.t0).unwrap();
@@ -189,8 +224,19 @@ fn a_refused_packet_still_confirms_the_session() {
     let job = p.b.plan_inbound(&spoofed, p.t0).unwrap();
     let mut buf = spoofed.clone();
     let n = job.open(&mut buf).unwrap();
-    let inbound = p.b.finish_inbound(&job, &buf[HEADROOM..HEADROOM + n], buf.len(), ep("192.0.2.1:1"), p.t0).unwrap();
-    assert_eq!(inbound.kind, InboundKind::Refused(DropReason::SourceNotAllowed));
+    let inbound =
+        p.b.finish_inbound(
+            &job,
+            &buf[HEADROOM..HEADROOM + n],
+            buf.len(),
+            ep("192.0.2.1:1"),
+            p.t0,
+        )
+        .unwrap();
+    assert_eq!(
+        inbound.kind,
+        InboundKind::Refused(DropReason::SourceNotAllowed)
+    );
     assert!(inbound.handshake_complete);
     assert!(p.b.can_send(p.b_peer, p.t0));
 }
@@ -221,11 +267,16 @@ fn moving_an_allowed_ip_moves_its_traffic() {
     p.a.set_endpoint(other, ep("192.0.2.9:1"));
     p.handshake(1, 2, 10, p.t0);
     let pkt = ipv4(A_ADDR, B_ADDR, 1);
-    assert!(matches!(p.a.route_outbound(&pkt, p.t0), Outbound::Send { peer, .. } if peer == p.a_peer));
+    assert!(
+        matches!(p.a.route_outbound(&pkt, p.t0), Outbound::Send { peer, .. } if peer == p.a_peer)
+    );
     p.a.insert_allowed_ip(other, net("10.0.0.2/32")).unwrap();
     assert!(matches!(p.a.route_outbound(&pkt, p.t0), Outbound::Staged { peer } if peer == other));
     p.a.remove_allowed_ip(other, &net("10.0.0.2/32"));
-    assert!(matches!(p.a.route_outbound(&pkt, p.t0), Outbound::Dropped(DropReason::NoRoute)));
+    assert!(matches!(
+        p.a.route_outbound(&pkt, p.t0),
+        Outbound::Dropped(DropReason::NoRoute)
+    ));
 }
 
 #[test]
@@ -236,9 +287,15 @@ fn endpoint_is_learned_from_authenticated_packets_only() {
     let mut forged = msg.clone();
     forged[20] ^= 1;
     let _ = deliver(&mut p.b, &forged, "203.0.113.66:6666", p.t0);
-    assert_eq!(p.b.stats(p.b_peer).unwrap().endpoint, Some(ep("192.0.2.1:51820")));
+    assert_eq!(
+        p.b.stats(p.b_peer).unwrap().endpoint,
+        Some(ep("192.0.2.1:51820"))
+    );
     deliver(&mut p.b, &msg, "198.51.100.7:4000", p.t0).unwrap();
-    assert_eq!(p.b.stats(p.b_peer).unwrap().endpoint, Some(ep("198.51.100.7:4000")));
+    assert_eq!(
+        p.b.stats(p.b_peer).unwrap().endpoint,
+        Some(ep("198.51.100.7:4000"))
+    );
 }
 
 #[test]
@@ -246,7 +303,10 @@ fn staging_queue_is_bounded_and_drops_the_oldest() {
     let mut p = Pair::new();
     for i in 0..MAX_STAGED_PACKETS + 5 {
         let pkt = ipv4(A_ADDR, B_ADDR, i % 200);
-        assert!(matches!(p.a.route_outbound(&pkt, p.t0), Outbound::Staged { .. }));
+        assert!(matches!(
+            p.a.route_outbound(&pkt, p.t0),
+            Outbound::Staged { .. }
+        ));
     }
     assert_eq!(p.a.staged_len(p.a_peer), MAX_STAGED_PACKETS);
     p.handshake(1, 2, 10, p.t0);
@@ -254,7 +314,11 @@ fn staging_queue_is_bounded_and_drops_the_oldest() {
     p.a.flush_staged(p.a_peer, p.t0, &mut out);
     assert_eq!(out.len(), MAX_STAGED_PACKETS);
     let (_, first) = deliver(&mut p.b, &out[0].message, "192.0.2.1:1", p.t0).unwrap();
-    assert_eq!(first.len(), 20 + 5, "packets 0..5 were dropped, the oldest kept is #5");
+    assert_eq!(
+        first.len(),
+        20 + 5,
+        "packets 0..5 were dropped, the oldest kept is #5"
+    );
     assert_eq!(p.a.staged_len(p.a_peer), 0);
 }
 
@@ -264,31 +328,63 @@ fn rekey_after_time_is_signalled_to_the_sending_initiator_only() {
     p.handshake(1, 2, 10, p.t0);
     let pkt = ipv4(A_ADDR, B_ADDR, 1);
     let early = p.t0 + REKEY_AFTER_TIME - Duration::from_secs(1);
-    assert!(matches!(p.a.route_outbound(&pkt, early), Outbound::Send { rekey: false, .. }));
+    assert!(matches!(
+        p.a.route_outbound(&pkt, early),
+        Outbound::Send { rekey: false, .. }
+    ));
     let msg = seal(&mut p.a, &pkt, early).unwrap();
     deliver(&mut p.b, &msg, "192.0.2.1:1", early).unwrap();
     let late = p.t0 + REKEY_AFTER_TIME;
-    assert!(matches!(p.a.route_outbound(&pkt, late), Outbound::Send { rekey: true, .. }));
+    assert!(matches!(
+        p.a.route_outbound(&pkt, late),
+        Outbound::Send { rekey: true, .. }
+    ));
     let back = ipv4(B_ADDR, A_ADDR, 1);
-    assert!(matches!(p.b.route_outbound(&back, late), Outbound::Send { rekey: false, .. }));
+    assert!(matches!(
+        p.b.route_outbound(&back, late),
+        Outbound::Send { rekey: false, .. }
+    ));
 }
 
 #[test]
 fn rekey_after_messages_is_signalled() {
     let mut p = Pair::new();
     p.handshake(1, 2, 10, p.t0);
-    p.a.peers.get_mut(&p.a_peer).unwrap().keypairs.current.as_mut().unwrap().send_counter = REKEY_AFTER_MESSAGES;
-    assert!(matches!(p.a.route_outbound(&ipv4(A_ADDR, B_ADDR, 1), p.t0), Outbound::Send { rekey: true, .. }));
+    p.a.peers
+        .get_mut(&p.a_peer)
+        .unwrap()
+        .keypairs
+        .current
+        .as_mut()
+        .unwrap()
+        .send_counter = REKEY_AFTER_MESSAGES;
+    assert!(matches!(
+        p.a.route_outbound(&ipv4(A_ADDR, B_ADDR, 1), p.t0),
+        Outbound::Send { rekey: true, .. }
+    ));
 }
 
 #[test]
 fn reject_after_messages_stops_sending() {
     let mut p = Pair::new();
     p.handshake(1, 2, 10, p.t0);
-    p.a.peers.get_mut(&p.a_peer).unwrap().keypairs.current.as_mut().unwrap().send_counter = REJECT_AFTER_MESSAGES - 1;
+    p.a.peers
+        .get_mut(&p.a_peer)
+        .unwrap()
+        .keypairs
+        .current
+        .as_mut()
+        .unwrap()
+        .send_counter = REJECT_AFTER_MESSAGES - 1;
     let pkt = ipv4(A_ADDR, B_ADDR, 1);
-    assert!(matches!(p.a.route_outbound(&pkt, p.t0), Outbound::Send { .. }));
-    assert!(matches!(p.a.route_outbound(&pkt, p.t0), Outbound::Staged { .. }));
+    assert!(matches!(
+        p.a.route_outbound(&pkt, p.t0),
+        Outbound::Send { .. }
+    ));
+    assert!(matches!(
+        p.a.route_outbound(&pkt, p.t0),
+        Outbound::Staged { .. }
+    ));
 }
 
 #[test]
@@ -300,12 +396,20 @@ fn receiving_initiator_rekeys_once_near_reject_after_time() {
     let threshold = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
     let before = p.t0 + threshold - Duration::from_secs(1);
     let msg = seal(&mut p.b, &ipv4(B_ADDR, A_ADDR, 1), before).unwrap();
-    assert!(!deliver(&mut p.a, &msg, "192.0.2.2:1", before).unwrap().0.rekey);
+    assert!(
+        !deliver(&mut p.a, &msg, "192.0.2.2:1", before)
+            .unwrap()
+            .0
+            .rekey
+    );
     let at = p.t0 + threshold;
     let m1 = seal(&mut p.b, &ipv4(B_ADDR, A_ADDR, 1), at).unwrap();
     let m2 = seal(&mut p.b, &ipv4(B_ADDR, A_ADDR, 1), at).unwrap();
     assert!(deliver(&mut p.a, &m1, "192.0.2.2:1", at).unwrap().0.rekey);
-    assert!(!deliver(&mut p.a, &m2, "192.0.2.2:1", at).unwrap().0.rekey, "only once");
+    assert!(
+        !deliver(&mut p.a, &m2, "192.0.2.2:1", at).unwrap().0.rekey,
+        "only once"
+    );
     // The responder never rekeys on receive.
     let m3 = seal(&mut p.a, &ipv4(A_ADDR, B_ADDR, 1), at).unwrap();
     assert!(!deliver(&mut p.b, &m3, "192.0.2.1:1", at).unwrap().0.rekey);
@@ -319,8 +423,14 @@ fn keypairs_expire_after_reject_after_time() {
     let almost = p.t0 + REJECT_AFTER_TIME - Duration::from_millis(1);
     let msg = seal(&mut p.a, &pkt, almost).unwrap();
     let expired = p.t0 + REJECT_AFTER_TIME;
-    assert_eq!(deliver(&mut p.b, &msg, "192.0.2.1:1", expired).err(), Some(DropReason::Expired));
-    assert!(matches!(p.a.route_outbound(&pkt, expired), Outbound::Staged { .. }));
+    assert_eq!(
+        deliver(&mut p.b, &msg, "192.0.2.1:1", expired).err(),
+        Some(DropReason::Expired)
+    );
+    assert!(matches!(
+        p.a.route_outbound(&pkt, expired),
+        Outbound::Staged { .. }
+    ));
     assert!(!p.a.can_send(p.a_peer, expired));
 }
 
@@ -344,7 +454,10 @@ fn previous_keypair_still_receives_after_rotation() {
     // A third handshake retires the first keypair entirely.
     let even_later = later + Duration::from_secs(121);
     p.handshake(5, 6, 30, even_later);
-    assert_eq!(deliver(&mut p.b, &old, "192.0.2.1:1", even_later).err(), Some(DropReason::UnknownIndex));
+    assert_eq!(
+        deliver(&mut p.b, &old, "192.0.2.1:1", even_later).err(),
+        Some(DropReason::UnknownIndex)
+    );
     let mut retired: Vec<u32> = p.b.drain_retired_indices().collect();
     retired.sort_unstable();
     assert_eq!(retired, vec![2]);
@@ -352,7 +465,14 @@ fn previous_keypair_still_receives_after_rotation() {
 
 /// A packet on a's previous keypair, as if it had been delayed in the network.
 fn seal_with_old_counter(p: &mut Pair) -> Vec<u8> {
-    let k = p.a.peers.get_mut(&p.a_peer).unwrap().keypairs.previous.as_mut().unwrap();
+    let k =
+        p.a.peers
+            .get_mut(&p.a_peer)
+            .unwrap()
+            .keypairs
+            .previous
+            .as_mut()
+            .unwrap();
     let counter = k.send_counter;
     k.send_counter += 1;
     let pkt = ipv4(A_ADDR, B_ADDR, 3);
@@ -389,7 +509,11 @@ fn counters_and_handshake_time_are_kept() {
     let mut p = Pair::new();
     p.handshake(1, 2, 10, p.t0);
     assert_eq!(p.a.stats(p.a_peer).unwrap().last_handshake, Some(p.t0));
-    assert_eq!(p.b.stats(p.b_peer).unwrap().last_handshake, None, "unconfirmed");
+    assert_eq!(
+        p.b.stats(p.b_peer).unwrap().last_handshake,
+        None,
+        "unconfirmed"
+    );
     let msg = seal(&mut p.a, &ipv4(A_ADDR, B_ADDR, 30), p.t0).unwrap();
     p.a.count_tx(p.a_peer, msg.len());
     let t = p.t0 + Duration::from_secs(1);
@@ -405,8 +529,14 @@ fn removed_peer_loses_routes_and_keys() {
     p.handshake(1, 2, 10, p.t0);
     let msg = seal(&mut p.a, &ipv4(A_ADDR, B_ADDR, 1), p.t0).unwrap();
     p.b.remove_peer(p.b_peer);
-    assert_eq!(deliver(&mut p.b, &msg, "192.0.2.1:1", p.t0).err(), Some(DropReason::UnknownIndex));
-    assert!(matches!(p.b.route_outbound(&ipv4(B_ADDR, A_ADDR, 1), p.t0), Outbound::Dropped(DropReason::NoRoute)));
+    assert_eq!(
+        deliver(&mut p.b, &msg, "192.0.2.1:1", p.t0).err(),
+        Some(DropReason::UnknownIndex)
+    );
+    assert!(matches!(
+        p.b.route_outbound(&ipv4(B_ADDR, A_ADDR, 1), p.t0),
+        Outbound::Dropped(DropReason::NoRoute)
+    ));
 }
 
 #[test]
@@ -424,7 +554,13 @@ fn batches_can_be_sealed_on_other_threads_in_order() {
             b
         })
         .collect();
-    let jobs: Vec<&SealJob> = plans.iter().map(|o| match o { Outbound::Send { job, .. } => job, _ => panic!() }).collect();
+    let jobs: Vec<&SealJob> = plans
+        .iter()
+        .map(|o| match o {
+            Outbound::Send { job, .. } => job,
+            _ => panic!(),
+        })
+        .collect();
     std::thread::scope(|s| {
         for (chunk_jobs, chunk_bufs) in jobs.chunks(16).zip(bufs.chunks_mut(16)) {
             s.spawn(move || {

@@ -148,7 +148,10 @@ pub fn lock_down(
         );
         return Ok(());
     }
-    step("disabling core dumps", setrlimit(Resource::RLIMIT_CORE, 0, 0))?;
+    step(
+        "disabling core dumps",
+        setrlimit(Resource::RLIMIT_CORE, 0, 0),
+    )?;
     if role == Role::Keyd {
         lock_memory()?;
     }
@@ -172,10 +175,7 @@ pub fn lock_down(
         switch_user(user.uid, user.gid)?;
     }
     limit_capabilities(role)?;
-    step(
-        "setting no_new_privs",
-        nix::sys::prctl::set_no_new_privs(),
-    )?;
+    step("setting no_new_privs", nix::sys::prctl::set_no_new_privs())?;
     if let Some(report) = report {
         sigsys::install(report)?;
     }
@@ -226,7 +226,9 @@ fn enter_empty_root() {
         Ok(())
     });
     if let Err(e) = entered {
-        tracing::warn!("cannot use {EMPTY_ROOT} as an empty root ({e}); keeping the file system view");
+        tracing::warn!(
+            "cannot use {EMPTY_ROOT} as an empty root ({e}); keeping the file system view"
+        );
     }
 }
 
@@ -248,10 +250,12 @@ fn switch_user(uid: Uid, gid: Gid) -> Result<(), SandboxError> {
 /// ever grant them again. A process started without privileges has nothing to remove.
 fn drop_bounding(role: Role) -> Result<(), SandboxError> {
     let keep: HashSet<Capability> = role.kept_capabilities().iter().copied().collect();
-    let bounding = caps::read(None, CapSet::Bounding).map_err(caps_error("reading bounding set"))?;
+    let bounding =
+        caps::read(None, CapSet::Bounding).map_err(caps_error("reading bounding set"))?;
     for cap in bounding.difference(&keep) {
-        caps::drop(None, CapSet::Bounding, *cap)
-            .map_err(caps_error("dropping from the bounding set (needs CAP_SETPCAP)"))?;
+        caps::drop(None, CapSet::Bounding, *cap).map_err(caps_error(
+            "dropping from the bounding set (needs CAP_SETPCAP)",
+        ))?;
     }
     Ok(())
 }
@@ -262,7 +266,8 @@ fn limit_capabilities(role: Role) -> Result<(), SandboxError> {
     caps::clear(None, CapSet::Ambient).map_err(caps_error("clearing ambient capabilities"))?;
     caps::clear(None, CapSet::Inheritable)
         .map_err(caps_error("clearing inheritable capabilities"))?;
-    let permitted = caps::read(None, CapSet::Permitted).map_err(caps_error("reading permitted set"))?;
+    let permitted =
+        caps::read(None, CapSet::Permitted).map_err(caps_error("reading permitted set"))?;
     let kept: HashSet<Capability> = permitted.intersection(&keep).copied().collect();
     caps::set(None, CapSet::Effective, &kept).map_err(caps_error("setting effective set"))?;
     caps::set(None, CapSet::Permitted, &kept).map_err(caps_error("setting permitted set"))?;
@@ -277,7 +282,12 @@ pub fn attempt_forbidden_syscall_if_requested(role: Role) {
     if std::env::var_os("WG_RS_TEST_FORBIDDEN_SYSCALL").is_some() && role != Role::Monitor {
         use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
         tracing::warn!("test hook: {role:?} attempts a forbidden syscall");
-        let _ = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::empty(), None);
+        let _ = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::empty(),
+            None,
+        );
     }
     let _ = role;
 }
@@ -312,23 +322,6 @@ impl Options {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn worker_args_round_trip() {
-        let o = Options {
-            enabled: false,
-            user: "wg".into(),
-        };
-        let back = Options::from_worker_args(o.to_worker_args()).unwrap();
-        assert_eq!((back.enabled, back.user.as_str()), (false, "wg"));
-        assert!(Options::from_worker_args(["--bogus".to_owned()]).is_err());
-        assert!(Options::from_worker_args(["--user".to_owned()]).is_err());
-    }
-}
-
 /// Asks the kernel to kill this process when its parent dies, so no worker outlives its
 /// supervisor (fail closed). Returns an error if the parent is already gone.
 pub fn die_with_parent() -> Result<(), SandboxError> {
@@ -344,4 +337,21 @@ pub fn die_with_parent() -> Result<(), SandboxError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_args_round_trip() {
+        let o = Options {
+            enabled: false,
+            user: "wg".into(),
+        };
+        let back = Options::from_worker_args(o.to_worker_args()).unwrap();
+        assert_eq!((back.enabled, back.user.as_str()), (false, "wg"));
+        assert!(Options::from_worker_args(["--bogus".to_owned()]).is_err());
+        assert!(Options::from_worker_args(["--user".to_owned()]).is_err());
+    }
 }

@@ -113,7 +113,11 @@ fn base(rules: &mut Rules) -> Result<(), SandboxError> {
     allow(rules, &[libc::SYS_epoll_wait, libc::SYS_poll]);
     let own_pid = u64::from(std::process::id());
     allow_if(rules, libc::SYS_tgkill, &[(0, own_pid)])?;
-    allow_if(rules, libc::SYS_ioctl, &[(1, u64::from(libc::FIONBIO as u32))])?;
+    allow_if(
+        rules,
+        libc::SYS_ioctl,
+        &[(1, u64::from(libc::FIONBIO as u32))],
+    )?;
     Ok(())
 }
 

@@ -701,7 +701,11 @@ pub(crate) const AARCH64: &[(u32, &str)] = &[
 
 /// The name of syscall `nr` on the architecture this was built for.
 pub fn syscall_name(nr: u32) -> Option<&'static str> {
-    let table = if cfg!(target_arch = "aarch64") { AARCH64 } else { X86_64 };
+    let table = if cfg!(target_arch = "aarch64") {
+        AARCH64
+    } else {
+        X86_64
+    };
     table
         .binary_search_by_key(&nr, |&(n, _)| n)
         .ok()

@@ -765,7 +765,10 @@ impl Node {
     fn send_keepalive(&mut self, now: Instant) {
         match self.router.keepalive(self.peer, now) {
             Outbound::Send {
-                endpoint, job, rekey, ..
+                endpoint,
+                job,
+                rekey,
+                ..
             } => {
                 let mut buf = vec![0u8; job.message_len()];
                 if job.seal(&mut buf).is_ok() {
