@@ -13,8 +13,9 @@
 //! and to carry out each [`TimerAction`] it is handed. Nothing here comes from the network
 //! directly, so there is nothing to parse and nothing to reject.
 //!
-//! **May depend on:** `rand_core`, for the retransmission jitter only. No clock (every call
-//! that needs the time takes `now: Instant`), no I/O, no threads, no allocation.
+//! **May depend on:** `wg-wire` (the protocol constants) and `rand_core` (the
+//! retransmission jitter only). No clock (every call that needs the time takes
+//! `now: Instant`), no I/O, no threads, no allocation.
 //!
 //! # Driving it
 //!

@@ -247,7 +247,10 @@ impl PeerTimers {
     /// session follows within `3 * REJECT_AFTER_TIME`.
     pub fn session_derived(&mut self, now: Instant) {
         if self.running {
-            self.arm(Timer::ZeroKeyMaterial, now.checked_add(ZERO_KEY_MATERIAL_AFTER));
+            self.arm(
+                Timer::ZeroKeyMaterial,
+                now.checked_add(ZERO_KEY_MATERIAL_AFTER),
+            );
         }
     }
 
@@ -329,12 +332,15 @@ impl PeerTimers {
         // the kernel: MAX_TIMER_HANDSHAKES + 1 retransmissions follow the first initiation,
         // so the attempt is abandoned about (MAX_TIMER_HANDSHAKES + 2) * REKEY_TIMEOUT, just
         // past REKEY_ATTEMPT_TIME, after it began.
-        if self.handshake_attempts >= MAX_TIMER_HANDSHAKES {
+        if self.handshake_attempts > MAX_TIMER_HANDSHAKES {
             // Staged packets are dropped by the driver; a keepalive would only be skipped.
             self.disarm(Timer::SendKeepalive);
             // Destroy whatever a partial exchange left behind, unless already scheduled.
             if !self.is_armed(Timer::ZeroKeyMaterial) {
-                self.arm(Timer::ZeroKeyMaterial, now.checked_add(ZERO_KEY_MATERIAL_AFTER));
+                self.arm(
+                    Timer::ZeroKeyMaterial,
+                    now.checked_add(ZERO_KEY_MATERIAL_AFTER),
+                );
             }
             return Some(TimerAction::GiveUp);
         }

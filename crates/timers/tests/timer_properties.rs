@@ -278,10 +278,16 @@ impl Harness {
             let Some(action) = action else {
                 self.history.last_drain = Some(now);
                 let next = self.timers.next_deadline();
-                assert!(next.is_none_or(|next| next > now), "poll left an expired timer");
+                assert!(
+                    next.is_none_or(|next| next > now),
+                    "poll left an expired timer"
+                );
                 return;
             };
-            assert!(deadline.is_some_and(|deadline| deadline <= now), "{action:?} before any deadline");
+            assert!(
+                deadline.is_some_and(|deadline| deadline <= now),
+                "{action:?} before any deadline"
+            );
             self.check_action(action);
         }
         panic!("poll keeps returning actions at one instant");
@@ -296,7 +302,10 @@ impl Harness {
         };
         match action {
             TimerAction::SendInitiation { retry: true } => {
-                assert!(not_before(h.last_initiated, REKEY_TIMEOUT), "early retransmission");
+                assert!(
+                    not_before(h.last_initiated, REKEY_TIMEOUT),
+                    "early retransmission"
+                );
                 assert!(!h.gave_up_since_reset, "retransmission after giving up");
                 h.retries_since_reset += 1;
                 assert!(
@@ -315,7 +324,10 @@ impl Harness {
                 self.driver_sends_initiation();
             }
             TimerAction::SendKeepalive => {
-                assert!(not_before(h.earliest_keepalive, Duration::ZERO), "early keepalive");
+                assert!(
+                    not_before(h.earliest_keepalive, Duration::ZERO),
+                    "early keepalive"
+                );
                 if self.driver_sends {
                     self.apply(&Event::AuthenticatedPacketTraversal);
                     self.apply(&Event::AuthenticatedPacketSent);
@@ -328,7 +340,10 @@ impl Harness {
             }
             TimerAction::ZeroKeyMaterial => {
                 let after = REJECT_AFTER_TIME * 3;
-                assert!(not_before(h.first_zeroing_origin, after), "early key zeroing");
+                assert!(
+                    not_before(h.first_zeroing_origin, after),
+                    "early key zeroing"
+                );
             }
         }
         assert!(self.timers.handshake_attempts() <= MAX_TIMER_HANDSHAKES + 1);

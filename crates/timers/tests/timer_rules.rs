@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use rand::{SeedableRng, rngs::StdRng};
 use wg_timers::{
-    KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, PeerTimers, REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT,
+    KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, PeerTimers, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX, TimerAction,
 };
 
@@ -80,7 +80,11 @@ impl Sim {
             let mut at_this_instant = 0;
             while let Some(action) = self.timers.poll(now) {
                 at_this_instant += 1;
-                assert!(at_this_instant < 10, "poll keeps firing at {:?}", self.elapsed);
+                assert!(
+                    at_this_instant < 10,
+                    "poll keeps firing at {:?}",
+                    self.elapsed
+                );
                 fired.push((self.elapsed, action));
                 (self.react)(&mut self.timers, action, now, &mut self.rng);
             }
@@ -117,7 +121,10 @@ fn assert_within(at: Duration, low: Duration, high: Duration) {
 #[test]
 fn constants_match_the_whitepaper() {
     assert_eq!(REKEY_AFTER_MESSAGES, 1 << 60);
-    assert_eq!(u128::from(REJECT_AFTER_MESSAGES), (1u128 << 64) - (1 << 13) - 1);
+    assert_eq!(
+        u128::from(REJECT_AFTER_MESSAGES),
+        (1u128 << 64) - (1 << 13) - 1
+    );
     assert_eq!(REKEY_AFTER_TIME, secs(120));
     assert_eq!(REJECT_AFTER_TIME, secs(180));
     assert_eq!(REKEY_ATTEMPT_TIME, secs(90));
@@ -133,7 +140,10 @@ fn rekey_timeout_retries_every_5_seconds_with_jitter() {
     assert!(sim.data_wants_session());
     // Nine retries always fit in 9 * 5.333 s = 48 s, and a tenth never does (>= 50 s).
     let fired = sim.run_until(secs(48), ms(1));
-    assert!(fired.iter().all(|(_, action)| *action == RETRY), "{fired:?}");
+    assert!(
+        fired.iter().all(|(_, action)| *action == RETRY),
+        "{fired:?}"
+    );
     assert_eq!(fired.len(), 9);
 
     let mut sent = vec![Duration::ZERO];
@@ -159,12 +169,19 @@ fn retransmission_jitter_is_uniform_over_0_to_333_ms() {
         timers.handshake_initiated(t0, &mut rng);
         let jitter = timers.next_deadline().unwrap() - t0 - REKEY_TIMEOUT;
         assert!(jitter <= REKEY_TIMEOUT_JITTER_MAX, "{jitter:?}");
-        assert_eq!(jitter.subsec_nanos() % 1_000_000, 0, "not whole milliseconds");
+        assert_eq!(
+            jitter.subsec_nanos() % 1_000_000,
+            0,
+            "not whole milliseconds"
+        );
         counts[jitter.as_millis() as usize] += 1;
     }
     // 20 000 draws over 334 values: about 60 each; every value, both ends included, shows
     // up, and none is wildly over- or under-drawn (> 6 standard deviations).
-    assert!(counts.iter().all(|&n| (20..=110).contains(&n)), "{counts:?}");
+    assert!(
+        counts.iter().all(|&n| (20..=110).contains(&n)),
+        "{counts:?}"
+    );
 }
 
 #[test]
@@ -180,7 +197,10 @@ fn handshake_abandoned_after_rekey_attempt_time() {
     assert_eq!(retries.len() as u32, MAX_TIMER_HANDSHAKES + 1);
     assert_eq!(give_ups.len(), 1, "{fired:?}");
     assert_eq!(fired.len(), retries.len() + 1, "{fired:?}");
-    assert_eq!(fired.last().map(|(_, action)| *action), Some(TimerAction::GiveUp));
+    assert_eq!(
+        fired.last().map(|(_, action)| *action),
+        Some(TimerAction::GiveUp)
+    );
 
     // Still retrying when REKEY_ATTEMPT_TIME runs out, abandoned within the next
     // couple of REKEY_TIMEOUTs: 20 timeouts of 5 s + at most 333 ms after the first send.
@@ -194,7 +214,11 @@ fn handshake_abandoned_after_rekey_attempt_time() {
         REKEY_TIMEOUT * timeouts,
         (REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX) * timeouts,
     );
-    assert_within(give_up - last_retry, REKEY_TIMEOUT, REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX);
+    assert_within(
+        give_up - last_retry,
+        REKEY_TIMEOUT,
+        REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX,
+    );
     // Nothing retransmits after giving up; only the key-zeroing timer is left.
     assert_eq!(
         sim.timers.next_deadline(),
@@ -215,7 +239,10 @@ fn want_handshake_resets_the_attempt_counter() {
     assert!(!sim.data_wants_session());
     assert_eq!(sim.timers.handshake_attempts(), 0);
     let late = sim.run_until(secs(300), ms(1));
-    assert_eq!(times_of(&late, RETRY).len() as u32, MAX_TIMER_HANDSHAKES + 1);
+    assert_eq!(
+        times_of(&late, RETRY).len() as u32,
+        MAX_TIMER_HANDSHAKES + 1
+    );
     assert_eq!(times_of(&late, TimerAction::GiveUp).len(), 1);
 }
 
@@ -229,7 +256,10 @@ fn new_data_after_give_up_starts_a_fresh_attempt() {
     assert!(sim.data_wants_session());
     assert_eq!(sim.timers.handshake_attempts(), 0);
     let second = sim.run_until(secs(230), ms(1));
-    assert_eq!(times_of(&second, RETRY).len() as u32, MAX_TIMER_HANDSHAKES + 1);
+    assert_eq!(
+        times_of(&second, RETRY).len() as u32,
+        MAX_TIMER_HANDSHAKES + 1
+    );
     let give_up = times_of(&second, TimerAction::GiveUp);
     assert_eq!(give_up.len(), 1);
     assert_within(give_up[0], secs(210), secs(110) + ms(5333) * 20);
@@ -262,7 +292,10 @@ fn retransmission_skipped_when_a_response_left_meanwhile() {
     let fired = sim.run_until(secs(100), ms(1));
     assert_eq!(fired, []);
     assert_eq!(sim.timers.handshake_attempts(), 1);
-    assert_eq!(sim.timers.next_deadline(), Some(sim.t0 + secs(3) + REJECT_AFTER_TIME * 3));
+    assert_eq!(
+        sim.timers.next_deadline(),
+        Some(sim.t0 + secs(3) + REJECT_AFTER_TIME * 3)
+    );
 }
 
 #[test]
@@ -315,6 +348,25 @@ fn new_handshake_after_15_s_of_unanswered_data() {
         KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + REKEY_TIMEOUT_JITTER_MAX,
     );
     assert_eq!(sim.timers.handshake_attempts(), 0);
+}
+
+#[test]
+fn new_handshake_deadline_is_jittered_like_retransmission() {
+    // wireguard-go and the kernel add the same [0, 333] ms jitter to this timer.
+    let mut rng = StdRng::seed_from_u64(11);
+    let t0 = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..5_000 {
+        let mut timers = PeerTimers::new(None);
+        timers.data_sent(t0, &mut rng);
+        let jitter = timers.next_deadline().unwrap() - t0 - (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
+        assert!(jitter <= REKEY_TIMEOUT_JITTER_MAX, "{jitter:?}");
+        seen.insert(jitter);
+    }
+    // 5 000 draws over 334 values miss one with probability about 334 * e^-15.
+    assert_eq!(seen.len(), 334, "only {} distinct jitters", seen.len());
+    assert_eq!(seen.first(), Some(&Duration::ZERO));
+    assert_eq!(seen.last(), Some(&REKEY_TIMEOUT_JITTER_MAX));
 }
 
 #[test]
@@ -445,7 +497,12 @@ fn give_up_keeps_an_earlier_key_zeroing_deadline() {
 fn give_up_cancels_a_pending_keepalive() {
     let mut sim = Sim::new(None, sends_everything);
     assert!(sim.data_wants_session());
+    // Step to the last retransmission, the one that takes the counter past the maximum.
     while sim.timers.handshake_attempts() <= MAX_TIMER_HANDSHAKES {
+        assert!(
+            sim.elapsed < secs(200),
+            "never retransmitted past the maximum"
+        );
         let next = sim.elapsed + ms(1);
         sim.run_until(next, ms(1));
     }
@@ -469,7 +526,11 @@ fn persistent_keepalive_fires_at_interval() {
     let fired = sim.run_until(secs(99), ms(1));
     assert_eq!(
         fired,
-        [(secs(25), KEEPALIVE), (secs(50), KEEPALIVE), (secs(75), KEEPALIVE)]
+        [
+            (secs(25), KEEPALIVE),
+            (secs(50), KEEPALIVE),
+            (secs(75), KEEPALIVE)
+        ]
     );
 }
 
@@ -482,7 +543,14 @@ fn persistent_keepalive_counts_from_the_last_traversal() {
     let now = sim.now();
     sim.timers.authenticated_packet_traversal(now);
     let fired = sim.run_until(secs(99), ms(1));
-    assert_eq!(fired, [(secs(45), KEEPALIVE), (secs(70), KEEPALIVE), (secs(95), KEEPALIVE)]);
+    assert_eq!(
+        fired,
+        [
+            (secs(45), KEEPALIVE),
+            (secs(70), KEEPALIVE),
+            (secs(95), KEEPALIVE)
+        ]
+    );
 }
 
 #[test]
@@ -490,9 +558,17 @@ fn turning_persistent_keepalive_on_sends_one_at_once() {
     let mut sim = Sim::new(None, sends_everything);
     sim.run_until(secs(3), ms(1));
     let now = sim.now();
-    sim.timers.set_persistent_keepalive(NonZeroU16::new(25), now);
+    sim.timers
+        .set_persistent_keepalive(NonZeroU16::new(25), now);
     let fired = sim.run_until(secs(60), ms(1));
-    assert_eq!(fired, [(secs(3), KEEPALIVE), (secs(28), KEEPALIVE), (secs(53), KEEPALIVE)]);
+    assert_eq!(
+        fired,
+        [
+            (secs(3), KEEPALIVE),
+            (secs(28), KEEPALIVE),
+            (secs(53), KEEPALIVE)
+        ]
+    );
 }
 
 #[test]
@@ -502,9 +578,17 @@ fn changing_an_enabled_persistent_keepalive_waits_for_traffic() {
     sim.timers.authenticated_packet_traversal(now);
     sim.run_until(secs(3), ms(1));
     let now = sim.now();
-    sim.timers.set_persistent_keepalive(NonZeroU16::new(10), now);
+    sim.timers
+        .set_persistent_keepalive(NonZeroU16::new(10), now);
     let fired = sim.run_until(secs(50), ms(1));
-    assert_eq!(fired, [(secs(25), KEEPALIVE), (secs(35), KEEPALIVE), (secs(45), KEEPALIVE)]);
+    assert_eq!(
+        fired,
+        [
+            (secs(25), KEEPALIVE),
+            (secs(35), KEEPALIVE),
+            (secs(45), KEEPALIVE)
+        ]
+    );
 }
 
 #[test]
@@ -577,7 +661,12 @@ fn simultaneous_expiries_fire_in_deadline_order() {
     let fired: Vec<TimerAction> = std::iter::from_fn(|| timers.poll(late)).collect();
     assert_eq!(
         fired,
-        [KEEPALIVE, KEEPALIVE, NEW_ATTEMPT, TimerAction::ZeroKeyMaterial]
+        [
+            KEEPALIVE,
+            KEEPALIVE,
+            NEW_ATTEMPT,
+            TimerAction::ZeroKeyMaterial
+        ]
     );
     assert_eq!(timers.handshake_attempts(), 1);
     assert_eq!(timers.next_deadline(), None);
