@@ -149,12 +149,26 @@ fn build_daemon() -> Result<Option<PathBuf>> {
     let target = meta["target_directory"]
         .as_str()
         .map_or_else(|| root.join("target"), PathBuf::from);
-    println!("demo: building the daemon: cargo build --release -p wireguard-rs");
-    let mut c = cmd::command(&cmd::cargo(), &["build", "--release", "-p", "wireguard-rs"]);
+    println!(
+        "demo: building the daemon: cargo build --release -p wireguard-rs -p wireguard-rs-keyd -p wireguard-rs-datad"
+    );
+    let mut c = cmd::command(
+        &cmd::cargo(),
+        &[
+            "build",
+            "--release",
+            "-p",
+            "wireguard-rs",
+            "-p",
+            "wireguard-rs-keyd",
+            "-p",
+            "wireguard-rs-datad",
+        ],
+    );
     c.current_dir(&root);
     let status = cmd::status_inherit(&mut c, BUILD_TIMEOUT)?;
     if !status.success() {
-        bail!("`cargo build --release -p wireguard-rs` failed ({status}); fix the build first");
+        bail!("building the release daemon failed ({status}); fix the build first");
     }
     let bin = target.join("release").join("wireguard-rs");
     if !bin.is_file() {

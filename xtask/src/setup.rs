@@ -28,6 +28,7 @@ pub(crate) fn run() -> Result<()> {
     }
     apt()?;
     cargo_deny()?;
+    boringtun()?;
     rustup_components()?;
     println!("setup: done");
     Ok(())
@@ -91,6 +92,36 @@ fn cargo_deny() -> Result<()> {
     let status = cmd::status_inherit(&mut c, Duration::from_secs(45 * 60))?;
     if !status.success() {
         bail!("`cargo install cargo-deny --locked` failed ({status}); see cargo's messages above");
+    }
+    Ok(())
+}
+
+/// boringtun's userspace daemon, the third implementation of the end-to-end interop
+/// tests (`tests/e2e`); it is not packaged by Debian.
+fn boringtun() -> Result<()> {
+    let mut c = cmd::command::<&str>("boringtun-cli", &["--version"]);
+    if let Ok(out) = cmd::output(&mut c, Duration::from_secs(30))
+        && out.status.success()
+    {
+        println!(
+            "setup: boringtun-cli: already installed ({})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        return Ok(());
+    }
+    println!("setup: running cargo install boringtun-cli --locked");
+    let mut c = cmd::command(&cmd::cargo(), &["install", "boringtun-cli", "--locked"]);
+    let status = cmd::status_inherit(&mut c, Duration::from_secs(45 * 60))?;
+    if !status.success() {
+        bail!(
+            "`cargo install boringtun-cli --locked` failed ({status}); see cargo's messages above"
+        );
+    }
+    if !cmd::on_path("boringtun-cli") {
+        println!(
+            "setup: note: boringtun-cli was installed into cargo's bin directory, which is not on \
+             PATH; the end-to-end tests also look in ~/.cargo/bin (or set WG_E2E_BORINGTUN)"
+        );
     }
     Ok(())
 }

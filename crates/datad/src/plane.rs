@@ -603,6 +603,15 @@ impl Daemon {
         if self.router.add_session(peer, session, now).is_err() {
             return;
         }
+        // The handshake message that made this session authenticated as this peer's:
+        // count it as received, as wireguard-go does (a response for an initiator, an
+        // initiation for a responder).
+        let received = if keys.initiator {
+            wg_wire::RESPONSE_LEN
+        } else {
+            wg_wire::INITIATION_LEN
+        };
+        self.router.count_rx(peer, received);
         if let Some(slot) = self.slots.get_mut(&peer) {
             slot.timers.session_derived(now);
             slot.timers.authenticated_packet_received(now);

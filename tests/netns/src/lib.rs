@@ -1,0 +1,15 @@
+//! Network-namespace plumbing shared by `cargo xtask` (demo, netns-selftest) and the
+//! end-to-end tests (`wg-e2e`).
+//!
+//! **Owns:** running external commands bounded in time ([`cmd`]), background processes
+//! stopped by the PID we started ([`cmd::Background`]), unique per-run names, the
+//! [`netns::Namespace`] and [`netns::VethPair`] RAII types and ping statistics.
+//!
+//! **Trusts:** `ip` (iproute2) and `ping` (iputils) found on `PATH`.
+//!
+//! Everything it creates is owned by a guard and removed on drop, on success and on
+//! error; nothing here kills a process by name.
+#![forbid(unsafe_code)]
+
+pub mod cmd;
+pub mod netns;
