@@ -274,52 +274,26 @@ fn limit_capabilities(role: Role) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Test builds only (feature `test-hooks`): when `WG_RS_TEST_FORBIDDEN_SYSCALL` is set,
-/// makes a sandboxed process call `socket(AF_INET)` — forbidden for keyd and datad — so
-/// a test can watch the filter stop it and the monitor name the syscall.
+/// Test builds only (feature `test-hooks`): when `WG_RS_TEST_FORBIDDEN_SYSCALL` names this
+/// role (`keyd`, `datad`, or `all`), makes the process call `socket(AF_INET)` — forbidden
+/// for keyd and datad — so a test can watch the filter stop it and the monitor name the
+/// syscall.
 pub fn attempt_forbidden_syscall_if_requested(role: Role) {
     #[cfg(feature = "test-hooks")]
-    if std::env::var_os("WG_RS_TEST_FORBIDDEN_SYSCALL").is_some() && role != Role::Monitor {
-        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-        tracing::warn!("test hook: {role:?} attempts a forbidden syscall");
-        let _ = socket(
-            AddressFamily::Inet,
-            SockType::Datagram,
-            SockFlag::empty(),
-            None,
-        );
+    {
+        let wanted = std::env::var("WG_RS_TEST_FORBIDDEN_SYSCALL").unwrap_or_default();
+        let name = match role {
+            Role::Keyd => "keyd",
+            Role::Datad => "datad",
+            Role::Monitor | Role::Spawner => "",
+        };
+        if !name.is_empty() && (wanted == name || wanted == "all") {
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+            tracing::warn!("test hook: {role:?} attempts a forbidden syscall");
+            let _ = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::empty(), None);
+        }
     }
     let _ = role;
-}
-
-impl Options {
-    /// Parses the options the monitor passes to its workers: `--no-sandbox` and
-    /// `--user NAME`. Anything else is an error (workers are not run by hand).
-    pub fn from_worker_args(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
-        let mut options = Self::default();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--no-sandbox" => options.enabled = false,
-                "--user" => {
-                    options.user = args
-                        .next()
-                        .ok_or_else(|| "--user needs a user name".to_owned())?;
-                }
-                other => return Err(format!("unknown argument {other:?}")),
-            }
-        }
-        Ok(options)
-    }
-
-    /// The arguments that give a worker these options.
-    pub fn to_worker_args(&self) -> Vec<String> {
-        let mut args = vec!["--user".to_owned(), self.user.clone()];
-        if !self.enabled {
-            args.push("--no-sandbox".to_owned());
-        }
-        args
-    }
 }
 
 /// Asks the kernel to kill this process when its parent dies, so no worker outlives its
