@@ -290,7 +290,12 @@ pub fn attempt_forbidden_syscall_if_requested(role: Role) {
         if !name.is_empty() && (wanted == name || wanted == "all") {
             use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
             tracing::warn!("test hook: {role:?} attempts a forbidden syscall");
-            let _ = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::empty(), None);
+            let _ = socket(
+                AddressFamily::Inet,
+                SockType::Datagram,
+                SockFlag::empty(),
+                None,
+            );
         }
     }
     let _ = role;
