@@ -301,6 +301,36 @@ pub fn attempt_forbidden_syscall_if_requested(role: Role) {
     let _ = role;
 }
 
+impl Options {
+    /// Parses the options the monitor passes to its workers: `--no-sandbox` and
+    /// `--user NAME`. Anything else is an error (workers are not run by hand).
+    pub fn from_worker_args(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let mut options = Self::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--no-sandbox" => options.enabled = false,
+                "--user" => {
+                    options.user = args
+                        .next()
+                        .ok_or_else(|| "--user needs a user name".to_owned())?;
+                }
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        Ok(options)
+    }
+
+    /// The arguments that give a worker these options.
+    pub fn to_worker_args(&self) -> Vec<String> {
+        let mut args = vec!["--user".to_owned(), self.user.clone()];
+        if !self.enabled {
+            args.push("--no-sandbox".to_owned());
+        }
+        args
+    }
+}
+
 /// Asks the kernel to kill this process when its parent dies, so no worker outlives its
 /// supervisor (fail closed). Returns an error if the parent is already gone.
 pub fn die_with_parent() -> Result<(), SandboxError> {
