@@ -543,8 +543,9 @@ impl Daemon {
 
     fn upsert_peer(&mut self, update: PeerUpdate, now: Instant) {
         let interval = NonZeroU16::new(update.persistent_keepalive);
-        let peer = match self.by_key.get(&update.public_key) {
-            Some(&peer) => peer,
+        let existing = self.by_key.get(&update.public_key).copied();
+        let peer = match existing {
+            Some(peer) => peer,
             None => {
                 let peer = self.router.add_peer();
                 self.by_key.insert(update.public_key, peer);
@@ -564,7 +565,11 @@ impl Daemon {
         if let Some(endpoint) = update.endpoint {
             self.router.set_endpoint(peer, endpoint);
         }
-        self.router.clear_allowed_ips(peer);
+        // A new peer has no prefixes; clearing scans the whole table, which adding
+        // thousands of peers at once must not pay for each of them.
+        if existing.is_some() {
+            self.router.clear_allowed_ips(peer);
+        }
         for net in update.allowed_ips {
             let _ = self.router.insert_allowed_ip(peer, net);
         }

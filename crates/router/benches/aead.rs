@@ -128,7 +128,13 @@ fn deliver(router: &mut Router, message: &mut [u8], now: Instant) -> usize {
     let job: OpenJob = router.plan_inbound(message, now).unwrap();
     let n = job.open(message).unwrap();
     let inbound = router
-        .finish_inbound(&job, &message[HEADROOM..HEADROOM + n], message.len(), source, now)
+        .finish_inbound(
+            &job,
+            &message[HEADROOM..HEADROOM + n],
+            message.len(),
+            source,
+            now,
+        )
         .unwrap();
     match inbound.kind {
         wg_router::InboundKind::Data { len } => len,
