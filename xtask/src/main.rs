@@ -9,6 +9,7 @@
 //! on error and on Ctrl-C/SIGTERM.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod ci;
 mod cmd;
 mod demo;
@@ -45,6 +46,24 @@ enum Task {
         #[arg(long, value_name = "N", default_value_t = 5)]
         seconds: u32,
     },
+    /// Router micro-benchmarks (both AEAD backends), then the tunnel benchmark against
+    /// wireguard-go and boringtun (root; skipped otherwise). See docs/benchmarks.md.
+    Bench {
+        /// Fewer samples, and one short tunnel round (ping and 1-stream TCP).
+        #[arg(long)]
+        quick: bool,
+        /// Only the micro-benchmarks.
+        #[arg(long)]
+        no_tunnel: bool,
+        /// Also run the tunnel with a daemon built with the pure-Rust RustCrypto AEAD
+        /// (in target/bench-rustcrypto).
+        #[arg(long)]
+        tunnel_rustcrypto: bool,
+        /// The tunnel-bench script (default: $WG_TUNNEL_BENCH, ../shared/bench/tunnel-bench
+        /// beside the workspace, or tunnel-bench on PATH).
+        #[arg(long, value_name = "PATH")]
+        tunnel_bench: Option<std::path::PathBuf>,
+    },
     /// Check the namespace plumbing (two namespaces, veth, ping) and its cleanup.
     NetnsSelftest,
     /// Run cargo-fuzz targets on stable (RUSTC_BOOTSTRAP=1), each for N seconds.
@@ -64,7 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let needs_handler = matches!(
         cli.task,
-        Task::Demo { .. } | Task::NetnsSelftest | Task::Ci | Task::Fuzz { .. }
+        Task::Demo { .. } | Task::NetnsSelftest | Task::Ci | Task::Fuzz { .. } | Task::Bench { .. }
     );
     if needs_handler && let Err(e) = cmd::install_signal_handler() {
         eprintln!("xtask: error: {e:#}");
@@ -80,6 +99,18 @@ fn main() -> ExitCode {
             impl_template,
             seconds,
         }),
+        Task::Bench {
+            quick,
+            no_tunnel,
+            tunnel_rustcrypto,
+            tunnel_bench,
+        } => bench::run(&bench::BenchArgs {
+            quick,
+            no_tunnel,
+            tunnel_rustcrypto,
+            tunnel_bench,
+        })
+        .map(|()| ExitCode::SUCCESS),
         Task::NetnsSelftest => selftest::run(),
         Task::Fuzz {
             target,

@@ -168,6 +168,35 @@ impl std::fmt::Debug for Supervisor {
     }
 }
 
+/// Why keyd is gone, as precisely as it can be told: its channel may still hold the
+/// report of a refused syscall even when its exit or a failed send was noticed first.
+async fn keyd_died(error: Option<IpcError>, keyd: &Channel, child: &mut Child) -> MonitorError {
+    let mut reason = error;
+    if !matches!(reason, Some(IpcError::Seccomp { .. })) {
+        // Drain what keyd sent before it died (bounded: the socket is closed or closing).
+        let drain = async {
+            loop {
+                match keyd.recv::<KeydToMonitor>().await {
+                    Ok(_) => continue,
+                    Err(e) => return e,
+                }
+            }
+        };
+        if let Ok(e) = tokio::time::timeout(Duration::from_millis(500), drain).await {
+            if matches!(e, IpcError::Seccomp { .. }) || reason.is_none() {
+                reason = Some(e);
+            }
+        }
+    }
+    let status = describe(child.wait().await);
+    let message = match reason {
+        Some(e) => format!("{e}; {status}"),
+        None => status,
+    };
+    tracing::error!("the key process is gone: {message}");
+    MonitorError::KeydDied(message)
+}
+
 /// The data plane as the monitor sees it: a channel, and a pid the spawner reported.
 struct DataPlane {
     channel: Channel,
@@ -241,16 +270,15 @@ impl Supervisor {
 
         loop {
             tokio::select! {
+                // keyd's channel first: a worker stopped by its filter reports the syscall
+                // there just before it exits, and that report must win over the exit.
+                biased;
                 m = keyd.recv::<KeydToMonitor>() => match m {
                     Ok(m) => self.on_keyd(m.msg, &keyd, &datad).await?,
-                    Err(e) => {
-                        let status = describe(keyd_child.wait().await);
-                        tracing::error!("key process channel closed ({e}); it {status}");
-                        return Err(MonitorError::KeydDied(format!("{e}; {status}")));
-                    }
+                    Err(e) => return Err(keyd_died(Some(e), &keyd, &mut keyd_child).await),
                 },
-                status = keyd_child.wait() => {
-                    return Err(MonitorError::KeydDied(describe(status)));
+                _ = keyd_child.wait() => {
+                    return Err(keyd_died(None, &keyd, &mut keyd_child).await);
                 }
                 m = datad.channel.recv::<DatadToMonitor>() => match m {
                     Ok(Received { msg: DatadToMonitor::InterfaceGone, .. }) => {
@@ -259,7 +287,14 @@ impl Supervisor {
                     Ok(Received { msg: DatadToMonitor::Hello(_), .. }) => {}
                     Err(e) => {
                         tracing::warn!("data plane (pid {}) lost: {e}; restarting it", datad.pid);
-                        datad = self.restart_datad(&keyd, &spawner).await?;
+                        datad = match self.restart_datad(&keyd, &spawner).await {
+                            Ok(d) => d,
+                            // The data plane may have died because keyd did: say so.
+                            Err(MonitorError::Ipc("keyd", e)) => {
+                                return Err(keyd_died(Some(e), &keyd, &mut keyd_child).await);
+                            }
+                            Err(e) => return Err(e),
+                        };
                     }
                 },
                 m = spawner.recv::<SpawnerToMonitor>() => match m {

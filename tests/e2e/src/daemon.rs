@@ -104,6 +104,41 @@ impl Daemon {
     /// socket to answer.
     pub fn start(env: &Env, ns: &Namespace, kind: Impl, ifname: &str) -> Result<Self> {
         let (program, args) = kind.command_line(env, ifname)?;
+        let mut d = Self::spawn(env, ns, kind, ifname, program, args, &[])?;
+        d.wait_ready()?;
+        Ok(d)
+    }
+
+    /// Starts `BIN_DIR/wireguard-rs -f IFNAME` in `ns` with `extra_env` added to its
+    /// environment (inherited by its workers), e.g. a build with test hooks. With
+    /// `wait_ready` it waits (bounded) for the UAPI socket to answer, as [`Daemon::start`];
+    /// without, it returns at once (for a daemon expected to die during start-up).
+    pub fn start_rs_with(
+        env: &Env,
+        ns: &Namespace,
+        ifname: &str,
+        bin_dir: &Path,
+        extra_env: &[(&str, &str)],
+        wait_ready: bool,
+    ) -> Result<Self> {
+        let program = bin_dir.join("wireguard-rs").into_os_string();
+        let args = vec!["-f".to_owned(), ifname.to_owned()];
+        let mut d = Self::spawn(env, ns, Impl::Rs, ifname, program, args, extra_env)?;
+        if wait_ready {
+            d.wait_ready()?;
+        }
+        Ok(d)
+    }
+
+    fn spawn(
+        env: &Env,
+        ns: &Namespace,
+        kind: Impl,
+        ifname: &str,
+        program: OsString,
+        args: Vec<String>,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Self> {
         let socket = socket_path(ifname);
         if socket.exists() {
             // Only ours can carry this run's unique name: a leftover of a killed run.
@@ -115,17 +150,16 @@ impl Daemon {
             .arg(&program)
             .args(&args);
         c.env("LOG_LEVEL", "verbose").env("WG_LOG_LEVEL", "info");
+        c.envs(extra_env.iter().copied());
         let log = env.dir.path().join(env.file_name(ifname, "log"));
         let bg = Background::spawn(&format!("{} {ifname}", kind.name()), &mut c, Some(&log))?;
-        let mut d = Self {
+        Ok(Self {
             bg,
             kind,
             ifname: ifname.to_owned(),
             ns: ns.name().to_owned(),
             socket,
-        };
-        d.wait_ready()?;
-        Ok(d)
+        })
     }
 
     fn wait_ready(&mut self) -> Result<()> {

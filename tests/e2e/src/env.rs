@@ -221,6 +221,79 @@ fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
         .max()
 }
 
+/// The target directory: `$CARGO_TARGET_DIR` (relative to the workspace) or the
+/// workspace's `target`.
+fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_relative() { root.join(t) } else { t })
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// Cargo, as the test harness was started with.
+fn cargo() -> String {
+    std::env::var("CARGO")
+        .ok()
+        .or_else(|| option_env!("CARGO").map(str::to_owned))
+        .unwrap_or_else(|| "cargo".to_owned())
+}
+
+/// The directory of a daemon build with the workers' test hooks (features
+/// `wireguard-rs-keyd/test-hooks` and `wireguard-rs-datad/test-hooks`: the environment
+/// variable `WG_RS_TEST_FORBIDDEN_SYSCALL=keyd|datad|all` makes that worker call
+/// `socket(AF_INET)` right after locking down). `$WG_RS_TEST_HOOKS_BIN_DIR` if set; else
+/// built (debug) once per test process into `<target>/test-hooks`, apart from the normal
+/// builds. Cargo's own lock on that directory serialises concurrent test processes, and
+/// a build that is up to date takes a second.
+pub fn test_hooks_bin_dir() -> Result<PathBuf> {
+    static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut guard = DIR
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a test panicked while building the test-hook daemon"))?;
+    if let Some(dir) = guard.as_ref() {
+        return Ok(dir.clone());
+    }
+    let dir = if let Some(dir) = std::env::var_os("WG_RS_TEST_HOOKS_BIN_DIR") {
+        PathBuf::from(dir)
+    } else {
+        let target = target_dir().join("test-hooks");
+        let mut c = cmd::command(
+            &cargo(),
+            &[
+                "build",
+                "-p",
+                "wireguard-rs",
+                "-p",
+                "wireguard-rs-keyd",
+                "-p",
+                "wireguard-rs-datad",
+                "--features",
+                "wireguard-rs-keyd/test-hooks,wireguard-rs-datad/test-hooks",
+            ],
+        );
+        c.current_dir(workspace_root())
+            .env("CARGO_TARGET_DIR", &target);
+        eprintln!(
+            "wg-e2e: building the daemon with test hooks: {}",
+            cmd::describe(&c)
+        );
+        cmd::checked(&mut c, Duration::from_secs(30 * 60))
+            .context("building the daemon with test hooks failed")?;
+        target.join("debug")
+    };
+    if !has_all(&dir) {
+        bail!(
+            "{} does not hold all of {}",
+            dir.display(),
+            RS_BINARIES.join(", ")
+        );
+    }
+    eprintln!("wg-e2e: daemon with test hooks in {}", dir.display());
+    *guard = Some(dir.clone());
+    Ok(dir)
+}
+
 fn locate_or_build() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("WG_RS_BIN_DIR") {
         let dir = PathBuf::from(dir);
@@ -234,10 +307,7 @@ fn locate_or_build() -> Result<PathBuf> {
         return Ok(dir);
     }
     let root = workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_relative() { root.join(t) } else { t })
-        .unwrap_or_else(|| root.join("target"));
+    let target = target_dir();
     let newest = ["release", "debug"]
         .into_iter()
         .map(|p| target.join(p))
@@ -246,10 +316,7 @@ fn locate_or_build() -> Result<PathBuf> {
     if let Some(dir) = newest {
         return Ok(dir);
     }
-    let cargo = std::env::var("CARGO")
-        .ok()
-        .or_else(|| option_env!("CARGO").map(str::to_owned))
-        .unwrap_or_else(|| "cargo".to_owned());
+    let cargo = cargo();
     let mut c = cmd::command(
         &cargo,
         &[

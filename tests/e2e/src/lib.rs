@@ -17,6 +17,7 @@
 pub mod daemon;
 pub mod env;
 pub mod net;
+pub mod proc;
 pub mod topo;
 pub mod uapi;
 pub mod wgtool;
