@@ -182,10 +182,10 @@ async fn keyd_died(error: Option<IpcError>, keyd: &Channel, child: &mut Child) -
                 }
             }
         };
-        if let Ok(e) = tokio::time::timeout(Duration::from_millis(500), drain).await {
-            if matches!(e, IpcError::Seccomp { .. }) || reason.is_none() {
-                reason = Some(e);
-            }
+        if let Ok(e) = tokio::time::timeout(Duration::from_millis(500), drain).await
+            && (matches!(e, IpcError::Seccomp { .. }) || reason.is_none())
+        {
+            reason = Some(e);
         }
     }
     let status = describe(child.wait().await);
