@@ -78,8 +78,7 @@ impl std::fmt::Debug for Startup {
     }
 }
 
-/// A step run by a worker right before it starts serving (installing the sandbox).
-pub type Lockdown = Box<dyn FnOnce() -> Result<(), String> + Send>;
+pub use wg_ipc::worker::Lockdown;
 
 /// Builds a [`Startup`] from the monitor's `Start` message and its descriptors
 /// (TUN, IPv4 UDP, IPv6 UDP if `has_ipv6`, keyd channel).

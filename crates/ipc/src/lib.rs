@@ -16,6 +16,7 @@
 
 mod channel;
 pub mod messages;
+pub mod worker;
 
 pub use channel::{Channel, Received, seqpacket_pair};
 

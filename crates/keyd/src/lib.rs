@@ -37,7 +37,7 @@ pub enum KeydError {
 /// UAPI listener and the data-plane channel, then serves.
 pub async fn run_worker(
     monitor: wg_ipc::Channel,
-    lockdown: impl FnOnce() -> Result<(), String>,
+    lockdown: wg_ipc::worker::Lockdown,
 ) -> Result<(), KeydError> {
     use wg_ipc::messages::{Hello, KeydToMonitor, MonitorToKeyd, Role};
     monitor

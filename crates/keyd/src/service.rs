@@ -104,6 +104,8 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
             },
             m = keyd.monitor.recv::<MonitorToKeyd>() => match m {
                 Ok(m) => keyd.on_monitor(m).await?,
+                // The monitor closes its end when the daemon stops: a normal end.
+                Err(IpcError::Closed) => return Ok(()),
                 Err(e) => return Err(KeydError::Monitor(e)),
             },
         }

@@ -1,0 +1,85 @@
+//! The start of a worker process (keyd, datad), shared so both begin the same way: logging,
+//! die with the parent, adopt the channel to the monitor, close everything else, start a
+//! single-threaded runtime, and hand the work a sandbox step to run once its descriptors
+//! are in place and before it reads untrusted input.
+
+use std::fmt::{Debug, Display};
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+
+use wg_sandbox::{Role, SyscallReport};
+
+use crate::{Channel, IPC_FD_ENV, SIGSYS_REPORT_PREFIX, inherited_fd, init_logging};
+
+/// A step a worker runs right before it starts serving: its sandbox.
+pub type Lockdown = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+/// Runs a worker: `binary` names it in messages, `role` picks its sandbox, and `serve`
+/// does the work with the monitor channel and the sandbox step.
+pub fn main<F, Fut, T, E>(binary: &'static str, role: Role, serve: F) -> ExitCode
+where
+    F: FnOnce(Channel, Lockdown) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    T: Debug,
+    E: Display,
+{
+    init_logging(binary);
+    let fail = |message: &dyn Display, code: u8| {
+        eprintln!("{binary}: {message}");
+        ExitCode::from(code)
+    };
+    let options = match wg_sandbox::Options::from_worker_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => return fail(&e, 2),
+    };
+    if let Err(e) = wg_sandbox::die_with_parent() {
+        return fail(&e, 1);
+    }
+    let fd = match inherited_fd(IPC_FD_ENV) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => {
+            return fail(
+                &"this worker is started by wireguard-rs; run `wireguard-rs IFNAME` instead",
+                2,
+            );
+        }
+        Err(e) => return fail(&e, 2),
+    };
+    let report = SyscallReport {
+        fd: fd.as_raw_fd(),
+        prefix: SIGSYS_REPORT_PREFIX,
+    };
+    if let Err(e) = wg_sandbox::close_inherited_fds(&[report.fd]) {
+        return fail(&e, 1);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
+    };
+    let result = runtime.block_on(async {
+        let channel = match Channel::from_fd(fd) {
+            Ok(c) => c,
+            Err(e) => return Err(e.to_string()),
+        };
+        let lockdown: Lockdown = Box::new(move || {
+            wg_sandbox::lock_down(role, &options, Some(report)).map_err(|e| e.to_string())?;
+            wg_sandbox::attempt_forbidden_syscall_if_requested(role);
+            Ok(())
+        });
+        serve(channel, lockdown).await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(end) => {
+            tracing::info!("{binary} stopped: {end:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{binary} failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
