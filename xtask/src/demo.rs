@@ -2,8 +2,6 @@
 //! userspace daemon, a ping and an iperf3 throughput figure, then a full cleanup.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -12,6 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd::{self, Background};
 use crate::netns::{self, Namespace, RunNames, TwoHosts};
+use wg_netns::private_dir::PrivateDir;
 
 /// Name tag of the demo's namespaces and interfaces (`wgrsd<pid>a`, `wgrsd<pid>wa`, …).
 pub(crate) const TAG: &str = "wgrsd";
@@ -204,50 +203,6 @@ fn exec_simple(line: &str) -> String {
     }
 }
 
-/// A private directory (mode 0700) for keys and logs, removed on drop.
-struct PrivateDir(PathBuf);
-
-impl PrivateDir {
-    fn create(prefix: &str) -> Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!("{prefix}-{nanos:09}"));
-        // create (not create_all): fails if anything already sits at that path.
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("could not create private directory {}", path.display()))?;
-        Ok(Self(path))
-    }
-
-    /// Writes `contents` to a new file (mode 0600) in the directory.
-    fn write_secret(&self, name: &str, contents: &str) -> Result<PathBuf> {
-        let path = self.0.join(name);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("could not create {}", path.display()))?;
-        f.write_all(contents.as_bytes())
-            .with_context(|| format!("could not write {}", path.display()))?;
-        Ok(path)
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.0) {
-            eprintln!(
-                "xtask: warning: could not remove {}: {e}; delete it by hand (it holds private keys)",
-                self.0.display()
-            );
-        }
-    }
-}
-
 /// UAPI socket files of the interfaces this run created; removed on drop if the daemon
 /// did not remove them itself.
 struct SocketFiles(Vec<PathBuf>);
@@ -323,7 +278,7 @@ fn with_names(names: &RunNames, template: Option<&str>, seconds: u32) -> Result<
     for (end, sock) in [&a, &b].into_iter().zip(&sockets.0) {
         let line = exec_simple(&template.replace("{if}", &end.ifname));
         println!("demo: [{}] starting: {line}", end.ns.name());
-        let log = dir.0.join(format!("{}.log", end.ifname));
+        let log = dir.path().join(format!("{}.log", end.ifname));
         let mut c = end.ns.command("sh", &["-c", &line]);
         let mut d = Background::spawn(&format!("daemon for {}", end.ifname), &mut c, Some(&log))?;
         wait_for_socket(&mut d, sock)?;
@@ -477,7 +432,7 @@ fn throughput(
     dir: &PrivateDir,
     seconds: u32,
 ) -> Result<(f64, f64, Option<u64>)> {
-    let log = dir.0.join("iperf3-server.log");
+    let log = dir.path().join("iperf3-server.log");
     let mut server = Background::spawn(
         "iperf3 server",
         &mut b

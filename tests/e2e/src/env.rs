@@ -2,8 +2,6 @@
 //! where the daemon binaries are (built if missing).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -12,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use wg_netns::cmd;
 use wg_netns::netns::RunNames;
+pub use wg_netns::private_dir::PrivateDir;
 
 /// What a test prints when it cannot run here.
 pub const SKIP_MESSAGE: &str = "skipped: needs root and network namespaces";
@@ -53,7 +52,7 @@ impl Env {
         // Leftovers of this test from a run that was killed (SIGKILL skips the guards).
         wg_netns::netns::warn_stale(&[&format!("e{tag}")]);
         let rs_dir = rs_bin_dir()?;
-        let dir = PrivateDir::create(names.prefix())?;
+        let dir = PrivateDir::create(&format!("wg-e2e-{}", names.prefix()))?;
         Ok(Some(Self {
             names,
             dir,
@@ -342,54 +341,4 @@ fn locate_or_build() -> Result<PathBuf> {
         bail!("built the daemon but {} lacks its binaries", dir.display());
     }
     Ok(dir)
-}
-
-/// A private directory (mode 0700) for keys, configuration files and logs; removed on
-/// drop.
-#[derive(Debug)]
-pub struct PrivateDir(PathBuf);
-
-impl PrivateDir {
-    fn create(prefix: &str) -> Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let path = std::env::temp_dir().join(format!("wg-e2e-{prefix}-{nanos:09}"));
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("could not create private directory {}", path.display()))?;
-        Ok(Self(path))
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Writes `contents` to a new file (mode 0600) in the directory.
-    pub fn write_secret(&self, name: &str, contents: &str) -> Result<PathBuf> {
-        let path = self.0.join(name);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("could not create {}", path.display()))?;
-        f.write_all(contents.as_bytes())
-            .with_context(|| format!("could not write {}", path.display()))?;
-        Ok(path)
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.0) {
-            eprintln!(
-                "wg-e2e: warning: could not remove {}: {e}; delete it by hand (it holds keys)",
-                self.0.display()
-            );
-        }
-    }
 }

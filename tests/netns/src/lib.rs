@@ -13,3 +13,4 @@
 
 pub mod cmd;
 pub mod netns;
+pub mod private_dir;
