@@ -33,6 +33,19 @@ const MAX_PACKET: usize = 65535;
 const UNDER_LOAD_RATE: u32 = 128;
 /// Once under load, stay so for this long (wireguard-go: 1 s).
 const UNDER_LOAD_AFTER: Duration = Duration::from_secs(1);
+/// Up to this many peers the earliest timer deadline is recomputed exactly every time.
+const EXACT_DEADLINE_PEERS: usize = 64;
+/// With more peers, how stale the cached earliest deadline may get while events arrive.
+const DEADLINE_RESCAN: Duration = Duration::from_millis(50);
+
+/// The earliest timer deadline, cached for interfaces with many peers.
+#[derive(Debug, Default)]
+struct DeadlineCache {
+    earliest: Option<Instant>,
+    scanned_at: Option<Instant>,
+    events_since_scan: bool,
+}
+
 /// Packets handled per wakeup before the loop looks at its other sources again.
 const BATCH: usize = 64;
 /// Peers per stats message, keeping each well under the IPC size limit.
@@ -109,6 +122,7 @@ struct Daemon {
     udp6_buf: Vec<u8>,
     to_keyd: Vec<DatadToKeyd>,
     rng: rand::rngs::StdRng,
+    deadline_cache: DeadlineCache,
 }
 
 async fn recv_udp(
@@ -173,6 +187,7 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
         udp6_buf: vec![0; MAX_PACKET],
         to_keyd: Vec::new(),
         rng: rand::make_rng(),
+        deadline_cache: DeadlineCache::default(),
     };
     daemon.run().await
 }
@@ -180,7 +195,7 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
 impl Daemon {
     async fn run(&mut self) -> Result<Exit, DatadError> {
         loop {
-            let deadline = self.next_deadline();
+            let deadline = self.next_deadline(Instant::now());
             let event = {
                 let io = &self.io;
                 let tun_buf = self
@@ -197,6 +212,11 @@ impl Daemon {
                 }
             };
             let now = Instant::now();
+            self.deadline_cache.events_since_scan = true;
+            if let Event::Timer = event {
+                // Timers fired: the cached earliest deadline is consumed.
+                self.deadline_cache.scanned_at = None;
+            }
             match event {
                 Event::Tun(Ok(len)) => {
                     self.on_tun_packet(len, now).await;
@@ -266,11 +286,28 @@ impl Daemon {
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        self.slots
-            .values()
-            .filter_map(|s| s.timers.next_deadline())
-            .min()
+    /// The earliest timer deadline of any peer. With few peers it is computed exactly
+    /// each time; with many, the scan happens at most every [`DEADLINE_RESCAN`] while
+    /// events keep arriving (so a timer armed by an event fires at most that late), and
+    /// never on the per-packet path.
+    fn next_deadline(&mut self, now: Instant) -> Option<Instant> {
+        let scan = |slots: &HashMap<PeerId, PeerSlot>| {
+            slots.values().filter_map(|s| s.timers.next_deadline()).min()
+        };
+        if self.slots.len() <= EXACT_DEADLINE_PEERS {
+            return scan(&self.slots);
+        }
+        let cache = &mut self.deadline_cache;
+        if cache.scanned_at.is_none_or(|t| now >= t + DEADLINE_RESCAN) {
+            cache.earliest = scan(&self.slots);
+            cache.scanned_at = Some(now);
+            cache.events_since_scan = false;
+        }
+        let rescan = cache
+            .events_since_scan
+            .then(|| cache.scanned_at.map(|t| t + DEADLINE_RESCAN))
+            .flatten();
+        [cache.earliest, rescan].into_iter().flatten().min()
     }
 
     async fn flush_to_keyd(&mut self) -> Result<(), DatadError> {
