@@ -39,6 +39,10 @@ struct Cli {
     /// Unprivileged user for the key process and the data plane.
     #[arg(long, value_name = "USER", default_value = wg_sandbox::DEFAULT_USER)]
     user: String,
+    /// Keep CAP_NET_BIND_SERVICE in the monitor so `wg set ... listen-port` may pick a
+    /// port below 1024 (e.g. 53 or 443). Off by default: the capability is dropped.
+    #[arg(long)]
+    allow_low_ports: bool,
     /// Internal: run as the spawner of data planes (started by the monitor itself).
     #[arg(long, hide = true)]
     spawner: bool,
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
     let options = wg_sandbox::Options {
         enabled: !cli.no_sandbox,
         user: cli.user.clone(),
+        low_ports: cli.allow_low_ports,
     };
     if cli.spawner {
         wg_ipc::init_logging("spawner");
@@ -167,6 +172,9 @@ fn daemonize(cli: &Cli, interface: &str, tun: OwnedFd, uapi: UnixListener) -> st
     }
     if cli.no_sandbox {
         cmd.arg("--no-sandbox");
+    }
+    if cli.allow_low_ports {
+        cmd.arg("--allow-low-ports");
     }
     cmd.arg("--user").arg(&cli.user);
     cmd.arg(interface)

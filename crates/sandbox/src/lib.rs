@@ -51,11 +51,17 @@ pub enum Role {
 }
 
 impl Role {
-    /// Capabilities the role keeps in its permitted, effective and bounding sets.
-    pub fn kept_capabilities(self) -> &'static [Capability] {
+    /// Capabilities the role keeps in its permitted, effective and bounding sets:
+    /// `CAP_NET_ADMIN` for the monitor (socket marks), plus `CAP_NET_BIND_SERVICE` if
+    /// the administrator asked for listen ports below 1024 ([`Options::low_ports`]);
+    /// nothing for the others.
+    pub fn kept_capabilities(self, options: &Options) -> HashSet<Capability> {
         match self {
-            Role::Monitor => &[Capability::CAP_NET_ADMIN],
-            Role::Keyd | Role::Datad | Role::Spawner => &[],
+            Role::Monitor if options.low_ports => {
+                [Capability::CAP_NET_ADMIN, Capability::CAP_NET_BIND_SERVICE].into()
+            }
+            Role::Monitor => [Capability::CAP_NET_ADMIN].into(),
+            Role::Keyd | Role::Datad | Role::Spawner => HashSet::new(),
         }
     }
 
@@ -71,6 +77,8 @@ pub struct Options {
     pub enabled: bool,
     /// The unprivileged user for keyd, datad and the spawner.
     pub user: String,
+    /// The monitor keeps `CAP_NET_BIND_SERVICE`, so `listen_port` may be below 1024.
+    pub low_ports: bool,
 }
 
 impl Default for Options {
@@ -78,6 +86,7 @@ impl Default for Options {
         Self {
             enabled: true,
             user: DEFAULT_USER.to_owned(),
+            low_ports: false,
         }
     }
 }
@@ -162,7 +171,7 @@ pub fn lock_down(
     )?;
 
     // The bounding set first: dropping from it needs CAP_SETPCAP, gone after the switch.
-    drop_bounding(role)?;
+    drop_bounding(&role.kept_capabilities(options))?;
     let running_as_root = Uid::effective().is_root();
     if role.switches_user() && running_as_root {
         let user = User::from_name(&options.user)
@@ -174,7 +183,7 @@ pub fn lock_down(
         }
         switch_user(user.uid, user.gid)?;
     }
-    limit_capabilities(role)?;
+    limit_capabilities(&role.kept_capabilities(options))?;
     step("setting no_new_privs", nix::sys::prctl::set_no_new_privs())?;
     if let Some(report) = report {
         sigsys::install(report)?;
@@ -248,11 +257,10 @@ fn switch_user(uid: Uid, gid: Gid) -> Result<(), SandboxError> {
 
 /// Removes everything but the role's capabilities from the bounding set, so no exec can
 /// ever grant them again. A process started without privileges has nothing to remove.
-fn drop_bounding(role: Role) -> Result<(), SandboxError> {
-    let keep: HashSet<Capability> = role.kept_capabilities().iter().copied().collect();
+fn drop_bounding(keep: &HashSet<Capability>) -> Result<(), SandboxError> {
     let bounding =
         caps::read(None, CapSet::Bounding).map_err(caps_error("reading bounding set"))?;
-    for cap in bounding.difference(&keep) {
+    for cap in bounding.difference(keep) {
         caps::drop(None, CapSet::Bounding, *cap).map_err(caps_error(
             "dropping from the bounding set (needs CAP_SETPCAP)",
         ))?;
@@ -261,14 +269,13 @@ fn drop_bounding(role: Role) -> Result<(), SandboxError> {
 }
 
 /// Reduces the ambient, inheritable, effective and permitted sets to the role's.
-fn limit_capabilities(role: Role) -> Result<(), SandboxError> {
-    let keep: HashSet<Capability> = role.kept_capabilities().iter().copied().collect();
+fn limit_capabilities(keep: &HashSet<Capability>) -> Result<(), SandboxError> {
     caps::clear(None, CapSet::Ambient).map_err(caps_error("clearing ambient capabilities"))?;
     caps::clear(None, CapSet::Inheritable)
         .map_err(caps_error("clearing inheritable capabilities"))?;
     let permitted =
         caps::read(None, CapSet::Permitted).map_err(caps_error("reading permitted set"))?;
-    let kept: HashSet<Capability> = permitted.intersection(&keep).copied().collect();
+    let kept: HashSet<Capability> = permitted.intersection(keep).copied().collect();
     caps::set(None, CapSet::Effective, &kept).map_err(caps_error("setting effective set"))?;
     caps::set(None, CapSet::Permitted, &kept).map_err(caps_error("setting permitted set"))?;
     Ok(())
@@ -357,6 +364,7 @@ mod tests {
         let o = Options {
             enabled: false,
             user: "wg".into(),
+            low_ports: true,
         };
         let back = Options::from_worker_args(o.to_worker_args()).unwrap();
         assert_eq!((back.enabled, back.user.as_str()), (false, "wg"));
