@@ -130,6 +130,19 @@ impl Daemon {
         Ok(d)
     }
 
+    /// Starts our daemon (the binaries under test) with extra command-line arguments
+    /// before the interface name, and waits for its UAPI socket.
+    pub fn start_rs_args(env: &Env, ns: &Namespace, ifname: &str, extra: &[&str]) -> Result<Self> {
+        let (program, mut args) = Impl::Rs.command_line(env, ifname)?;
+        let at = args.len().saturating_sub(1);
+        for (i, arg) in extra.iter().enumerate() {
+            args.insert(at + i, (*arg).to_owned());
+        }
+        let mut d = Self::spawn(env, ns, Impl::Rs, ifname, program, args, &[])?;
+        d.wait_ready()?;
+        Ok(d)
+    }
+
     fn spawn(
         env: &Env,
         ns: &Namespace,

@@ -197,6 +197,52 @@ fn every_process_is_sandboxed() -> Result<()> {
     Ok(())
 }
 
+/// CAP_NET_BIND_SERVICE is kept only on request: without `--allow-low-ports` a listen port
+/// below 1024 is refused (and the old port kept); with it, the port is taken.
+#[test]
+fn low_listen_ports_need_the_opt_in_capability() -> Result<()> {
+    let env = setup!("lp");
+    let ns = Namespace::create(&env.name("n")?)?;
+    const NET_BIND_SERVICE: u64 = 1 << 10;
+    const NET_ADMIN: u64 = 1 << 12;
+    for (flag, allowed) in [(None, false), (Some("--allow-low-ports"), true)] {
+        let ifname = env.name(if allowed { "y" } else { "x" })?;
+        let extra: Vec<&str> = flag.into_iter().collect();
+        let d = Daemon::start_rs_args(&env, &ns, &ifname, &extra)?;
+        let procs = RsProcesses::wait(&d, Duration::from_secs(10))?;
+        let monitor = Status::read(procs.monitor)?;
+        let want = if allowed {
+            NET_ADMIN | NET_BIND_SERVICE
+        } else {
+            NET_ADMIN
+        };
+        ensure!(
+            monitor.cap("CapEff")? == want && monitor.cap("CapBnd")? == want,
+            "monitor capabilities with {flag:?}: {}",
+            monitor.summary()
+        );
+        let k = env.keys(&format!("k{allowed}"))?;
+        d.set(&[
+            "private-key",
+            &k.file.to_string_lossy(),
+            "listen-port",
+            "51999",
+        ])?;
+        let low = d.set(&["listen-port", "443"]);
+        ensure!(
+            low.is_ok() == allowed,
+            "listen-port 443 with {flag:?}: {low:?}\n{}",
+            d.log_tail(10)
+        );
+        let port = d.dump()?.listen_port;
+        ensure!(
+            port == if allowed { 443 } else { 51999 },
+            "listen port is {port}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn static_key_and_psk_live_only_in_keyd() -> Result<()> {
     let env = setup!("km");
