@@ -292,7 +292,10 @@ impl Daemon {
     /// never on the per-packet path.
     fn next_deadline(&mut self, now: Instant) -> Option<Instant> {
         let scan = |slots: &HashMap<PeerId, PeerSlot>| {
-            slots.values().filter_map(|s| s.timers.next_deadline()).min()
+            slots
+                .values()
+                .filter_map(|s| s.timers.next_deadline())
+                .min()
         };
         if self.slots.len() <= EXACT_DEADLINE_PEERS {
             return scan(&self.slots);
