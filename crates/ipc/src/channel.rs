@@ -85,11 +85,11 @@ impl Channel {
     #[allow(unsafe_code)]
     pub fn from_fd(fd: OwnedFd) -> std::io::Result<Self> {
         set_nonblocking(&fd)?;
+        let interest = Interest::READABLE | Interest::WRITABLE;
         // SAFETY: an `OwnedFd` stays open and returns the same descriptor from `as_raw_fd`
         // for as long as it is owned, and the `AsyncFd` owns it until it is dropped.
-        let registered =
-            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
-                .map_err(std::io::Error::from)?;
+        let registered = unsafe { AsyncFd::register_with_interest(fd, interest) }
+            .map_err(std::io::Error::from)?;
         Ok(Self {
             transport: Transport::Seqpacket(registered),
         })

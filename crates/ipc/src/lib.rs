@@ -141,9 +141,10 @@ pub fn inherited_fd(var: &str) -> Result<Option<std::os::fd::OwnedFd>, IpcError>
             "{var}={raw} is not an open descriptor: {e}"
         )))
     })?;
-    // SAFETY: the descriptor is open (checked above), was handed to this process for this
-    // purpose by its parent, and is adopted exactly once: the variable is removed from the
-    // environment before anything else could read it again.
+    // The descriptor is open (checked above) and was handed to this process for this
+    // purpose by its parent.
+    // SAFETY: it is adopted exactly once: the variable is removed from the environment
+    // before anything else could read it again.
     let owned = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: single-threaded start-up: nothing else reads or writes the environment now.
     unsafe { std::env::remove_var(var) };

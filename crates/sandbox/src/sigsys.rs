@@ -31,10 +31,13 @@ const SI_SYSCALL_OFFSET: usize = 24;
 
 #[allow(unsafe_code)]
 extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers; for SIGSYS the
+    let field = info
+        .cast::<u8>()
+        .wrapping_add(SI_SYSCALL_OFFSET)
+        .cast::<i32>();
+    // SAFETY: the kernel passes a valid siginfo_t to SA_SIGINFO handlers; for SIGSYS the
     // 4 bytes at SI_SYSCALL_OFFSET hold the syscall number (see the constant's comment).
-    let nr =
-        unsafe { std::ptr::read_unaligned(info.cast::<u8>().add(SI_SYSCALL_OFFSET).cast::<i32>()) };
+    let nr = unsafe { std::ptr::read_unaligned(field) };
     let mut msg = [0u8; 12];
     msg[..8].copy_from_slice(&REPORT_PREFIX.load(Ordering::Relaxed).to_le_bytes());
     msg[8..].copy_from_slice(&nr.to_le_bytes());

@@ -43,12 +43,12 @@ impl AsyncTun {
             });
         }
         tun.set_nonblocking(true)?;
-        // SAFETY: `register_with_interest` needs the fd to stay open, refer to the same open
-        // file description and be the one `as_raw_fd` returns for as long as the `AsyncFd`
-        // owns it. `Tun` owns its `OwnedFd` from construction to drop, never replaces or
-        // closes it early, and `as_raw_fd` always returns that fd; the `AsyncFd` takes
-        // ownership of the `Tun`, and this type never hands out `&mut Tun`, so nothing can
-        // swap the descriptor while it is registered.
+        // `register_with_interest` needs the fd to stay open, refer to the same open file
+        // description and be the one `as_raw_fd` returns for as long as the `AsyncFd` owns
+        // it. `Tun` owns its `OwnedFd` from construction to drop, never replaces or closes
+        // it early, and `as_raw_fd` always returns that fd; the `AsyncFd` takes ownership
+        // of the `Tun`, and this type never hands out `&mut Tun`.
+        // SAFETY: so nothing can close or swap the descriptor while it is registered.
         let registered = unsafe {
             AsyncFd::register_with_interest(tun, Interest::READABLE | Interest::WRITABLE)
         };

@@ -68,10 +68,10 @@ impl IfReq {
     /// truncated rather than overflowing, but callers never pass it.
     #[allow(unsafe_code)]
     pub(crate) fn new(name: &str) -> Self {
-        // SAFETY: `libc::ifreq` is a C struct made only of a `c_char` array and a union
-        // of integers, byte arrays, `sockaddr`s (integers and byte arrays) and one raw
-        // pointer; the all-zero bit pattern is a valid value for every one of them (a
-        // null `ifru_data` pointer is never dereferenced by us).
+        // `libc::ifreq` is a C struct made only of a `c_char` array and a union of
+        // integers, byte arrays, `sockaddr`s (integers and byte arrays) and one raw pointer.
+        // SAFETY: all-zero bits are a valid value for every one of those fields (a null
+        // `ifru_data` pointer is never dereferenced by us).
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         for (dst, &src) in req
             .ifr_name
@@ -124,10 +124,11 @@ impl IfReq {
 /// `TUNSETIFF` on a freshly opened /dev/net/tun file.
 #[allow(unsafe_code)]
 pub(crate) fn tun_set_iff(fd: BorrowedFd<'_>, req: &mut IfReq) -> nix::Result<()> {
-    // SAFETY: `fd` is open for the duration of the call (it is borrowed) and the callers
-    // only pass files they checked to be /dev/net/tun (char device 10:200), whose driver defines TUNSETIFF as reading and writing
-    // one `struct ifreq`; `req` is a valid, exclusively borrowed `ifreq` of exactly that
-    // size, so the kernel's copy_from_user/copy_to_user stay within it.
+    // `fd` is open for the duration of the call (it is borrowed) and the callers only
+    // pass files they checked to be /dev/net/tun (char device 10:200), whose driver
+    // defines TUNSETIFF as reading and writing one `struct ifreq`.
+    // SAFETY: `req` is a valid, exclusively borrowed `ifreq` of exactly that size, so
+    // the kernel's copy_from_user/copy_to_user stay within it.
     unsafe { raw::tunsetiff(fd.as_raw_fd(), &mut req.0) }.map(drop)
 }
 
@@ -135,9 +136,9 @@ pub(crate) fn tun_set_iff(fd: BorrowedFd<'_>, req: &mut IfReq) -> nix::Result<()
 #[allow(unsafe_code)]
 pub(crate) fn tun_get_iff(fd: BorrowedFd<'_>) -> nix::Result<IfReq> {
     let mut req = IfReq::new("");
-    // SAFETY: `fd` is open (borrowed) and has been checked by the callers to be the
-    // /dev/net/tun character device, whose TUNGETIFF writes one `struct ifreq`; `req`
-    // is a valid, exclusively borrowed `ifreq`, so the write stays within it.
+    // `fd` is open (borrowed) and was checked by the callers to be the /dev/net/tun
+    // character device, whose TUNGETIFF writes one `struct ifreq`.
+    // SAFETY: `req` is a valid, exclusively borrowed `ifreq`, so the write stays in it.
     unsafe { raw::tungetiff(fd.as_raw_fd(), &mut req.0) }?;
     Ok(req)
 }
