@@ -296,19 +296,8 @@ fn with_names(names: &RunNames, template: Option<&str>, seconds: u32) -> Result<
     let mut keyfiles = Vec::new();
     for end in [&a, &b] {
         let private = cmd::checked(&mut cmd::command::<&str>("wg", &["genkey"]), SHORT)?;
-        let public = cmd::output_with_stdin(
-            &mut cmd::command::<&str>("wg", &["pubkey"]),
-            private.as_bytes(),
-            SHORT,
-        )?;
-        if !public.status.success() {
-            bail!(
-                "`wg pubkey` failed: {}",
-                String::from_utf8_lossy(&public.stderr).trim()
-            );
-        }
         keyfiles.push(dir.write_secret(&format!("{}.key", end.ifname), &private)?);
-        pubkeys.push(String::from_utf8_lossy(&public.stdout).trim().to_owned());
+        pubkeys.push(cmd::wg_pubkey(&private)?);
     }
     let port = LISTEN_PORT.to_string();
     for (i, (end, peer)) in [(&a, &b), (&b, &a)].into_iter().enumerate() {

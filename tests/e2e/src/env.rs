@@ -103,21 +103,7 @@ impl Env {
     }
 }
 
-/// `wg pubkey` of a base64 private key.
-pub fn public_key(private: &str) -> Result<String> {
-    let out = cmd::output_with_stdin(
-        &mut cmd::command::<&str>("wg", &["pubkey"]),
-        private.as_bytes(),
-        SHORT,
-    )?;
-    if !out.status.success() {
-        bail!(
-            "`wg pubkey` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
+pub use wg_netns::cmd::wg_pubkey as public_key;
 
 /// A key pair as `wg` prints keys (base64).
 #[derive(Clone, Debug)]

@@ -182,3 +182,22 @@ pub fn link_mtu(ns: &Namespace, dev: &str) -> Result<u64> {
         .as_u64()
         .with_context(|| format!("no mtu in {out}"))
 }
+
+/// Waits up to `timeout` for `done` to hold, checking every 50 ms.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether network device `dev` exists in `ns`.
+pub fn link_exists(ns: &Namespace, dev: &str) -> bool {
+    ns.ip(&["link", "show", "dev", dev]).is_ok()
+}

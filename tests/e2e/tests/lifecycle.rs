@@ -3,7 +3,7 @@
 //! errors for bad or taken interface names.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
@@ -12,25 +12,7 @@ use wg_e2e::daemon::{find_processes, socket_path};
 use wg_e2e::env::SHORT;
 use wg_e2e::net::link_mtu;
 use wg_e2e::topo::{PORTS, TUN4, UNDER4, address_tunnel, two_hosts};
-use wg_e2e::{Daemon, Env, Impl, Namespace, Solo, cmd, ping_ok, setup};
-
-/// Waits up to `timeout` for `done` to hold.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if done() {
-            return true;
-        }
-        if start.elapsed() >= timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn link_exists(ns: &Namespace, dev: &str) -> bool {
-    ns.ip(&["link", "show", "dev", dev]).is_ok()
-}
+use wg_e2e::{Daemon, Env, Impl, Namespace, Solo, cmd, link_exists, ping_ok, setup, wait_until};
 
 /// An interface brought up by `wg-quick up`: on drop, `wg-quick down` if still up, then any
 /// wireguard-rs process serving this (unique) interface name is stopped by PID, and the

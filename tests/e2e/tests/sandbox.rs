@@ -26,7 +26,8 @@ use wg_e2e::proc::{
 };
 use wg_e2e::topo::{PORTS, TUN4, TUN6, UNDER4, address_tunnel, two_hosts};
 use wg_e2e::{
-    Daemon, Impl, Namespace, Pair, PairSpec, Solo, Underlay, cmd, ping, ping_fails, ping_ok, setup,
+    Daemon, Impl, Namespace, Pair, PairSpec, Solo, Underlay, cmd, link_exists, ping, ping_fails,
+    ping_ok, setup, wait_until,
 };
 
 /// keyd's root directory after start-up.
@@ -38,24 +39,6 @@ const DATAD_DEATHS_BEFORE_GIVING_UP: usize = 6;
 /// name in 1 start in 9 to 1 in 16 (the race in the test's ignore reason), so 40 rounds
 /// (about 2 s) show it in nearly every run.
 const KEYD_ROUNDS: usize = 40;
-
-/// Waits up to `timeout` for `done` to hold.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if done() {
-            return true;
-        }
-        if start.elapsed() >= timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn link_exists(ns: &Namespace, dev: &str) -> bool {
-    ns.ip(&["link", "show", "dev", dev]).is_ok()
-}
 
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()

@@ -419,3 +419,19 @@ pub fn command<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Command {
     c.args(args);
     c
 }
+
+/// `wg pubkey` of a base64 private key (as `wg genkey` prints it).
+pub fn wg_pubkey(private: &str) -> Result<String> {
+    let out = output_with_stdin(
+        &mut command::<&str>("wg", &["pubkey"]),
+        private.as_bytes(),
+        Duration::from_secs(10),
+    )?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`wg pubkey` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
