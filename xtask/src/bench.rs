@@ -1,40 +1,63 @@
-//! `cargo xtask bench`: the router micro-benchmarks with both AEAD backends, then the
-//! side-by-side tunnel benchmark (`tunnel-bench`) of our release daemon against
-//! wireguard-go and boringtun. `docs/benchmarks.md` explains the figures.
+//! `cargo xtask bench`: the side-by-side tunnel benchmark of our release daemon against
+//! wireguard-go, boringtun and plain veth ([`crate::netbench`]), and on request the
+//! router micro-benchmarks and the external `tunnel-bench` script.
+//! `docs/benchmarks.md` explains the figures.
 //!
-//! 1. `cargo bench -p wg-router --bench aead` with the default backend (RustCrypto) and
-//!    with `--no-default-features` (RustCrypto; ring is the default), then
-//!    `--bench allowed_ips`; a summary table puts the two
-//!    backends' medians side by side.
-//! 2. As root, and if `tunnel-bench` is found (`--tunnel-bench`, `$WG_TUNNEL_BENCH`,
-//!    `../shared/bench/tunnel-bench` beside the workspace, or `tunnel-bench` on PATH):
-//!    builds the release daemon (and, with `--tunnel-rustcrypto`, a second one with
-//!    the RustCrypto AEAD in `target/bench-rustcrypto`) and runs tunnel-bench, which adds
-//!    wireguard-go and boringtun itself when they are installed and prints the ratios.
-//!    Not root, or no tunnel-bench: the tunnel part is skipped with a message.
+//! 1. `--micro` (or `--no-tunnel`): `cargo bench -p wg-router --bench aead` with
+//!    `--no-default-features` (RustCrypto) and with the default backend (ring), then
+//!    `--bench allowed_ips`; a summary table puts the two backends' medians side by side.
+//! 2. Unless `--no-tunnel`, as root: builds the release daemon (and, with
+//!    `--tunnel-rustcrypto`, a second one with the RustCrypto AEAD in
+//!    `target/bench-rustcrypto`) and runs our harness ([`crate::netbench`]): every
+//!    implementation found, interleaved round by round, medians and ratios to
+//!    wireguard-rs, results in `target/bench/<UTC time>/`.
+//! 3. `--tunnel-bench PATH`: afterwards also runs that external script on the same
+//!    binaries (a neutral yardstick; its output is echoed and logged).
 //!
-//! Everything is bounded: each cargo command and the tunnel run have a deadline, and
-//! Ctrl-C stops tunnel-bench with SIGTERM so that it removes its namespaces.
+//! Everything is bounded: each cargo command and each measurement has a deadline, and
+//! Ctrl-C unwinds through the RAII guards (namespaces, daemons, files).
 
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::cmd::{self, Background};
+use crate::netbench::{self, impls};
 
 /// Arguments of `cargo xtask bench`.
+#[allow(clippy::struct_excessive_bools)]
 pub(crate) struct BenchArgs {
-    /// Fewer samples and a short tunnel run (one round, 5 s tests, no 4-stream test).
+    /// One round of short tests; fewer micro-benchmark samples.
     pub(crate) quick: bool,
-    /// Only the micro-benchmarks.
+    /// Run the router micro-benchmarks first.
+    pub(crate) micro: bool,
+    /// No tunnel benchmark (the micro-benchmarks only).
     pub(crate) no_tunnel: bool,
-    /// Also measure a daemon built with the RustCrypto backend in the tunnel run.
+    /// Also measure a daemon built with the RustCrypto backend.
     pub(crate) tunnel_rustcrypto: bool,
-    /// Where tunnel-bench is, if not found automatically.
+    /// Also run this external tunnel-bench script afterwards.
     pub(crate) tunnel_bench: Option<PathBuf>,
+    /// Extra implementations, `LABEL=CMD_TEMPLATE`.
+    pub(crate) impls: Vec<String>,
+    /// Rounds (default 3, `--quick` 1).
+    pub(crate) rounds: Option<u32>,
+    /// Seconds per iperf3 test (default 10, `--quick` 4).
+    pub(crate) duration: Option<u32>,
+    /// Only these labels (comma-separated).
+    pub(crate) only: Option<String>,
+    /// Only these tests (comma-separated).
+    pub(crate) tests: Option<String>,
+    /// Peer counts of the idle-RSS test.
+    pub(crate) rss_peers: Option<String>,
+    /// Record a failing implementation and go on.
+    pub(crate) keep_going: bool,
+    /// Use the release binaries as they are.
+    pub(crate) no_build: bool,
+    /// Results folder instead of target/bench/<UTC time>.
+    pub(crate) out: Option<PathBuf>,
 }
 
 /// Allowance for compiling the benchmarks or the release daemon.
@@ -65,28 +88,45 @@ const BACKENDS: [Backend; 2] = [
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     let root = cmd::workspace_root();
+    // Check the tunnel options before minutes of micro-benchmarks.
+    let plan = if args.no_tunnel {
+        None
+    } else {
+        Some(TunnelPlan::from_args(args)?)
+    };
+    if plan.is_some() && !cmd::is_root() {
+        bail!(
+            "the tunnel benchmark must run as root (network namespaces, TUN devices): run \
+             `sudo -E cargo xtask bench`, or `cargo xtask bench --no-tunnel` for the \
+             micro-benchmarks only"
+        );
+    }
+    if args.micro || args.no_tunnel {
+        micro(&root, args.quick)?;
+    }
+    if let Some(plan) = plan {
+        tunnel(&root, args, &plan)?;
+    }
+    println!("bench: done in {} s", started.elapsed().as_secs());
+    Ok(())
+}
+
+/// The router micro-benchmarks with both AEAD backends, and the summary.
+fn micro(root: &Path, quick: bool) -> Result<()> {
     // divan options: the attributes in the bench files ask for 30 samples and at most
     // 2 s per benchmark; --quick cuts that down further.
-    let divan_args: &[&str] = if args.quick {
+    let divan_args: &[&str] = if quick {
         &["--sample-count", "10", "--max-time", "0.5"]
     } else {
         &[]
     };
-
     let mut aead = Vec::new();
     for backend in &BACKENDS {
-        let out = micro_bench(&root, "aead", backend, divan_args)?;
+        let out = micro_bench(root, "aead", backend, divan_args)?;
         aead.push((backend.name, parse_divan(&out)));
     }
-    let lookups = micro_bench(&root, "allowed_ips", &BACKENDS[0], divan_args)?;
+    let lookups = micro_bench(root, "allowed_ips", &BACKENDS[0], divan_args)?;
     print_micro_summary(&aead, &parse_divan(&lookups));
-
-    if args.no_tunnel {
-        println!("bench: tunnel benchmark skipped (--no-tunnel)");
-    } else {
-        tunnel(&root, args)?;
-    }
-    println!("bench: done in {} s", started.elapsed().as_secs());
     Ok(())
 }
 
@@ -282,22 +322,6 @@ fn print_micro_summary(aead: &[(&str, Vec<Row>)], lookups: &[Row]) {
     println!();
 }
 
-/// Finds tunnel-bench: the flag, `$WG_TUNNEL_BENCH`, `../shared/bench/tunnel-bench` next
-/// to the workspace, then PATH.
-fn find_tunnel_bench(root: &Path, flag: Option<&Path>) -> Option<PathBuf> {
-    if let Some(p) = flag {
-        return Some(p.to_path_buf());
-    }
-    if let Some(p) = std::env::var_os("WG_TUNNEL_BENCH") {
-        return Some(PathBuf::from(p));
-    }
-    let beside = root.join("../shared/bench/tunnel-bench");
-    if beside.is_file() {
-        return Some(fs::canonicalize(&beside).unwrap_or(beside));
-    }
-    cmd::find_on_path("tunnel-bench")
-}
-
 /// The target directory cargo uses for this workspace.
 fn target_dir(root: &Path) -> Result<PathBuf> {
     let mut c = cmd::command(
@@ -357,68 +381,325 @@ fn build_daemon(root: &Path, target: &Path, rustcrypto: bool) -> Result<PathBuf>
     Ok(dir.join("release").join("wireguard-rs"))
 }
 
-/// The tunnel part: root only, and only if tunnel-bench exists.
-fn tunnel(root: &Path, args: &BenchArgs) -> Result<()> {
-    if !cmd::is_root() {
-        println!(
-            "bench: tunnel benchmark SKIPPED: not root (it creates network namespaces and \
-             TUN devices); run `sudo -E cargo xtask bench` for it"
-        );
-        return Ok(());
-    }
-    let Some(script) = find_tunnel_bench(root, args.tunnel_bench.as_deref()) else {
-        println!(
-            "bench: tunnel benchmark SKIPPED: tunnel-bench not found (pass --tunnel-bench \
-             PATH or set WG_TUNNEL_BENCH)"
-        );
-        return Ok(());
-    };
-    if !script.is_file() {
-        bail!("tunnel-bench {} does not exist", script.display());
-    }
-    for (program, probe) in [("wireguard-go", None), ("boringtun-cli", Some("--version"))] {
-        // wireguard-go is only looked up: it has no harmless probe flag (`--help` would
-        // create an interface named --help).
-        let found = cmd::find_on_path(program).is_some_and(|path| match probe {
-            None => true,
-            Some(flag) => {
-                let mut c = cmd::command(&path.to_string_lossy(), &[flag]);
-                cmd::output(&mut c, Duration::from_secs(10)).is_ok_and(|o| o.status.success())
-            }
+/// The tunnel options, checked before anything is built.
+struct TunnelPlan {
+    rounds: u32,
+    duration: u32,
+    tests: netbench::Tests,
+    rss_peers: Vec<u32>,
+    extra: Vec<impls::Impl>,
+    only: Option<Vec<String>>,
+}
+
+impl TunnelPlan {
+    fn from_args(args: &BenchArgs) -> Result<Self> {
+        let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+        let duration = args.duration.unwrap_or(if args.quick { 4 } else { 10 });
+        if !(1..=50).contains(&rounds) {
+            bail!("--rounds must be between 1 and 50 (got {rounds})");
+        }
+        if !(1..=600).contains(&duration) {
+            bail!("--duration must be between 1 and 600 s (got {duration})");
+        }
+        let tests = match &args.tests {
+            Some(t) => netbench::Tests::parse(t)?,
+            None => netbench::Tests::ALL,
+        };
+        let rss_peers = match &args.rss_peers {
+            Some(list) => parse_counts(list)?,
+            None => vec![0, 1000, 10_000],
+        };
+        let extra = args
+            .impls
+            .iter()
+            .map(|a| impls::parse_impl_arg(a))
+            .collect::<Result<Vec<_>>>()?;
+        let only = args.only.as_ref().map(|o| {
+            o.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
         });
-        if !found {
-            println!("bench: {program} not installed: the tunnel run goes without it");
+        Ok(Self {
+            rounds,
+            duration,
+            tests,
+            rss_peers,
+            extra,
+            only,
+        })
+    }
+}
+
+/// `0,1000,10000` → counts (each at most 100,000).
+fn parse_counts(list: &str) -> Result<Vec<u32>> {
+    let v = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.replace('_', "")
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= 100_000)
+                .with_context(|| format!("--rss-peers: {s:?} is not a peer count (0..=100000)"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if v.is_empty() {
+        bail!("--rss-peers names no peer count");
+    }
+    Ok(v)
+}
+
+/// The implementations in column order: ours (and the RustCrypto build), wireguard-go and
+/// boringtun when installed, `--impl` ones, plain veth; then `--only`.
+fn implementations(
+    ours: &Path,
+    rustcrypto: Option<&Path>,
+    plan: &TunnelPlan,
+) -> Result<Vec<impls::Impl>> {
+    use impls::{Impl, Kind};
+    let daemon = |label: &str, template: String| Impl {
+        label: label.to_owned(),
+        kind: Kind::Daemon(template),
+    };
+    let ours_t = format!("{} -f {{if}}", impls::quote(&ours.to_string_lossy()));
+    let mut list = vec![daemon(impls::OURS, ours_t)];
+    if let Some(rc) = rustcrypto {
+        list.push(daemon(
+            "wireguard-rs-rustcrypto",
+            format!("{} -f {{if}}", impls::quote(&rc.to_string_lossy())),
+        ));
+    }
+    let wanted = |l: &str| plan.only.as_ref().is_none_or(|o| o.iter().any(|x| x == l));
+    match cmd::find_on_path("wireguard-go") {
+        Some(p) => list.push(daemon(
+            "wireguard-go",
+            format!("{} -f {{if}}", impls::quote(&p.to_string_lossy())),
+        )),
+        None if wanted("wireguard-go") => {
+            println!(
+                "bench: wireguard-go is not installed (`cargo xtask setup`): measured without it"
+            );
+        }
+        None => {}
+    }
+    match impls::find_boringtun() {
+        Some(p) => list.push(daemon(
+            "boringtun",
+            format!(
+                "{} --foreground --disable-drop-privileges {{if}}",
+                impls::quote(&p.to_string_lossy())
+            ),
+        )),
+        None if wanted("boringtun") => {
+            println!(
+                "bench: boringtun-cli is not installed (`cargo xtask setup`): measured without it"
+            );
+        }
+        None => {}
+    }
+    for e in &plan.extra {
+        let mut e = e.clone();
+        if let Kind::Daemon(t) = &e.kind {
+            e.kind = Kind::Daemon(t.replace("{bin}", &impls::quote(&ours.to_string_lossy())));
+        }
+        if list.iter().any(|i| i.label == e.label) || e.label == impls::PLAIN {
+            bail!("--impl label {:?} is already taken", e.label);
+        }
+        list.push(e);
+    }
+    list.push(Impl {
+        label: impls::PLAIN.to_owned(),
+        kind: Kind::Plain,
+    });
+    if let Some(only) = &plan.only {
+        for l in only {
+            if !list.iter().any(|i| &i.label == l) {
+                let known: Vec<&str> = list.iter().map(|i| i.label.as_str()).collect();
+                bail!(
+                    "--only {l:?}: no such implementation here (known: {})",
+                    known.join(", ")
+                );
+            }
+        }
+        list.retain(|i| only.contains(&i.label));
+    }
+    Ok(list)
+}
+
+/// The xtask binary for the handshake flood: a release build (a debug build spends more
+/// time per message than the responder does). Built here unless `no_build`; falls back
+/// to this binary with a warning.
+fn flood_binary(root: &Path, target: &Path, no_build: bool) -> Result<PathBuf> {
+    let me = std::env::current_exe().context("could not find the running xtask binary")?;
+    let release = target.join("release").join("xtask");
+    if me.parent().and_then(Path::file_name) == Some(std::ffi::OsStr::new("release")) {
+        return Ok(me);
+    }
+    if !no_build {
+        println!("==> bench: cargo build --release -p xtask (the handshake flood's initiators)");
+        let mut c = cmd::command(&cmd::cargo(), &["build", "--release", "-p", "xtask"]);
+        c.current_dir(root);
+        let status = cmd::status_inherit(&mut c, BUILD_TIMEOUT)?;
+        if !status.success() {
+            println!("bench: WARNING: building xtask in release mode failed ({status})");
         }
     }
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    if release.is_file() && modified(&release) >= modified(&me) {
+        return Ok(release);
+    }
+    println!(
+        "bench: WARNING: no up-to-date release build of xtask: the handshake flood runs from \
+         this debug build and may be slower than the responder"
+    );
+    Ok(me)
+}
 
+/// The first line a `--version`-like command prints, if it works.
+fn version_of(program: &str, args: &[&str]) -> Option<String> {
+    let mut c = cmd::command(program, args);
+    let out = cmd::output(&mut c, Duration::from_secs(10)).ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .next()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+}
+
+/// Versions of what is measured and measures, for the report.
+fn versions(root: &Path, ours: &Path, list: &[impls::Impl]) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    let mut git = cmd::command("git", &["describe", "--always", "--dirty"]);
+    git.current_dir(root);
+    let rev = cmd::checked(&mut git, Duration::from_secs(10)).map(|s| s.trim().to_owned());
+    if let Some(ver) = version_of(&ours.to_string_lossy(), &["--version"]) {
+        let rev = rev.map(|r| format!(" (git {r})")).unwrap_or_default();
+        v.push((impls::OURS.to_owned(), format!("{ver}{rev}")));
+    }
+    if list.iter().any(|i| i.label == "wireguard-go") {
+        // `wireguard-go --help` would create an interface: ask dpkg instead.
+        if let Some(ver) = version_of("dpkg-query", &["-W", "-f=${Version}", "wireguard-go"]) {
+            v.push(("wireguard-go".to_owned(), ver));
+        }
+    }
+    if list.iter().any(|i| i.label == "boringtun")
+        && let Some(p) = impls::find_boringtun()
+        && let Some(ver) = version_of(&p.to_string_lossy(), &["--version"])
+    {
+        v.push(("boringtun".to_owned(), ver));
+    }
+    if let Some(ver) = version_of("iperf3", &["--version"]) {
+        v.push(("iperf3".to_owned(), ver));
+    }
+    v
+}
+
+/// The tunnel part: build, our harness, then optionally the external tunnel-bench.
+fn tunnel(root: &Path, args: &BenchArgs, plan: &TunnelPlan) -> Result<()> {
     let target = target_dir(root)?;
-    let ours = build_daemon(root, &target, false)?;
+    let ours = if args.no_build {
+        let bin = target.join("release").join("wireguard-rs");
+        for name in ["wireguard-rs", "wireguard-rs-keyd", "wireguard-rs-datad"] {
+            let p = target.join("release").join(name);
+            if !p.is_file() {
+                bail!("--no-build: {} does not exist; build it first", p.display());
+            }
+        }
+        println!(
+            "bench: --no-build: using the release binaries in {}",
+            target.join("release").display()
+        );
+        bin
+    } else {
+        build_daemon(root, &target, false)?
+    };
     let rustcrypto = if args.tunnel_rustcrypto {
         Some(build_daemon(root, &target, true)?)
     } else {
         None
     };
+    let list = implementations(&ours, rustcrypto.as_deref(), plan)?;
+    let flood_exe = flood_binary(root, &target, args.no_build || !plan.tests.hs)?;
+    let stamp = netbench::utc_stamp(netbench::unix_now());
+    let out_dir = match &args.out {
+        Some(p) => {
+            fs::create_dir_all(p).with_context(|| format!("could not create {}", p.display()))?;
+            p.clone()
+        }
+        None => netbench::create_out_dir(&target.join("bench"), &stamp)?,
+    };
+    let mut command_line = String::from("cargo xtask");
+    for a in std::env::args().skip(1) {
+        command_line.push(' ');
+        command_line.push_str(&impls::quote(&a));
+    }
+    let opts = netbench::Options {
+        versions: versions(root, &ours, &list),
+        impls: list,
+        rounds: plan.rounds,
+        duration: plan.duration,
+        tests: plan.tests,
+        rss_peers: plan.rss_peers.clone(),
+        keep_going: args.keep_going,
+        out_dir,
+        command_line,
+        flood_exe,
+    };
+    let per_round = opts.impls.len() as u64 * (u64::from(opts.duration) * 3 + 35);
+    println!(
+        "bench: measuring {} over {} round(s), about {} min",
+        opts.impls
+            .iter()
+            .map(|i| i.label.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        opts.rounds,
+        (per_round * u64::from(opts.rounds)).div_ceil(60)
+    );
+    netbench::run(&opts)?;
 
-    let (repeat, duration, tests, wait_quiet) = if args.quick {
+    if let Some(script) = &args.tunnel_bench {
+        external_tunnel_bench(
+            script,
+            &ours,
+            rustcrypto.as_deref(),
+            args.quick,
+            &opts.out_dir,
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs the external tunnel-bench script on our binaries (it adds wireguard-go and
+/// boringtun itself), echoing its output and logging it into `out_dir`.
+fn external_tunnel_bench(
+    script: &Path,
+    ours: &Path,
+    rustcrypto: Option<&Path>,
+    quick: bool,
+    out_dir: &Path,
+) -> Result<()> {
+    if !script.is_file() {
+        bail!("tunnel-bench {} does not exist", script.display());
+    }
+    let (repeat, duration, tests, wait_quiet) = if quick {
         (1u64, 5u64, "ping,tcp1", 0u64)
     } else {
         (3, 10, "ping,tcp1,tcp4", 20)
     };
-    let results = target.join("bench");
-    fs::create_dir_all(&results)
-        .with_context(|| format!("could not create {}", results.display()))?;
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let json = results.join(format!("tunnel-{stamp}.json"));
-    let log = results.join(format!("tunnel-{stamp}.log"));
-
+    let json = out_dir.join("tunnel-bench.json");
+    let log = out_dir.join("tunnel-bench.log");
     let mut c = cmd::command(&script.to_string_lossy(), &[] as &[&str]);
     let template = |bin: &Path| format!("{} -f {{if}}", bin.display());
     c.arg("--impl")
-        .arg(template(&ours))
+        .arg(template(ours))
         .args(["--label", "wireguard-rs"]);
-    if let Some(rustcrypto) = &rustcrypto {
+    if let Some(rustcrypto) = rustcrypto {
         c.arg("--impl")
             .arg(template(rustcrypto))
             .args(["--label", "wireguard-rs-rustcrypto"]);
@@ -432,10 +713,8 @@ fn tunnel(root: &Path, args: &BenchArgs) -> Result<()> {
         .arg(wait_quiet.to_string())
         .arg("--json")
         .arg(&json);
-
-    // Up to four configurations (wireguard-go, boringtun, ours, ours with ring); per
-    // trial: the quiet wait, start-up and handshake, 3 s of ping, each iperf3 test plus
-    // its pauses.
+    // Up to four configurations; per trial: the quiet wait, start-up and handshake, 3 s
+    // of ping, each iperf3 test plus its pauses.
     let iperf_tests =
         u64::try_from(tests.split(',').filter(|t| t.starts_with("tcp")).count()).unwrap_or(2);
     let per_trial = wait_quiet + 20 + iperf_tests * (duration + 5);
@@ -446,18 +725,11 @@ fn tunnel(root: &Path, args: &BenchArgs) -> Result<()> {
         budget.as_secs().div_ceil(60),
         json.display()
     );
-    let code = run_streaming(&mut c, &log, budget)?;
-    match code {
+    match run_streaming(&mut c, &log, budget)? {
         Some(0) => {
             println!(
-                "bench: ratios are relative to the first column (wireguard-go when \
-                 installed); throughput varies ±20-30 % on a shared machine (see \
-                 docs/benchmarks.md). tunnel-bench counts CPU and RSS of the process it \
-                 started only: for wireguard-rs that is the monitor, so its CPU rows read 0 \
-                 and its data plane appears as 'unattributed CPU'. Re-print with `{} \
-                 --report {}`",
-                script.display(),
-                json.display()
+                "bench: tunnel-bench ratios are relative to its first column; its CPU and RSS \
+                 rows see only the process it started (our monitor), not keyd or datad"
             );
             Ok(())
         }

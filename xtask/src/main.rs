@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
 //! **Owns:** machine setup (`setup`), the full CI check (`ci`), the two-namespace tunnel
-//! demo (`demo`), fuzzing (`fuzz`) and the reusable network-namespace plumbing
+//! demo (`demo`), the tunnel benchmark (`bench`, [`netbench`]), fuzzing (`fuzz`) and the reusable network-namespace plumbing
 //! ([`netns`]) that the demo, `netns-selftest` and the end-to-end tests share.
 //!
 //! Every external command it runs is bounded in time; everything it creates (namespaces,
@@ -14,6 +14,7 @@ mod ci;
 mod cmd;
 mod demo;
 mod fuzz;
+mod netbench;
 mod netns;
 mod selftest;
 mod setup;
@@ -46,24 +47,59 @@ enum Task {
         #[arg(long, value_name = "N", default_value_t = 5)]
         seconds: u32,
     },
-    /// Router micro-benchmarks (both AEAD backends), then the tunnel benchmark against
-    /// wireguard-go and boringtun (root; skipped otherwise). See docs/benchmarks.md.
+    /// Tunnel benchmark (root): wireguard-rs against wireguard-go, boringtun and plain
+    /// veth in two network namespaces, interleaved rounds, medians and ratios; results in
+    /// target/bench/<UTC time>/. See docs/benchmarks.md.
     Bench {
-        /// Fewer samples, and one short tunnel round (ping and 1-stream TCP).
+        /// One round of 4 s tests (and fewer micro-benchmark samples).
         #[arg(long)]
         quick: bool,
-        /// Only the micro-benchmarks.
+        /// Also run the router micro-benchmarks (both AEAD backends) first.
+        #[arg(long)]
+        micro: bool,
+        /// Only the micro-benchmarks (no root needed).
         #[arg(long)]
         no_tunnel: bool,
-        /// Also run the tunnel with a daemon built with the pure-Rust RustCrypto AEAD
-        /// (in target/bench-rustcrypto).
+        /// Also measure a daemon built with the pure-Rust RustCrypto AEAD (built in
+        /// target/bench-rustcrypto).
         #[arg(long)]
         tunnel_rustcrypto: bool,
-        /// The tunnel-bench script (default: $WG_TUNNEL_BENCH, ../shared/bench/tunnel-bench
-        /// beside the workspace, or tunnel-bench on PATH).
+        /// Another implementation: LABEL=CMD_TEMPLATE, `{if}` = interface name, `{bin}` =
+        /// our release wireguard-rs; it must stay in the foreground. Repeatable.
+        #[arg(long = "impl", value_name = "LABEL=CMD_TEMPLATE")]
+        impls: Vec<String>,
+        /// Rounds; implementations are interleaved within each (default 3, --quick 1).
+        #[arg(long, value_name = "N")]
+        rounds: Option<u32>,
+        /// Seconds per iperf3 test (default 10, --quick 4).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u32>,
+        /// Only these implementations (comma-separated labels: wireguard-rs,
+        /// wireguard-rs-rustcrypto, wireguard-go, boringtun, plain, or an --impl label).
+        #[arg(long, value_name = "LABELS")]
+        only: Option<String>,
+        /// Only these tests (comma-separated: ping,tcp1,tcp4,udp,rss,hs; default all).
+        #[arg(long, value_name = "TESTS")]
+        tests: Option<String>,
+        /// Peer counts for the idle-RSS test (default 0,1000,10000).
+        #[arg(long, value_name = "N,N,..")]
+        rss_peers: Option<String>,
+        /// Record a failing implementation (e.g. a tunnel that never comes up) and go on.
+        #[arg(long)]
+        keep_going: bool,
+        /// Use the release binaries in target/release as they are (no cargo build).
+        #[arg(long)]
+        no_build: bool,
+        /// Results folder (default target/bench/<UTC time>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+        /// Afterwards also run this external tunnel-bench script on the same binaries.
         #[arg(long, value_name = "PATH")]
         tunnel_bench: Option<std::path::PathBuf>,
     },
+    /// Internal: the handshake-flood initiator of `bench`, run inside a namespace.
+    #[command(hide = true)]
+    HsFlood(netbench::hsflood::FloodArgs),
     /// Check the namespace plumbing (two namespaces, veth, ping) and its cleanup.
     NetnsSelftest,
     /// Run cargo-fuzz targets on stable (RUSTC_BOOTSTRAP=1), each for N seconds.
@@ -101,16 +137,37 @@ fn main() -> ExitCode {
         }),
         Task::Bench {
             quick,
+            micro,
             no_tunnel,
             tunnel_rustcrypto,
+            impls,
+            rounds,
+            duration,
+            only,
+            tests,
+            rss_peers,
+            keep_going,
+            no_build,
+            out,
             tunnel_bench,
         } => bench::run(&bench::BenchArgs {
             quick,
+            micro,
             no_tunnel,
             tunnel_rustcrypto,
             tunnel_bench,
+            impls,
+            rounds,
+            duration,
+            only,
+            tests,
+            rss_peers,
+            keep_going,
+            no_build,
+            out,
         })
         .map(|()| ExitCode::SUCCESS),
+        Task::HsFlood(args) => netbench::hsflood::run(&args).map(|()| ExitCode::SUCCESS),
         Task::NetnsSelftest => selftest::run(),
         Task::Fuzz {
             target,
