@@ -581,6 +581,27 @@ fn versions(root: &Path, ours: &Path, list: &[impls::Impl]) -> Vec<(String, Stri
         let rev = rev.map(|r| format!(" (git {r})")).unwrap_or_default();
         v.push((impls::OURS.to_owned(), format!("{ver}{rev}")));
     }
+    if let Some(dir) = ours.parent() {
+        let mut c = cmd::command(
+            "sha256sum",
+            &["wireguard-rs", "wireguard-rs-keyd", "wireguard-rs-datad"],
+        );
+        c.current_dir(dir);
+        if let Ok(out) = cmd::checked(&mut c, Duration::from_secs(30)) {
+            let short: Vec<String> = out
+                .lines()
+                .filter_map(|l| {
+                    let (hash, name) = l.split_once(char::is_whitespace)?;
+                    Some(format!(
+                        "{} {}",
+                        name.trim().trim_start_matches('*'),
+                        &hash[..hash.len().min(12)]
+                    ))
+                })
+                .collect();
+            v.push(("wireguard-rs sha256".to_owned(), short.join(", ")));
+        }
+    }
     if list.iter().any(|i| i.label == "wireguard-go") {
         // `wireguard-go --help` would create an interface: ask dpkg instead.
         if let Some(ver) = version_of("dpkg-query", &["-W", "-f=${Version}", "wireguard-go"]) {
@@ -623,7 +644,6 @@ fn tunnel(root: &Path, args: &BenchArgs, plan: &TunnelPlan) -> Result<()> {
     } else {
         None
     };
-    let list = implementations(&ours, rustcrypto.as_deref(), plan)?;
     let flood_exe = flood_binary(root, &target, args.no_build || !plan.tests.hs)?;
     let stamp = netbench::utc_stamp(netbench::unix_now());
     let out_dir = match &args.out {
@@ -633,6 +653,14 @@ fn tunnel(root: &Path, args: &BenchArgs, plan: &TunnelPlan) -> Result<()> {
         }
         None => netbench::create_out_dir(&target.join("bench"), &stamp)?,
     };
+    // Run copies: a concurrent `cargo build --release` must not swap binaries mid-run.
+    let ours = snapshot(&ours, &out_dir.join("bin"))?;
+    let rustcrypto = match rustcrypto {
+        Some(rc) => Some(snapshot(&rc, &out_dir.join("bin-rustcrypto"))?),
+        None => None,
+    };
+    let flood_exe = snapshot_one(&flood_exe, &out_dir.join("bin"))?;
+    let list = implementations(&ours, rustcrypto.as_deref(), plan)?;
     let mut command_line = String::from("cargo xtask");
     for a in std::env::args().skip(1) {
         command_line.push(' ');
@@ -673,6 +701,32 @@ fn tunnel(root: &Path, args: &BenchArgs, plan: &TunnelPlan) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Copies `wireguard-rs` and the workers beside it into `dir`; returns the copy of
+/// `wireguard-rs` (it finds the workers beside itself).
+fn snapshot(ours: &Path, dir: &Path) -> Result<PathBuf> {
+    let from = ours.parent().context("the daemon path has no directory")?;
+    let mut main = None;
+    for name in ["wireguard-rs", "wireguard-rs-keyd", "wireguard-rs-datad"] {
+        let copy = snapshot_one(&from.join(name), dir)?;
+        if name == "wireguard-rs" {
+            main = Some(copy);
+        }
+    }
+    main.context("no wireguard-rs binary")
+}
+
+/// Copies one executable into `dir` (created), keeping its mode.
+fn snapshot_one(file: &Path, dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let name = file
+        .file_name()
+        .context("a binary path without a file name")?;
+    let to = dir.join(name);
+    fs::copy(file, &to)
+        .with_context(|| format!("could not copy {} to {}", file.display(), to.display()))?;
+    Ok(to)
 }
 
 /// Runs the external tunnel-bench script on our binaries (it adds wireguard-go and
