@@ -52,6 +52,8 @@ pub(crate) struct BenchArgs {
     pub(crate) tests: Option<String>,
     /// Peer counts of the idle-RSS test.
     pub(crate) rss_peers: Option<String>,
+    /// Initiations in flight at most in the handshake flood.
+    pub(crate) hs_window: usize,
     /// Record a failing implementation and go on.
     pub(crate) keep_going: bool,
     /// Use the release binaries as they are.
@@ -387,6 +389,7 @@ struct TunnelPlan {
     duration: u32,
     tests: netbench::Tests,
     rss_peers: Vec<u32>,
+    hs_window: usize,
     extra: Vec<impls::Impl>,
     only: Option<Vec<String>>,
 }
@@ -409,6 +412,12 @@ impl TunnelPlan {
             Some(list) => parse_counts(list)?,
             None => vec![0, 1000, 10_000],
         };
+        if !(1..=4096).contains(&args.hs_window) {
+            bail!(
+                "--hs-window must be between 1 and 4096 (got {})",
+                args.hs_window
+            );
+        }
         let extra = args
             .impls
             .iter()
@@ -425,6 +434,7 @@ impl TunnelPlan {
             duration,
             tests,
             rss_peers,
+            hs_window: args.hs_window,
             extra,
             only,
         })
@@ -677,6 +687,7 @@ fn tunnel(root: &Path, args: &BenchArgs, plan: &TunnelPlan) -> Result<()> {
         out_dir,
         command_line,
         flood_exe,
+        hs_window: plan.hs_window,
     };
     let per_round = opts.impls.len() as u64 * (u64::from(opts.duration) * 3 + 35);
     println!(

@@ -84,6 +84,10 @@ enum Task {
         /// Peer counts for the idle-RSS test (default 0,1000,10000).
         #[arg(long, value_name = "N,N,..")]
         rss_peers: Option<String>,
+        /// Handshake flood: initiations in flight at most (unanswered ones count as lost
+        /// after 1 s).
+        #[arg(long, value_name = "N", default_value_t = 128)]
+        hs_window: usize,
         /// Record a failing implementation (e.g. a tunnel that never comes up) and go on.
         #[arg(long)]
         keep_going: bool,
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
             only,
             tests,
             rss_peers,
+            hs_window,
             keep_going,
             no_build,
             out,
@@ -162,6 +167,7 @@ fn main() -> ExitCode {
             only,
             tests,
             rss_peers,
+            hs_window,
             keep_going,
             no_build,
             out,

@@ -70,7 +70,7 @@ pub(crate) struct FloodArgs {
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Unanswered initiations in flight at most.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     window: usize,
     /// An initiation unanswered after this long is counted as lost.
     #[arg(long, default_value_t = 1000)]
@@ -487,6 +487,7 @@ pub(crate) fn child_args(
     keys: &Path,
     initiations: usize,
     seconds: u64,
+    window: usize,
 ) -> Vec<String> {
     vec![
         "hs-flood".into(),
@@ -500,6 +501,8 @@ pub(crate) fn child_args(
         initiations.to_string(),
         "--seconds".into(),
         seconds.to_string(),
+        "--window".into(),
+        window.to_string(),
     ]
 }
 

@@ -145,6 +145,8 @@ pub(crate) struct Options {
     /// The xtask binary that runs the handshake flood (a release build, so that the
     /// initiators are not slower than the responder).
     pub(crate) flood_exe: PathBuf,
+    /// Unanswered initiations in flight at most during the handshake flood.
+    pub(crate) hs_window: usize,
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) of a Unix time.
@@ -382,7 +384,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             "rounds": opts.rounds, "duration_s": opts.duration,
             "tests": format!("{:?}", opts.tests), "rss_peers": opts.rss_peers,
             "hs_peers": HS_PEERS, "hs_initiations": HS_INITIATIONS, "hs_seconds": HS_SECONDS,
-            "hs_flood_binary": opts.flood_exe,
+            "hs_flood_binary": opts.flood_exe, "hs_window": opts.hs_window,
             "implementations": opts.impls.iter().map(|i| json!({
                 "label": i.label,
                 "command": match &i.kind { Kind::Daemon(t) => t.as_str(), Kind::Plain => "(none: plain veth)" },
@@ -428,7 +430,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         })
         .collect();
     if !failed.is_empty() {
-        println!("Failures recorded (--keep-going):");
+        println!("Failures:");
         for f in &failed {
             println!("  {}", f.lines().next().unwrap_or_default());
         }
@@ -648,7 +650,7 @@ fn tunnel_trial(
             }
             eprintln!("bench: {label}: TUNNEL NEVER CAME UP{diag}");
             return Err(e.context(format!(
-                "{label}: the tunnel never came up (no ping reply through it within {} s); see \
+                "the tunnel never came up (no ping reply through it within {} s); see \
                  the daemon logs above and in {}",
                 FIRST_PING_TRIES * FIRST_PING_WAIT_S,
                 ctx.logs.display()
@@ -1064,7 +1066,14 @@ fn flood_run(ctx: &Ctx<'_>, d: &mut Daemon, f: &hsflood::FloodSetup) -> Result<(
     let keys = ctx.secret_file("initiators.keys", &f.keys_file_text)?;
     let exe = &ctx.opts.flood_exe;
     let endpoint = SocketAddr::new(UNDERLAY_B.parse()?, RESPONDER_PORT);
-    let args = hsflood::child_args(f, endpoint, &keys, HS_INITIATIONS, HS_SECONDS);
+    let args = hsflood::child_args(
+        f,
+        endpoint,
+        &keys,
+        HS_INITIATIONS,
+        HS_SECONDS,
+        ctx.opts.hs_window,
+    );
     let mut c = ctx.hosts.a.command(&exe.to_string_lossy(), &args);
     let before = cpu_mark(&[d.pid()]);
     let out = cmd::output(&mut c, Duration::from_secs(HS_SECONDS + 60));

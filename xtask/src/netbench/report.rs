@@ -451,6 +451,25 @@ pub(crate) fn write_files(
             let _ = writeln!(md, "- {label}: {}", items.join(", "));
         }
     }
+    let failures: Vec<String> = results
+        .samples
+        .iter()
+        .flat_map(|s| {
+            s.errors.iter().map(move |e| {
+                format!(
+                    "- round {} {}: {}",
+                    s.round,
+                    s.label,
+                    e.lines().next().unwrap_or_default()
+                )
+            })
+        })
+        .collect();
+    if !failures.is_empty() {
+        md.push_str("\nFailures:\n\n");
+        md.push_str(&failures.join("\n"));
+        md.push('\n');
+    }
     std::fs::write(&md_path, md)
         .with_context(|| format!("could not write {}", md_path.display()))?;
     Ok((json_path, md_path))
