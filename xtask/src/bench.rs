@@ -581,6 +581,14 @@ fn version_of(program: &str, args: &[&str]) -> Option<String> {
         .filter(|l| !l.is_empty())
 }
 
+/// `wireguard-rs 0.1.0` → `0.1.0` for the key `wireguard-rs`.
+fn strip_name(key: &str, version: String) -> String {
+    match version.strip_prefix(key).and_then(|r| r.strip_prefix(' ')) {
+        Some(rest) => rest.to_owned(),
+        None => version,
+    }
+}
+
 /// Versions of what is measured and measures, for the report.
 fn versions(root: &Path, ours: &Path, list: &[impls::Impl]) -> Vec<(String, String)> {
     let mut v = Vec::new();
@@ -589,7 +597,10 @@ fn versions(root: &Path, ours: &Path, list: &[impls::Impl]) -> Vec<(String, Stri
     let rev = cmd::checked(&mut git, Duration::from_secs(10)).map(|s| s.trim().to_owned());
     if let Some(ver) = version_of(&ours.to_string_lossy(), &["--version"]) {
         let rev = rev.map(|r| format!(" (git {r})")).unwrap_or_default();
-        v.push((impls::OURS.to_owned(), format!("{ver}{rev}")));
+        v.push((
+            impls::OURS.to_owned(),
+            format!("{}{rev}", strip_name("wireguard-rs", ver)),
+        ));
     }
     if let Some(dir) = ours.parent() {
         let mut c = cmd::command(
@@ -609,7 +620,7 @@ fn versions(root: &Path, ours: &Path, list: &[impls::Impl]) -> Vec<(String, Stri
                     ))
                 })
                 .collect();
-            v.push(("wireguard-rs sha256".to_owned(), short.join(", ")));
+            v.push(("with sha256".to_owned(), short.join(", ")));
         }
     }
     if list.iter().any(|i| i.label == "wireguard-go") {
@@ -622,7 +633,7 @@ fn versions(root: &Path, ours: &Path, list: &[impls::Impl]) -> Vec<(String, Stri
         && let Some(p) = impls::find_boringtun()
         && let Some(ver) = version_of(&p.to_string_lossy(), &["--version"])
     {
-        v.push(("boringtun".to_owned(), ver));
+        v.push(("boringtun".to_owned(), strip_name("boringtun", ver)));
     }
     if let Some(ver) = version_of("iperf3", &["--version"]) {
         v.push(("iperf3".to_owned(), ver));

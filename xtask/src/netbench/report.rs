@@ -48,6 +48,9 @@ pub(crate) struct MetricDef {
     pub(crate) better: Better,
     /// Decimals shown.
     pub(crate) decimals: usize,
+    /// Whether a ratio to the reference means something (not for counts that are often
+    /// near zero, such as retransmits, nor for context rows).
+    pub(crate) ratio: bool,
 }
 
 fn def(key: &str, title: &str, better: Better, decimals: usize) -> MetricDef {
@@ -56,7 +59,14 @@ fn def(key: &str, title: &str, better: Better, decimals: usize) -> MetricDef {
         title: title.to_owned(),
         better,
         decimals,
+        ratio: better != Better::Info,
     }
+}
+
+/// A row shown without ratios.
+fn no_ratio(mut d: MetricDef) -> MetricDef {
+    d.ratio = false;
+    d
 }
 
 /// JSON key of the idle-RSS metric with `n` configured peers.
@@ -82,9 +92,19 @@ pub(crate) fn metric_defs(rss_peers: &[u32]) -> Vec<MetricDef> {
     use Better::{Higher, Info, Lower};
     let mut v = vec![
         def("tcp1_mbps", "TCP 1 stream, Mbit/s", Higher, 1),
-        def("tcp1_retransmits", "TCP 1 stream, retransmits", Lower, 0),
+        no_ratio(def(
+            "tcp1_retransmits",
+            "TCP 1 stream, retransmits",
+            Lower,
+            0,
+        )),
         def("tcp4_mbps", "TCP 4 streams, Mbit/s", Higher, 1),
-        def("tcp4_retransmits", "TCP 4 streams, retransmits", Lower, 0),
+        no_ratio(def(
+            "tcp4_retransmits",
+            "TCP 4 streams, retransmits",
+            Lower,
+            0,
+        )),
         def("udp_rx_kpps", "UDP 64 B, received kpackets/s", Higher, 1),
         def("udp_loss_pct", "UDP 64 B, loss %", Info, 1),
         def("ping_idle_ms", "ping idle, avg ms", Lower, 3),
@@ -122,6 +142,7 @@ pub(crate) fn metric_defs(rss_peers: &[u32]) -> Vec<MetricDef> {
             title: format!("RSS idle, {} peers, MiB", thousands(u64::from(n))),
             better: Lower,
             decimals: 1,
+            ratio: true,
         });
     }
     if let Some(&max) = rss_peers.iter().max()
@@ -132,6 +153,7 @@ pub(crate) fn metric_defs(rss_peers: &[u32]) -> Vec<MetricDef> {
             title: format!("wg setconf of {} peers, s", thousands(u64::from(max))),
             better: Lower,
             decimals: 2,
+            ratio: true,
         });
     }
     v.extend([
@@ -254,7 +276,8 @@ impl Results {
                             return "-".to_owned();
                         };
                         let mut s = format!("{value:.prec$}", prec = m.decimals);
-                        if *l != self.reference
+                        if m.ratio
+                            && *l != self.reference
                             && let Some(r) = ratio(v, reference)
                         {
                             let _ = write!(s, " (x{r:.2})");
@@ -399,7 +422,9 @@ impl Results {
                 if let Some(v) = v {
                     m.insert(d.key.clone(), json!(v));
                 }
-                if let Some(x) = ratio(v, self.median(&self.reference, &d.key)) {
+                if let Some(x) = ratio(v, self.median(&self.reference, &d.key))
+                    && d.ratio
+                {
                     r.insert(d.key.clone(), json!(x));
                 }
             }
@@ -544,6 +569,21 @@ mod tests {
         // Columns line up.
         let w: Vec<usize> = lines.iter().map(|l| l.chars().count()).collect();
         assert!(w.iter().all(|x| *x == w[0]), "{text}");
+    }
+
+    #[test]
+    fn counts_get_no_ratio() {
+        let mut r = results();
+        r.samples[0].values.insert("tcp1_retransmits".into(), 1.0);
+        r.samples[1].values.insert("tcp1_retransmits".into(), 5000.0);
+        let text = r.render_text();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("TCP 1 stream, retransmits"))
+            .unwrap();
+        assert!(line.ends_with("5000") && !line.contains("(x"), "{line}");
+        let v = r.to_json(&serde_json::Map::new());
+        assert!(v["ratios"]["wireguard-go"].get("tcp1_retransmits").is_none());
     }
 
     #[test]
