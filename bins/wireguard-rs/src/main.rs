@@ -43,6 +43,20 @@ struct Cli {
     /// port below 1024 (e.g. 53 or 443). Off by default: the capability is dropped.
     #[arg(long)]
     allow_low_ports: bool,
+    /// Read and write the TUN device one packet at a time, without a virtio-net header and
+    /// segmentation offloads (TSO/USO). Slower; for kernels or setups where they misbehave.
+    #[arg(long)]
+    no_tun_offload: bool,
+    /// Send one UDP datagram per system call instead of batches with `UDP_SEGMENT`.
+    #[arg(long)]
+    no_udp_gso: bool,
+    /// Receive without `UDP_GRO` coalescing.
+    #[arg(long)]
+    no_udp_gro: bool,
+    /// Threads besides the data plane's event loop that share encryption and decryption
+    /// (default: one per further core, at most 7; 0 keeps it all on one thread).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    crypto_threads: Option<u16>,
     /// Internal: run as the spawner of data planes (started by the monitor itself).
     #[arg(long, hide = true)]
     spawner: bool,
@@ -91,7 +105,8 @@ fn main() -> ExitCode {
 
     let tun = match inherited_tun {
         Some(fd) => Tun::from_fd(fd),
-        None => Tun::create(&interface, DEFAULT_MTU),
+        None if cli.no_tun_offload => Tun::create(&interface, DEFAULT_MTU),
+        None => Tun::create_offloaded(&interface, DEFAULT_MTU),
     };
     let tun = match tun {
         Ok(tun) => tun,
@@ -122,7 +137,12 @@ fn main() -> ExitCode {
     }
     let socket_file = wg_uapi::server::SocketFileGuard::new(socket_path);
 
-    let sockets = match wg_monitor::sockets::bind(0, 0) {
+    let udp_offload = wg_monitor::sockets::UdpOffload {
+        gso: !cli.no_udp_gso,
+        gro: !cli.no_udp_gro,
+    };
+    tracing::debug!(tun_offloads = ?tun.offloads(), vnet_hdr = tun.vnet_hdr(), "TUN device ready");
+    let sockets = match wg_monitor::sockets::bind(0, 0, udp_offload) {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot open UDP sockets: {e}")),
     };
@@ -131,6 +151,10 @@ fn main() -> ExitCode {
         tun,
         uapi,
         sockets,
+        udp_offload,
+        crypto_threads: cli
+            .crypto_threads
+            .unwrap_or_else(wg_ipc::default_crypto_threads),
         worker_dir: wg_monitor::worker_dir(cli.libexec_dir.as_deref()),
         worker_args: options.to_worker_args(),
     };
@@ -175,6 +199,18 @@ fn daemonize(cli: &Cli, interface: &str, tun: OwnedFd, uapi: UnixListener) -> st
     }
     if cli.allow_low_ports {
         cmd.arg("--allow-low-ports");
+    }
+    if let Some(n) = cli.crypto_threads {
+        cmd.arg("--crypto-threads").arg(n.to_string());
+    }
+    for (off, flag) in [
+        (cli.no_tun_offload, "--no-tun-offload"),
+        (cli.no_udp_gso, "--no-udp-gso"),
+        (cli.no_udp_gro, "--no-udp-gro"),
+    ] {
+        if off {
+            cmd.arg(flag);
+        }
     }
     cmd.arg("--user").arg(&cli.user);
     cmd.arg(interface)

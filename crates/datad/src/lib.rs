@@ -9,11 +9,15 @@
 //! keys; the monitor for descriptors. It never receives a static private key or a PSK, and
 //! it must not depend on `wg-handshake` (enforced in `deny.toml`).
 //!
-//! **May depend on:** wire, cookie, router, timers, ipc, tun, tokio.
+//! **May depend on:** wire, cookie, router, timers, ipc, tun, offload, tokio, nix (the
+//! batched UDP calls).
 #![forbid(unsafe_code)]
 
+mod batch;
+mod crypto;
 mod plane;
 mod ratelimit;
+mod udp;
 
 use std::net::UdpSocket;
 use std::os::fd::OwnedFd;
@@ -58,6 +62,10 @@ pub struct Startup {
     pub udp4: UdpSocket,
     /// UDP socket bound to the same port on IPv6, if the host has IPv6.
     pub udp6: Option<UdpSocket>,
+    /// Whether the UDP sockets may send batches with `UDP_SEGMENT` (the monitor probed it).
+    pub udp_gso: bool,
+    /// Threads besides the event loop that share the encryption and decryption of a batch.
+    pub crypto_threads: usize,
     /// Channel to the key process.
     pub keyd: wg_ipc::Channel,
     /// Channel to the monitor (absent in some embeddings).
@@ -73,6 +81,7 @@ impl std::fmt::Debug for Startup {
             .field("tun", &self.tun)
             .field("udp4", &self.udp4)
             .field("udp6", &self.udp6)
+            .field("udp_gso", &self.udp_gso)
             .field("sandboxed", &self.lockdown.is_some())
             .finish_non_exhaustive()
     }
@@ -85,6 +94,8 @@ pub use wg_ipc::worker::Lockdown;
 pub fn startup_from_fds(
     fds: Vec<OwnedFd>,
     has_ipv6: bool,
+    udp_gso: bool,
+    crypto_threads: u16,
     monitor: wg_ipc::Channel,
 ) -> Result<Startup, DatadError> {
     let mut fds = fds.into_iter();
@@ -104,6 +115,8 @@ pub fn startup_from_fds(
         tun,
         udp4,
         udp6,
+        udp_gso,
+        crypto_threads: usize::from(crypto_threads),
         keyd,
         monitor: Some(monitor),
         lockdown: None,
@@ -132,10 +145,16 @@ pub async fn run_worker(monitor: wg_ipc::Channel, lockdown: Lockdown) -> Result<
         .recv::<MonitorToDatad>()
         .await
         .map_err(DatadError::Monitor)?;
-    let MonitorToDatad::Start { has_ipv6, .. } = start.msg else {
+    let MonitorToDatad::Start {
+        has_ipv6,
+        udp_gso,
+        crypto_threads,
+        ..
+    } = start.msg
+    else {
         return Err(DatadError::Protocol("monitor (expected start)"));
     };
-    let mut startup = startup_from_fds(start.fds, has_ipv6, monitor)?;
+    let mut startup = startup_from_fds(start.fds, has_ipv6, udp_gso, crypto_threads, monitor)?;
     startup.lockdown = Some(lockdown);
     serve(startup).await
 }

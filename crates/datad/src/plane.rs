@@ -3,6 +3,7 @@
 //! router and timers.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,7 +15,7 @@ use wg_ipc::messages::{
     SessionKeys,
 };
 use wg_ipc::{Channel, IpcError, Received};
-use wg_router::{HEADROOM, InboundKind, NewSession, Outbound, PeerId, Router, TAILROOM};
+use wg_router::{HEADROOM, InboundKind, NewSession, Outbound, PeerId, Router};
 use wg_timers::{PeerTimers, TimerAction};
 use wg_tun::AsyncTun;
 use wg_wire::{
@@ -22,11 +23,11 @@ use wg_wire::{
     PublicKey, SessionKey, message_type,
 };
 
+use crate::batch::{MAX_PACKET, OutBatch, SLOT};
+use crate::crypto::CryptoPool;
 use crate::ratelimit::RateLimiter;
+use crate::udp;
 use crate::{DatadError, Exit, Startup};
-
-/// Largest datagram or IP packet we handle.
-const MAX_PACKET: usize = 65535;
 /// Handshake messages per second above which we consider ourselves under load and demand
 /// cookies (MAC2). wireguard-go measures its queue depth instead; a rate over a one-second
 /// window is the same signal without a queue of our own.
@@ -46,8 +47,13 @@ struct DeadlineCache {
     events_since_scan: bool,
 }
 
-/// Packets handled per wakeup before the loop looks at its other sources again.
-const BATCH: usize = 64;
+/// UDP runs (each up to 64 datagrams) received per wakeup before the loop looks at its
+/// other sources again.
+const BATCH: usize = 16;
+/// TUN reads per wakeup, at most.
+const TUN_READS: usize = 64;
+/// Segments sent per wakeup from the TUN side before the loop looks elsewhere.
+const TUN_SEGMENTS: usize = 256;
 /// Peers per stats message, keeping each well under the IPC size limit.
 const STATS_CHUNK: usize = 256;
 
@@ -101,8 +107,8 @@ struct Io {
 /// One event, with owned data only, so handling it can borrow everything mutably.
 enum Event {
     Tun(std::io::Result<usize>),
-    Udp4(std::io::Result<(usize, SocketAddr)>),
-    Udp6(std::io::Result<(usize, SocketAddr)>),
+    /// A UDP socket became readable.
+    Udp(Family, std::io::Result<()>),
     Keyd(Result<Received<KeydToDatad>, IpcError>),
     Monitor(Result<Received<MonitorToDatad>, IpcError>),
     Timer,
@@ -117,20 +123,45 @@ struct Daemon {
     checker: Option<CookieChecker>,
     limiter: RateLimiter,
     load: LoadMeter,
-    tun_buf: Vec<u8>,
-    udp4_buf: Vec<u8>,
-    udp6_buf: Vec<u8>,
+    /// One TUN read: with a virtio-net header, a super-packet of up to 64 KiB.
+    tun_read: Vec<u8>,
+    /// Whether TUN packets carry a virtio-net header (and may be super-packets).
+    tun_vnet: bool,
+    /// Packets read from the TUN, waiting to be sealed and sent.
+    out: OutBatch,
+    /// Per packet of `out`: its seal job, then the sealed length, then where it goes.
+    seal_jobs: Vec<Option<wg_router::SealJob>>,
+    routes: Vec<Option<(PeerId, SocketAddr)>>,
+    crypto_lens: Vec<Option<usize>>,
+    sealed: Vec<Sealed>,
+    /// Per datagram of a received run: its open job.
+    open_jobs: Vec<Option<wg_router::OpenJob>>,
+    /// Helper threads for the AEAD work of a batch.
+    crypto: CryptoPool,
+    /// Whether sends may use `UDP_SEGMENT`.
+    udp_gso: bool,
+    /// One received UDP run (with `UDP_GRO`, up to 64 KiB of datagrams).
+    rx_buf: Vec<u8>,
+    rx_cmsg: Vec<u8>,
+    /// Decrypted TCP segments coalesced before the TUN write (virtio-net header only).
+    gro: wg_offload::Gro,
     to_keyd: Vec<DatadToKeyd>,
     rng: rand::rngs::StdRng,
     deadline_cache: DeadlineCache,
 }
 
-async fn recv_udp(
-    socket: Option<&UdpSocket>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
+/// A sealed packet of the outbound batch.
+#[derive(Debug, Clone, Copy)]
+struct Sealed {
+    slot: usize,
+    len: usize,
+    peer: PeerId,
+    endpoint: SocketAddr,
+}
+
+async fn readable(socket: Option<&UdpSocket>) -> std::io::Result<()> {
     match socket {
-        Some(s) => s.recv_from(buf).await,
+        Some(s) => s.readable().await,
         None => std::future::pending().await,
     }
 }
@@ -159,6 +190,14 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
     let tun = wg_tun::Tun::from_fd(startup.tun)
         .and_then(AsyncTun::new)
         .map_err(|e| DatadError::Tun(std::io::Error::other(e)))?;
+    let tun_vnet = tun.get_ref().vnet_hdr();
+    // Threads are made before the sandbox, which forbids making them.
+    let crypto = CryptoPool::new(startup.crypto_threads)?;
+    tracing::debug!(
+        tun_vnet,
+        udp_gso = startup.udp_gso,
+        "data plane I/O: virtio-net header on the TUN, UDP segmentation"
+    );
     let io = Io {
         tun,
         udp4: to_tokio(startup.udp4)?,
@@ -182,9 +221,19 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
         checker: None,
         limiter: RateLimiter::default(),
         load: LoadMeter::default(),
-        tun_buf: vec![0; HEADROOM + MAX_PACKET + TAILROOM],
-        udp4_buf: vec![0; MAX_PACKET],
-        udp6_buf: vec![0; MAX_PACKET],
+        tun_read: vec![0; wg_tun::VNET_HDR_LEN + MAX_PACKET],
+        tun_vnet,
+        out: OutBatch::new(),
+        seal_jobs: Vec::with_capacity(crate::batch::SLOTS),
+        routes: Vec::with_capacity(crate::batch::SLOTS),
+        crypto_lens: Vec::with_capacity(crate::batch::SLOTS),
+        sealed: Vec::with_capacity(crate::batch::SLOTS),
+        open_jobs: Vec::with_capacity(crate::batch::SLOTS),
+        crypto,
+        udp_gso: startup.udp_gso,
+        rx_buf: vec![0; MAX_PACKET],
+        rx_cmsg: udp::gro_cmsg_buffer(),
+        gro: wg_offload::Gro::new(),
         to_keyd: Vec::new(),
         rng: rand::make_rng(),
         deadline_cache: DeadlineCache::default(),
@@ -198,14 +247,10 @@ impl Daemon {
             let deadline = self.next_deadline(Instant::now());
             let event = {
                 let io = &self.io;
-                let tun_buf = self
-                    .tun_buf
-                    .get_mut(HEADROOM..HEADROOM + MAX_PACKET)
-                    .unwrap_or_default();
                 tokio::select! {
-                    r = io.tun.recv(tun_buf) => Event::Tun(r),
-                    r = io.udp4.recv_from(&mut self.udp4_buf) => Event::Udp4(r),
-                    r = recv_udp(io.udp6.as_ref(), &mut self.udp6_buf) => Event::Udp6(r),
+                    r = io.tun.recv(&mut self.tun_read) => Event::Tun(r),
+                    r = io.udp4.readable() => Event::Udp(Family::V4, r),
+                    r = readable(io.udp6.as_ref()) => Event::Udp(Family::V6, r),
                     m = io.keyd.recv::<KeydToDatad>() => Event::Keyd(m),
                     m = recv_monitor(io.monitor.as_ref()) => Event::Monitor(m),
                     () = sleep_until(deadline) => Event::Timer,
@@ -218,10 +263,7 @@ impl Daemon {
                 self.deadline_cache.scanned_at = None;
             }
             match event {
-                Event::Tun(Ok(len)) => {
-                    self.on_tun_packet(len, now).await;
-                    self.drain_tun(now).await;
-                }
+                Event::Tun(Ok(len)) => self.on_tun_readable(len, now).await,
                 Event::Tun(Err(e)) => {
                     if self.io.tun.get_ref().is_deleted() || wg_tun::is_interface_gone(&e) {
                         tracing::info!("interface deleted; data plane exiting");
@@ -232,15 +274,8 @@ impl Daemon {
                     }
                     return Err(DatadError::Tun(e));
                 }
-                Event::Udp4(Ok((len, src))) => {
-                    self.on_datagram(Family::V4, len, src, now).await;
-                    self.drain_udp(Family::V4, now).await;
-                }
-                Event::Udp6(Ok((len, src))) => {
-                    self.on_datagram(Family::V6, len, src, now).await;
-                    self.drain_udp(Family::V6, now).await;
-                }
-                Event::Udp4(Err(e)) | Event::Udp6(Err(e)) => {
+                Event::Udp(family, Ok(())) => self.on_udp_readable(family, now).await,
+                Event::Udp(_, Err(e)) => {
                     // ICMP errors surface here (ECONNREFUSED and friends); not fatal.
                     tracing::debug!("UDP receive error: {e}");
                 }
@@ -254,36 +289,263 @@ impl Daemon {
         }
     }
 
-    /// Handles packets already queued on the TUN device without going back through the
-    /// event loop: one wakeup serves a burst (up to [`BATCH`] packets).
-    async fn drain_tun(&mut self, now: Instant) {
-        for _ in 1..BATCH {
-            let Some(buf) = self.tun_buf.get_mut(HEADROOM..HEADROOM + MAX_PACKET) else {
-                return;
-            };
-            match self.io.tun.get_ref().read(buf) {
-                Ok(len) => self.on_tun_packet(len, now).await,
-                // WouldBlock, or an error the next wait reports properly.
-                Err(_) => return,
+    /// Handles the packet just read from the TUN device and those queued behind it, in
+    /// batches: split super-packets into wire-sized segments, route and seal them all, then
+    /// send each run to one endpoint with one system call. One wakeup serves up to
+    /// [`TUN_READS`] reads or [`TUN_SEGMENTS`] segments, whichever comes first, so the
+    /// other direction gets its turn.
+    async fn on_tun_readable(&mut self, first_len: usize, now: Instant) {
+        self.take_tun_packet(first_len, now).await;
+        let (mut reads, mut segments) = (1, 0);
+        loop {
+            if !self.out.has_room_for_a_read() {
+                segments += self.out.len();
+                self.send_out_batch(now).await;
             }
+            if reads >= TUN_READS || segments >= TUN_SEGMENTS {
+                break;
+            }
+            match self.io.tun.get_ref().read(&mut self.tun_read) {
+                Ok(n) => self.take_tun_packet(n, now).await,
+                // WouldBlock, or an error the next wait reports properly.
+                Err(_) => break,
+            }
+            reads += 1;
+        }
+        self.send_out_batch(now).await;
+    }
+
+    /// Moves one TUN read into the outbound batch, split into segments if it is a
+    /// super-packet. One with more segments than the batch has room for (a tiny MSS) first
+    /// has the batch sent, and grown if need be.
+    async fn take_tun_packet(&mut self, len: usize, now: Instant) {
+        if self.tun_vnet {
+            for attempt in 0..2 {
+                let before = self.out.len();
+                let read = self.tun_read.get(..len).unwrap_or_default();
+                match wg_offload::split(read, &mut self.out) {
+                    Ok(_) => return,
+                    Err(wg_offload::OffloadError::SinkFull { segments, .. }) if attempt == 0 => {
+                        self.out.truncate(before);
+                        self.send_out_batch(now).await;
+                        self.out.make_room_for(segments);
+                    }
+                    Err(e) => {
+                        tracing::debug!("TUN packet dropped: {e}");
+                        self.out.truncate(before);
+                        return;
+                    }
+                }
+            }
+            return;
+        }
+        let Some(read) = self.tun_read.get(..len) else {
+            return;
+        };
+        if let Some(dst) = wg_offload::SegmentSink::next_segment(&mut self.out, len) {
+            dst.copy_from_slice(read);
         }
     }
 
-    /// As [`Daemon::drain_tun`], for datagrams queued on a UDP socket.
-    async fn drain_udp(&mut self, family: Family, now: Instant) {
-        for _ in 1..BATCH {
-            let received = match family {
-                Family::V4 => self.io.udp4.try_recv_from(&mut self.udp4_buf),
-                Family::V6 => match &self.io.udp6 {
-                    Some(s) => s.try_recv_from(&mut self.udp6_buf),
-                    None => return,
-                },
+    /// Routes and seals every packet of the outbound batch, then sends them.
+    async fn send_out_batch(&mut self, now: Instant) {
+        self.seal_jobs.clear();
+        self.routes.clear();
+        for slot in 0..self.out.len() {
+            let (job, route) = match self.router.route_outbound(self.out.plaintext(slot), now) {
+                Outbound::Send {
+                    peer,
+                    endpoint,
+                    job,
+                    rekey,
+                } => {
+                    if rekey {
+                        self.want_handshake(peer, now);
+                    }
+                    (Some(job), Some((peer, endpoint)))
+                }
+                Outbound::Staged { peer } => {
+                    self.want_handshake(peer, now);
+                    (None, None)
+                }
+                Outbound::Dropped(reason) => {
+                    tracing::trace!("outbound packet dropped: {reason}");
+                    (None, None)
+                }
             };
-            match received {
-                Ok((len, src)) => self.on_datagram(family, len, src, now).await,
-                Err(_) => return,
+            self.seal_jobs.push(job);
+            self.routes.push(route);
+        }
+        self.crypto_lens.clear();
+        self.crypto_lens.resize(self.seal_jobs.len(), None);
+        self.crypto.run(
+            self.out.slots_mut(),
+            SLOT,
+            &self.seal_jobs,
+            &mut self.crypto_lens,
+            |job, slot| job.seal(slot).ok(),
+        );
+        self.sealed.clear();
+        for (slot, (len, route)) in self.crypto_lens.iter().zip(&self.routes).enumerate() {
+            if let (Some(len), Some((peer, endpoint))) = (*len, *route) {
+                self.sealed.push(Sealed {
+                    slot,
+                    len,
+                    peer,
+                    endpoint,
+                });
             }
         }
+        self.seal_jobs.clear();
+        let mut start = 0;
+        while start < self.sealed.len() {
+            let end = self.run_end(start);
+            self.send_sealed(start, end, now).await;
+            start = end;
+        }
+        self.out.clear();
+    }
+
+    /// End of the run of sealed packets starting at `start` that one segmented send can
+    /// carry: same endpoint, same length, except that the last may be shorter.
+    fn run_end(&self, start: usize) -> usize {
+        let Some(first) = self.sealed.get(start) else {
+            return start;
+        };
+        let limit = if self.udp_gso {
+            udp::MAX_GSO_SEGMENTS
+        } else {
+            1
+        };
+        let mut end = start + 1;
+        let mut bytes = first.len;
+        while let Some(next) = self.sealed.get(end) {
+            if end - start >= limit
+                || next.endpoint != first.endpoint
+                || next.len > first.len
+                || bytes + next.len > udp::MAX_GSO_BYTES
+            {
+                break;
+            }
+            bytes += next.len;
+            end += 1;
+            if next.len < first.len {
+                break;
+            }
+        }
+        end
+    }
+
+    /// Sends `sealed[start..end]`, one run to one endpoint.
+    async fn send_sealed(&mut self, start: usize, end: usize, now: Instant) {
+        let Some(run) = self.sealed.get(start..end) else {
+            return;
+        };
+        let Some(first) = run.first().copied() else {
+            return;
+        };
+        let socket = match first.endpoint {
+            SocketAddr::V4(_) => Some(&self.io.udp4),
+            SocketAddr::V6(_) => self.io.udp6.as_ref(),
+        };
+        let Some(socket) = socket else {
+            tracing::debug!("no IPv6 socket for {}", first.endpoint);
+            return;
+        };
+        let mut iov = [IoSlice::new(&[]); udp::MAX_GSO_SEGMENTS];
+        for (dst, sealed) in iov.iter_mut().zip(run) {
+            *dst = IoSlice::new(self.out.message(sealed.slot, sealed.len));
+        }
+        let iov = iov.get(..run.len()).unwrap_or_default();
+        match udp::send_run(socket, first.endpoint, iov, first.len, self.udp_gso).await {
+            Ok(refused) => {
+                if refused {
+                    self.udp_gso = false;
+                }
+                for i in start..end {
+                    if let Some(sealed) = self.sealed.get(i).copied() {
+                        self.sent_transport(sealed.peer, sealed.len, true, now);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("send to {} failed: {e}", first.endpoint),
+        }
+    }
+
+    /// Receives what is queued on a UDP socket, run by run (a run is up to 64 KiB of
+    /// datagrams from one source with `UDP_GRO`), then writes the decrypted packets out.
+    async fn on_udp_readable(&mut self, family: Family, now: Instant) {
+        let mut buf = std::mem::take(&mut self.rx_buf);
+        let mut cmsg = std::mem::take(&mut self.rx_cmsg);
+        for _ in 0..BATCH {
+            let socket = match family {
+                Family::V4 => Some(&self.io.udp4),
+                Family::V6 => self.io.udp6.as_ref(),
+            };
+            let Some(socket) = socket else { break };
+            let run = match udp::try_recv_run(socket, &mut buf, &mut cmsg) {
+                Ok(run) => run,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        // ICMP errors surface here (ECONNREFUSED and friends); not fatal.
+                        tracing::debug!("UDP receive error: {e}");
+                    }
+                    break;
+                }
+            };
+            let received = buf.get_mut(..run.len).unwrap_or_default();
+            self.on_run(received, run.stride, run.source, now).await;
+        }
+        self.rx_buf = buf;
+        self.rx_cmsg = cmsg;
+        self.flush_gro();
+    }
+
+    /// Handles one received run: plans every transport message against the keypairs and
+    /// replay windows, decrypts them (spread over the crypto threads), then finishes each
+    /// in order, with the other message types handled in their place.
+    async fn on_run(&mut self, run: &mut [u8], stride: usize, src: SocketAddr, now: Instant) {
+        let stride = stride.max(1);
+        let mut jobs = std::mem::take(&mut self.open_jobs);
+        jobs.clear();
+        for datagram in run.chunks(stride) {
+            let job = if message_type(datagram) == Ok(MESSAGE_TRANSPORT) {
+                self.router
+                    .plan_inbound(datagram, now)
+                    .map_err(|reason| tracing::trace!("transport from {src} dropped: {reason}"))
+                    .ok()
+            } else {
+                None
+            };
+            jobs.push(job);
+        }
+        let mut lens = std::mem::take(&mut self.crypto_lens);
+        lens.clear();
+        lens.resize(jobs.len(), None);
+        self.crypto
+            .run(run, stride, &jobs, &mut lens, |job, d| job.open(d).ok());
+        for ((datagram, job), opened) in run.chunks_mut(stride).zip(&jobs).zip(&lens) {
+            if message_type(datagram) != Ok(MESSAGE_TRANSPORT) {
+                self.on_datagram(datagram, src, now).await;
+            } else if let (Some(job), Some(n)) = (job, *opened) {
+                self.on_transport(job, datagram, n, src, now).await;
+            } else if job.is_some() {
+                tracing::trace!("transport from {src} failed authentication");
+            }
+        }
+        jobs.clear();
+        self.open_jobs = jobs;
+        self.crypto_lens = lens;
+    }
+
+    /// Writes the coalesced packets to the TUN device.
+    fn flush_gro(&mut self) {
+        let tun = self.io.tun.get_ref();
+        self.gro.flush(|packet| {
+            if let Err(e) = tun.write(packet) {
+                tracing::debug!("TUN write failed: {e}");
+            }
+        });
     }
 
     /// The earliest timer deadline of any peer. With few peers it is computed exactly
@@ -378,41 +640,8 @@ impl Daemon {
         }
     }
 
-    async fn on_tun_packet(&mut self, len: usize, now: Instant) {
-        let Some(packet) = self.tun_buf.get(HEADROOM..HEADROOM + len) else {
-            return;
-        };
-        match self.router.route_outbound(packet, now) {
-            Outbound::Send {
-                peer,
-                endpoint,
-                job,
-                rekey,
-            } => {
-                let Ok(n) = job.seal(&mut self.tun_buf) else {
-                    return;
-                };
-                let message = self.tun_buf.get(..n).unwrap_or_default();
-                if Self::send_to(&self.io, endpoint, message).await {
-                    self.sent_transport(peer, n, true, now);
-                }
-                if rekey {
-                    self.want_handshake(peer, now);
-                }
-            }
-            Outbound::Staged { peer } => self.want_handshake(peer, now),
-            Outbound::Dropped(reason) => tracing::trace!("outbound packet dropped: {reason}"),
-        }
-    }
-
-    async fn on_datagram(&mut self, family: Family, len: usize, src: SocketAddr, now: Instant) {
-        let buf = match family {
-            Family::V4 => &mut self.udp4_buf,
-            Family::V6 => &mut self.udp6_buf,
-        };
-        let Some(datagram) = buf.get_mut(..len) else {
-            return;
-        };
+    async fn on_datagram(&mut self, datagram: &mut [u8], src: SocketAddr, now: Instant) {
+        let len = datagram.len();
         match message_type(datagram) {
             Ok(MESSAGE_INITIATION | MESSAGE_RESPONSE) => {
                 let Some(checker) = &mut self.checker else {
@@ -453,32 +682,24 @@ impl Daemon {
                     });
                 }
             }
-            Ok(MESSAGE_TRANSPORT) => self.on_transport(family, len, src, now).await,
+            // Decrypted in batches by `on_run`.
+            Ok(MESSAGE_TRANSPORT) => {}
             _ => tracing::trace!("{len}-byte datagram from {src} is not WireGuard"),
         }
     }
 
-    async fn on_transport(&mut self, family: Family, len: usize, src: SocketAddr, now: Instant) {
-        let buf = match family {
-            Family::V4 => &mut self.udp4_buf,
-            Family::V6 => &mut self.udp6_buf,
-        };
-        let Some(datagram) = buf.get_mut(..len) else {
-            return;
-        };
-        let job = match self.router.plan_inbound(datagram, now) {
-            Ok(job) => job,
-            Err(reason) => {
-                tracing::trace!("transport from {src} dropped: {reason}");
-                return;
-            }
-        };
-        let Ok(n) = job.open(datagram) else {
-            tracing::trace!("transport from {src} failed authentication");
-            return;
-        };
+    /// Completes a transport message that `job` decrypted in place (`n` plaintext bytes).
+    async fn on_transport(
+        &mut self,
+        job: &wg_router::OpenJob,
+        datagram: &[u8],
+        n: usize,
+        src: SocketAddr,
+        now: Instant,
+    ) {
+        let len = datagram.len();
         let plaintext = datagram.get(HEADROOM..HEADROOM + n).unwrap_or_default();
-        let inbound = match self.router.finish_inbound(&job, plaintext, len, src, now) {
+        let inbound = match self.router.finish_inbound(job, plaintext, len, src, now) {
             Ok(inbound) => inbound,
             Err(reason) => {
                 tracing::trace!("transport from {src} dropped: {reason}");
@@ -504,15 +725,27 @@ impl Daemon {
         }
         if let InboundKind::Data { len: inner } = inbound.kind
             && let Some(packet) = plaintext.get(..inner)
-            && let Err(e) = self.io.tun.send(packet).await
         {
-            tracing::debug!("TUN write failed: {e}");
+            self.write_to_tun(packet);
         }
         if inbound.handshake_complete {
             self.send_staged(peer, now).await;
         }
         if inbound.rekey {
             self.want_handshake(peer, now);
+        }
+    }
+
+    /// Hands a decrypted packet to the TUN device: coalesced with its flow's neighbours
+    /// when the device takes super-packets, else written right away.
+    fn write_to_tun(&mut self, packet: &[u8]) {
+        if self.tun_vnet {
+            if self.gro.is_full() {
+                self.flush_gro();
+            }
+            self.gro.push(packet);
+        } else if let Err(e) = self.io.tun.get_ref().write(packet) {
+            tracing::debug!("TUN write failed: {e}");
         }
     }
 

@@ -55,6 +55,8 @@ pub async fn run(
         tun: tun.into_fd(),
         udp4: sockets.v4.try_clone()?,
         udp6: sockets.v6.as_ref().map(|s| s.try_clone()).transpose()?,
+        udp_gso: sockets.offload.gso,
+        crypto_threads: usize::from(wg_ipc::default_crypto_threads()),
         keyd: datad_to_keyd,
         monitor: Some(datad_monitor),
         lockdown: None,
@@ -66,7 +68,12 @@ pub async fn run(
         monitor: keyd_monitor,
         listen_port: sockets.port,
     };
-    let mut owner = SocketOwner { sockets, fwmark: 0 };
+    let offload = sockets.offload;
+    let mut owner = SocketOwner {
+        sockets,
+        fwmark: 0,
+        offload,
+    };
     let mut keyd = tokio::spawn(wg_keyd::serve(keyd_startup));
     let mut datad = tokio::spawn(wg_datad::serve(datad_startup));
 

@@ -177,3 +177,14 @@ pub fn init_logging(process: &'static str) {
         .try_init();
     tracing::debug!("{process} logging at {level}");
 }
+
+/// Most crypto helper threads [`default_crypto_threads`] picks: past this, one data-plane
+/// event loop cannot keep them busy.
+const MAX_DEFAULT_CRYPTO_THREADS: usize = 7;
+
+/// The data plane's default number of crypto helper threads: one per core besides the
+/// event loop's, at most [`MAX_DEFAULT_CRYPTO_THREADS`].
+pub fn default_crypto_threads() -> u16 {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    u16::try_from(cores.saturating_sub(1).min(MAX_DEFAULT_CRYPTO_THREADS)).unwrap_or(0)
+}

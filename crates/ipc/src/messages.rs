@@ -253,6 +253,10 @@ pub enum MonitorToDatad {
         listen_port: u16,
         /// Whether an IPv6 socket is included.
         has_ipv6: bool,
+        /// Whether to send batches with UDP segmentation offload (`UDP_SEGMENT`).
+        udp_gso: bool,
+        /// Threads besides the event loop for the AEAD work of a batch.
+        crypto_threads: u16,
     },
     /// Replacement UDP sockets (fds: IPv4, then IPv6 if any).
     Sockets {

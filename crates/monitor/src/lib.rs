@@ -117,6 +117,10 @@ pub struct Prepared {
     pub uapi: UnixListener,
     /// The UDP sockets.
     pub sockets: UdpSockets,
+    /// The UDP offloads wanted (for sockets bound later, on a port change).
+    pub udp_offload: sockets::UdpOffload,
+    /// Crypto helper threads of the data plane.
+    pub crypto_threads: u16,
     /// Directory of the worker binaries.
     pub worker_dir: PathBuf,
     /// Extra arguments for both workers (e.g. `--no-sandbox`, log settings).
@@ -157,6 +161,7 @@ pub struct Supervisor {
     sockets: sockets::SocketOwner,
     worker_dir: PathBuf,
     worker_args: Vec<String>,
+    crypto_threads: u16,
     restarts: Vec<Instant>,
 }
 
@@ -213,9 +218,11 @@ impl Supervisor {
             sockets: sockets::SocketOwner {
                 sockets: prepared.sockets,
                 fwmark: 0,
+                offload: prepared.udp_offload,
             },
             worker_dir: prepared.worker_dir,
             worker_args: prepared.worker_args,
+            crypto_threads: prepared.crypto_threads,
             restarts: Vec::new(),
         }
     }
@@ -368,6 +375,8 @@ impl Supervisor {
                 &MonitorToDatad::Start {
                     listen_port: s.port,
                     has_ipv6: s.v6.is_some(),
+                    udp_gso: s.offload.gso,
+                    crypto_threads: self.crypto_threads,
                 },
                 &fds,
             )

@@ -15,9 +15,35 @@ pub struct UdpSockets {
     pub v6: Option<UdpSocket>,
     /// The bound port.
     pub port: u16,
+    /// The batching offloads these sockets have.
+    pub offload: UdpOffload,
 }
 
-fn socket(domain: Domain, fwmark: u32) -> io::Result<Socket> {
+/// UDP batching offloads: wanted (from the command line) or in effect (probed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpOffload {
+    /// Segmentation (`UDP_SEGMENT`, Linux 4.18): one `sendmsg` carries up to 64 datagrams
+    /// of one size to one destination.
+    pub gso: bool,
+    /// Receive coalescing (`UDP_GRO`, Linux 5.0): one `recvmsg` returns a run of datagrams
+    /// from one source, all of one size but the last.
+    pub gro: bool,
+}
+
+impl Default for UdpOffload {
+    fn default() -> Self {
+        UdpOffload {
+            gso: true,
+            gro: true,
+        }
+    }
+}
+
+/// Socket buffer size asked for (wireguard-go asks for 7 MiB as well).
+const SOCKET_BUFFER: usize = 7 << 20;
+
+fn socket(domain: Domain, fwmark: u32, wanted: UdpOffload) -> io::Result<(Socket, UdpOffload)> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
     let s = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
     if domain == Domain::IPV6 {
         s.set_only_v6(true)?;
@@ -25,24 +51,38 @@ fn socket(domain: Domain, fwmark: u32) -> io::Result<Socket> {
     if fwmark != 0 {
         s.set_mark(fwmark)?;
     }
-    Ok(s)
+    // Room for bursts: one segmented send or coalesced receive is up to 64 KiB, and the
+    // default buffers (about 200 KiB) overflow while the data plane is busy with the last
+    // burst, which TCP inside the tunnel pays for with retransmissions. The *FORCE options
+    // (CAP_NET_ADMIN, which the monitor has) go past net.core.[rw]mem_max; without them
+    // the kernel caps the plain options there.
+    if setsockopt(&s, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(&s, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(&s, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(&s, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
+    // A kernel without them refuses the option (ENOPROTOOPT): run without, just slower.
+    let gro = wanted.gro && setsockopt(&s, sockopt::UdpGroSegment, &true).is_ok();
+    let gso = wanted.gso && getsockopt(&s, sockopt::UdpGsoSegment).is_ok();
+    Ok((s, UdpOffload { gso, gro }))
 }
 
 /// Binds `port` (0: a free port chosen by the kernel) on IPv4 and the same port on IPv6.
 /// With port 0 a few ports are tried in case the IPv6 side of the first one is taken.
-pub fn bind(port: u16, fwmark: u32) -> io::Result<UdpSockets> {
+pub fn bind(port: u16, fwmark: u32, offload: UdpOffload) -> io::Result<UdpSockets> {
     let attempts = if port == 0 { 8 } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {
-        let v4 = socket(Domain::IPV4, fwmark)?;
+        let (v4, v4_offload) = socket(Domain::IPV4, fwmark, offload)?;
         v4.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
         let bound = v4
             .local_addr()?
             .as_socket()
             .map(|a| a.port())
             .ok_or_else(|| io::Error::other("bound IPv4 socket has no port"))?;
-        let v6 = match socket(Domain::IPV6, fwmark) {
-            Ok(s) => match s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, bound)).into()) {
+        let v6 = match socket(Domain::IPV6, fwmark, offload) {
+            Ok((s, _)) => match s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, bound)).into()) {
                 Ok(()) => Some(s),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                     last_error = Some(e);
@@ -63,6 +103,7 @@ pub fn bind(port: u16, fwmark: u32) -> io::Result<UdpSockets> {
             v4: v4.into(),
             v6: v6.map(Into::into),
             port: bound,
+            offload: v4_offload,
         });
     }
     Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
@@ -84,6 +125,8 @@ pub struct SocketOwner {
     pub sockets: UdpSockets,
     /// Their `SO_MARK` (0: none).
     pub fwmark: u32,
+    /// The offloads wanted for new sockets.
+    pub offload: UdpOffload,
 }
 
 impl SocketOwner {
@@ -94,7 +137,7 @@ impl SocketOwner {
     pub fn reconfigure(&mut self, port: u16, fwmark: u32) -> Result<bool, i32> {
         let errno = |e: io::Error| e.raw_os_error().unwrap_or(nix::errno::Errno::EIO as i32);
         if port != self.sockets.port {
-            let new = bind(port, fwmark).map_err(errno)?;
+            let new = bind(port, fwmark, self.offload).map_err(errno)?;
             tracing::info!("listening on port {}", new.port);
             self.sockets = new;
             self.fwmark = fwmark;
@@ -136,7 +179,7 @@ mod tests {
 
     #[test]
     fn binds_the_same_port_on_both_families() {
-        let s = bind(0, 0).unwrap();
+        let s = bind(0, 0, UdpOffload::default()).unwrap();
         assert_ne!(s.port, 0);
         assert_eq!(s.v4.local_addr().unwrap().port(), s.port);
         if let Some(v6) = &s.v6 {
@@ -146,10 +189,11 @@ mod tests {
 
     #[test]
     fn a_failed_rebind_keeps_the_old_sockets() {
-        let taken = bind(0, 0).unwrap();
+        let taken = bind(0, 0, UdpOffload::default()).unwrap();
         let mut owner = SocketOwner {
-            sockets: bind(0, 0).unwrap(),
+            sockets: bind(0, 0, UdpOffload::default()).unwrap(),
             fwmark: 0,
+            offload: UdpOffload::default(),
         };
         let old = owner.sockets.port;
         assert_eq!(
@@ -163,9 +207,26 @@ mod tests {
     }
 
     #[test]
+    fn offloads_are_probed_and_can_be_turned_off() {
+        // Linux 5.0 and later have both; CI runs on such kernels.
+        let on = bind(0, 0, UdpOffload::default()).unwrap();
+        assert_eq!(on.offload, UdpOffload::default());
+        let gro = nix::sys::socket::getsockopt(&on.v4, nix::sys::socket::sockopt::UdpGroSegment);
+        assert_eq!(gro.ok(), Some(true));
+        let off = UdpOffload {
+            gso: false,
+            gro: false,
+        };
+        let plain = bind(0, 0, off).unwrap();
+        assert_eq!(plain.offload, off);
+        let gro = nix::sys::socket::getsockopt(&plain.v4, nix::sys::socket::sockopt::UdpGroSegment);
+        assert_eq!(gro.ok(), Some(false));
+    }
+
+    #[test]
     fn a_taken_port_is_an_addr_in_use_error() {
-        let first = bind(0, 0).unwrap();
-        let err = bind(first.port, 0).unwrap_err();
+        let first = bind(0, 0, UdpOffload::default()).unwrap();
+        let err = bind(first.port, 0, UdpOffload::default()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 }

@@ -57,6 +57,21 @@ pub const MAX_MTU: u32 = 65535;
 /// Most queues one multi-queue TUN device may have (`MAX_TAP_QUEUES` in the kernel).
 pub const MAX_QUEUES: usize = 256;
 
+/// Size of the `struct virtio_net_hdr` in front of every packet of a device with a
+/// virtio-net header ([`Tun::create_offloaded`]).
+pub const VNET_HDR_LEN: usize = 10;
+
+/// The segmentation offloads a TUN device with a virtio-net header accepted
+/// (`TUNSETOFFLOAD`): with them the kernel hands us TCP (and UDP) super-packets of up to
+/// 64 KiB with a partial checksum, and takes such super-packets from us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offloads {
+    /// Checksum offload plus TCP segmentation offload for IPv4 and IPv6.
+    pub tso: bool,
+    /// UDP segmentation offload for IPv4 and IPv6 (Linux 6.2 and later).
+    pub uso: bool,
+}
+
 /// The TUN clone device.
 const TUN_PATH: &CStr = c"/dev/net/tun";
 
@@ -250,6 +265,8 @@ pub struct Tun {
     name: String,
     ifindex: u32,
     multi_queue: bool,
+    vnet_hdr: bool,
+    offloads: Offloads,
 }
 
 impl fmt::Debug for Tun {
@@ -259,6 +276,8 @@ impl fmt::Debug for Tun {
             .field("ifindex", &self.ifindex)
             .field("fd", &self.fd.as_raw_fd())
             .field("multi_queue", &self.multi_queue)
+            .field("vnet_hdr", &self.vnet_hdr)
+            .field("offloads", &self.offloads)
             .finish()
     }
 }
@@ -276,10 +295,62 @@ impl Tun {
     /// [`TunError::Io`].
     pub fn create(name: &str, mtu: u32) -> Result<Tun, TunError> {
         check_mtu(mtu)?;
-        let tun = Tun::attach(name, false)?;
+        let tun = Tun::attach(name, 0)?;
         tun.set_mtu(mtu)?;
         tracing::debug!(name = %tun.name, ifindex = tun.ifindex, mtu, "created TUN interface");
         Ok(tun)
+    }
+
+    /// Like [`Tun::create`], but with a virtio-net header (`IFF_VNET_HDR`) in front of every
+    /// packet read or written, and with every segmentation offload the kernel has: TCP
+    /// (TSO, with checksum offload) and, where available, UDP (USO). Each is probed, and a
+    /// kernel without one simply leaves it off ([`Tun::offloads`]); a reader of this device
+    /// must then split super-packets itself and complete partial checksums (the `wg-offload`
+    /// crate does).
+    ///
+    /// # Errors
+    /// As [`Tun::create`].
+    pub fn create_offloaded(name: &str, mtu: u32) -> Result<Tun, TunError> {
+        check_mtu(mtu)?;
+        let mut tun = Tun::attach(name, libc::IFF_VNET_HDR)?;
+        tun.offloads = tun.enable_offloads()?;
+        tun.set_mtu(mtu)?;
+        tracing::debug!(
+            name = %tun.name, ifindex = tun.ifindex, mtu, offloads = ?tun.offloads,
+            "created TUN interface with a virtio-net header"
+        );
+        Ok(tun)
+    }
+
+    /// Asks for the largest set of offloads the kernel accepts (`EINVAL` means it lacks one).
+    fn enable_offloads(&self) -> Result<Offloads, TunError> {
+        let tso = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+        let uso = libc::TUN_F_USO4 | libc::TUN_F_USO6;
+        let attempts = [
+            (
+                tso | uso,
+                Offloads {
+                    tso: true,
+                    uso: true,
+                },
+            ),
+            (
+                tso,
+                Offloads {
+                    tso: true,
+                    uso: false,
+                },
+            ),
+            (0, Offloads::default()),
+        ];
+        for (flags, offloads) in attempts {
+            match sys::tun_set_offload(self.fd.as_fd(), flags) {
+                Ok(()) => return Ok(offloads),
+                Err(Errno::EINVAL) => continue,
+                Err(e) => return Err(self.ctl_error("enabling offloads on", e)),
+            }
+        }
+        Ok(Offloads::default())
     }
 
     /// Like [`Tun::create`] with `queues` queues: with `queues > 1` the device is created
@@ -296,7 +367,7 @@ impl Tun {
             return Ok(vec![Tun::create(name, mtu)?]);
         }
         check_mtu(mtu)?;
-        let first = Tun::attach(name, true)?;
+        let first = Tun::attach(name, libc::IFF_MULTI_QUEUE)?;
         first.set_mtu(mtu)?;
         let mut all = Vec::with_capacity(queues);
         for _ in 1..queues {
@@ -319,7 +390,7 @@ impl Tun {
                 name: self.name.clone(),
             });
         }
-        let queue = Tun::attach(&self.name, true)?;
+        let queue = Tun::attach(&self.name, libc::IFF_MULTI_QUEUE)?;
         if queue.ifindex != self.ifindex {
             return Err(TunError::InterfaceGone {
                 name: self.name.clone(),
@@ -328,14 +399,12 @@ impl Tun {
         Ok(queue)
     }
 
-    /// Opens `/dev/net/tun` and attaches it to `name` with our flags.
-    fn attach(name: &str, multi_queue: bool) -> Result<Tun, TunError> {
+    /// Opens `/dev/net/tun` and attaches it to `name` with our flags plus `extra_flags`
+    /// (`IFF_MULTI_QUEUE`, `IFF_VNET_HDR`).
+    fn attach(name: &str, extra_flags: c_int) -> Result<Tun, TunError> {
         validate_interface_name(name)?;
         let fd = open_tun_device()?;
-        let mut flags = libc::IFF_TUN | libc::IFF_NO_PI;
-        if multi_queue {
-            flags |= libc::IFF_MULTI_QUEUE;
-        }
+        let flags = libc::IFF_TUN | libc::IFF_NO_PI | extra_flags;
         let mut req = IfReq::new(name);
         req.set_flags(flags_to_short(flags));
         sys::tun_set_iff(fd.as_fd(), &mut req).map_err(|e| setiff_error(name, e))?;
@@ -345,14 +414,17 @@ impl Tun {
             fd,
             name: name.to_owned(),
             ifindex,
-            multi_queue,
+            multi_queue: flags & libc::IFF_MULTI_QUEUE != 0,
+            vnet_hdr: flags & libc::IFF_VNET_HDR != 0,
+            offloads: Offloads::default(),
         })
     }
 
     /// Adopts an inherited TUN descriptor (wireguard-go's `WG_TUN_FD`): checks that it is
     /// the `/dev/net/tun` character device, reads the interface name with `TUNGETIFF`, and
-    /// checks the flags: `IFF_TUN` and `IFF_NO_PI` set, `IFF_TAP` and `IFF_VNET_HDR` clear.
-    /// The blocking mode is left as it is. The index is looked up in the calling thread's
+    /// checks the flags: `IFF_TUN` and `IFF_NO_PI` set, `IFF_TAP` clear, and with
+    /// `IFF_VNET_HDR` a header of [`VNET_HDR_LEN`] bytes. The blocking mode is left as it is;
+    /// the offloads cannot be read back, so [`Tun::offloads`] reports none. The index is looked up in the calling thread's
     /// network namespace, which must be the device's.
     ///
     /// # Errors
@@ -379,8 +451,10 @@ impl Tun {
             Some("it is a TAP device, not IFF_TUN")
         } else if flags & libc::IFF_NO_PI == 0 {
             Some("IFF_NO_PI is not set, so packets would carry a protocol-information header")
-        } else if flags & libc::IFF_VNET_HDR != 0 {
-            Some("IFF_VNET_HDR is set, so packets would carry a virtio-net header")
+        } else if flags & libc::IFF_VNET_HDR != 0
+            && sys::tun_get_vnet_hdr_size(fd.as_fd()).ok() != c_int::try_from(VNET_HDR_LEN).ok()
+        {
+            Some("IFF_VNET_HDR is set with a header size other than 10 bytes")
         } else {
             None
         };
@@ -399,7 +473,20 @@ impl Tun {
             name,
             ifindex,
             multi_queue: flags & libc::IFF_MULTI_QUEUE != 0,
+            vnet_hdr: flags & libc::IFF_VNET_HDR != 0,
+            offloads: Offloads::default(),
         })
+    }
+
+    /// Whether every packet read or written starts with a [`VNET_HDR_LEN`]-byte
+    /// `struct virtio_net_hdr` (`IFF_VNET_HDR`).
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// The offloads enabled by [`Tun::create_offloaded`] (none for other devices).
+    pub fn offloads(&self) -> Offloads {
+        self.offloads
     }
 
     /// The interface name.

@@ -27,6 +27,20 @@ mod raw {
         libc::TUNGETIFF,
         libc::ifreq
     );
+    nix::ioctl_write_int_bad!(
+        /// `TUNSETOFFLOAD`: the offloads (`TUN_F_*`) the reader of this file can take; the
+        /// argument is the flag word itself, not a pointer.
+        #[allow(unsafe_code)]
+        tunsetoffload,
+        libc::TUNSETOFFLOAD
+    );
+    nix::ioctl_read_bad!(
+        /// `TUNGETVNETHDRSZ`: size of the virtio-net header in front of every packet.
+        #[allow(unsafe_code)]
+        tungetvnethdrsz,
+        libc::TUNGETVNETHDRSZ,
+        libc::c_int
+    );
     nix::ioctl_readwrite_bad!(
         /// `SIOCGIFMTU`: read the MTU of interface `ifr_name`.
         #[allow(unsafe_code)]
@@ -141,6 +155,25 @@ pub(crate) fn tun_get_iff(fd: BorrowedFd<'_>) -> nix::Result<IfReq> {
     // SAFETY: `req` is a valid, exclusively borrowed `ifreq`, so the write stays in it.
     unsafe { raw::tungetiff(fd.as_raw_fd(), &mut req.0) }?;
     Ok(req)
+}
+
+/// `TUNSETOFFLOAD` with `flags` (`TUN_F_*`); `EINVAL` when the kernel lacks one of them.
+#[allow(unsafe_code)]
+pub(crate) fn tun_set_offload(fd: BorrowedFd<'_>, flags: libc::c_uint) -> nix::Result<()> {
+    let arg = libc::c_int::try_from(flags).map_err(|_| nix::errno::Errno::EINVAL)?;
+    // SAFETY: `fd` is an open /dev/net/tun file (borrowed, checked by the callers), whose
+    // TUNSETOFFLOAD takes its argument by value: no memory is passed to the kernel.
+    unsafe { raw::tunsetoffload(fd.as_raw_fd(), arg) }.map(drop)
+}
+
+/// `TUNGETVNETHDRSZ`: the virtio-net header size of a /dev/net/tun file.
+#[allow(unsafe_code)]
+pub(crate) fn tun_get_vnet_hdr_size(fd: BorrowedFd<'_>) -> nix::Result<libc::c_int> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: `fd` is an open /dev/net/tun file (borrowed, checked by the callers) whose
+    // TUNGETVNETHDRSZ writes one `int`; `size` is a valid, exclusively borrowed `c_int`.
+    unsafe { raw::tungetvnethdrsz(fd.as_raw_fd(), &mut size) }?;
+    Ok(size)
 }
 
 /// `SIOCGIFMTU` on an `AF_INET` socket; the result is in `req.mtu()`.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, unshare};
 use wg_tun::async_io::AsyncTun;
-use wg_tun::{Tun, TunError, is_interface_gone};
+use wg_tun::{Tun, TunError, VNET_HDR_LEN, is_interface_gone};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -321,6 +321,40 @@ fn icmp_echo_written_into_tun_gets_a_reply() {
         assert_eq!(&reply[12..16], &LOCAL.octets());
         assert_eq!(&reply[28..], b"wireguard-rs tun test");
     });
+}
+
+#[test]
+fn offloaded_device_frames_every_packet_with_a_virtio_net_header() {
+    in_netns(
+        "offloaded_device_frames_every_packet_with_a_virtio_net_header",
+        || {
+            if !have_ip() {
+                eprintln!("skipping: ip not installed");
+                return;
+            }
+            let tun = Tun::create_offloaded("wgo0", 1420).unwrap();
+            assert!(tun.vnet_hdr());
+            // Every kernel since 2.6.27 has TSO on TUN; USO came with 6.2.
+            assert!(tun.offloads().tso, "{:?}", tun.offloads());
+            ip(&["addr", "add", "192.0.2.1/24", "dev", "wgo0"]);
+            tun.set_up(true).unwrap();
+            eprintln!("offloads: {:?}", tun.offloads());
+
+            // A write must start with a header; an all-zero one means "complete packet".
+            let mut framed = vec![0u8; VNET_HDR_LEN];
+            framed.extend(icmp_echo_request(PEER, LOCAL, 0x5748, 9));
+            assert_eq!(tun.write(&framed).unwrap(), framed.len());
+            let reply = read_until(&tun, |p| {
+                p.len() > VNET_HDR_LEN && is_echo_reply(&p[VNET_HDR_LEN..], PEER, 0x5748, 9)
+            });
+            // An ICMP reply is never segmented: GSO_NONE.
+            assert_eq!(reply[1], 0, "gso_type of {:?}", &reply[..VNET_HDR_LEN]);
+
+            // The adopted descriptor knows about the header too.
+            let adopted = Tun::from_fd(tun.into_fd()).unwrap();
+            assert!(adopted.vnet_hdr());
+        },
+    );
 }
 
 #[test]

@@ -23,6 +23,9 @@ const SOCKET_WAIT: Duration = Duration::from_secs(15);
 pub enum Impl {
     /// Ours: `wireguard-rs -f IFNAME`.
     Rs,
+    /// Ours on its fallback paths: one packet per TUN read and write, one datagram per
+    /// UDP call, all crypto on the event loop.
+    RsPlain,
     /// `wireguard-go -f IFNAME` (Debian's package).
     Go,
     /// `boringtun-cli -f --disable-drop-privileges IFNAME`.
@@ -34,6 +37,7 @@ impl Impl {
     pub fn name(self) -> &'static str {
         match self {
             Self::Rs => "wireguard-rs",
+            Self::RsPlain => "wireguard-rs (no offloads)",
             Self::Go => "wireguard-go",
             Self::Boringtun => "boringtun",
         }
@@ -45,6 +49,20 @@ impl Impl {
             Self::Rs => (
                 env.rs_bin().into_os_string(),
                 vec!["-f".into(), ifname.into()],
+            ),
+            Self::RsPlain => (
+                env.rs_bin().into_os_string(),
+                [
+                    "-f",
+                    "--no-tun-offload",
+                    "--no-udp-gso",
+                    "--no-udp-gro",
+                    "--crypto-threads",
+                    "0",
+                    ifname,
+                ]
+                .map(String::from)
+                .to_vec(),
             ),
             Self::Go => (
                 find_program("WG_E2E_WIREGUARD_GO", "wireguard-go")?,

@@ -24,7 +24,10 @@ pub mod wgtool;
 
 pub use daemon::{Daemon, Impl};
 pub use env::{Env, SKIP_MESSAGE};
-pub use net::{link_exists, link_stats, ping, ping_fails, ping_ok, tcp_transfer, wait_until};
+pub use net::{
+    LinkCounters, link_counters, link_exists, link_stats, ping, ping_fails, ping_ok, tcp_transfer,
+    wait_until,
+};
 pub use topo::{Pair, PairSpec, Solo, Underlay};
 pub use wg_netns::cmd;
 pub use wg_netns::netns::{self, Namespace, PingStats, VethPair};

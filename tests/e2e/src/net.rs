@@ -157,20 +157,56 @@ pub fn tcp_transfer(
     Ok(())
 }
 
-/// (rx packets, tx packets) of interface `dev` in `ns`, from `ip -s -j link`: what the
-/// kernel saw written to / read from a TUN device by the daemon.
-pub fn link_stats(ns: &Namespace, dev: &str) -> Result<(u64, u64)> {
+/// Packet and byte counters of one interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    /// Packets received (for a TUN device: written to it by the daemon).
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets sent (for a TUN device: read from it by the daemon).
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+impl LinkCounters {
+    /// Counters accumulated since `earlier`.
+    pub fn since(self, earlier: LinkCounters) -> LinkCounters {
+        LinkCounters {
+            rx_packets: self.rx_packets.saturating_sub(earlier.rx_packets),
+            rx_bytes: self.rx_bytes.saturating_sub(earlier.rx_bytes),
+            tx_packets: self.tx_packets.saturating_sub(earlier.tx_packets),
+            tx_bytes: self.tx_bytes.saturating_sub(earlier.tx_bytes),
+        }
+    }
+}
+
+/// The counters of interface `dev` in `ns`, from `ip -s -j link`. The kernel counts one
+/// packet per buffer handed over, so a super-packet counts once with all its bytes.
+pub fn link_counters(ns: &Namespace, dev: &str) -> Result<LinkCounters> {
     let mut c = ns.command("ip", &["-s", "-j", "link", "show", "dev", dev]);
     let out = cmd::checked(&mut c, SHORT)?;
     let v: serde_json::Value = serde_json::from_str(&out).context("`ip -j` printed bad JSON")?;
     let stats = &v[0]["stats64"];
-    let rx = stats["rx"]["packets"]
-        .as_u64()
-        .with_context(|| format!("no rx packets in {out}"))?;
-    let tx = stats["tx"]["packets"]
-        .as_u64()
-        .with_context(|| format!("no tx packets in {out}"))?;
-    Ok((rx, tx))
+    let field = |dir: &str, what: &str| {
+        stats[dir][what]
+            .as_u64()
+            .with_context(|| format!("no {dir} {what} in {out}"))
+    };
+    Ok(LinkCounters {
+        rx_packets: field("rx", "packets")?,
+        rx_bytes: field("rx", "bytes")?,
+        tx_packets: field("tx", "packets")?,
+        tx_bytes: field("tx", "bytes")?,
+    })
+}
+
+/// (rx packets, tx packets) of interface `dev` in `ns`: what the kernel saw written to /
+/// read from a TUN device by the daemon.
+pub fn link_stats(ns: &Namespace, dev: &str) -> Result<(u64, u64)> {
+    let c = link_counters(ns, dev)?;
+    Ok((c.rx_packets, c.tx_packets))
 }
 
 /// MTU of `dev` in `ns`.

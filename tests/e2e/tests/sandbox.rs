@@ -697,7 +697,7 @@ impl Embedded {
                         .map_err(|e| format!("creating TUN {name}: {e}"))?;
                     let uapi: UnixListener = wg_uapi::bind_listener(&name)
                         .map_err(|e| format!("binding the UAPI socket: {e}"))?;
-                    let sockets = wg_monitor::sockets::bind(0, 0)
+                    let sockets = wg_monitor::sockets::bind(0, 0, Default::default())
                         .map_err(|e| format!("binding UDP sockets: {e}"))?;
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
