@@ -36,11 +36,14 @@ impl Keypair {
 }
 
 /// The three keypair slots of a peer.
+///
+/// Each keypair is boxed: with its 1 KiB replay window inline, three empty slots would
+/// cost every idle peer 3 KiB (30 MiB for 10,000 peers); boxed they cost three pointers.
 #[derive(Default)]
 pub(crate) struct Keypairs {
-    pub(crate) current: Option<Keypair>,
-    pub(crate) previous: Option<Keypair>,
-    pub(crate) next: Option<Keypair>,
+    pub(crate) current: Option<Box<Keypair>>,
+    pub(crate) previous: Option<Box<Keypair>>,
+    pub(crate) next: Option<Box<Keypair>>,
 }
 
 impl Keypairs {
@@ -48,7 +51,8 @@ impl Keypairs {
     /// confirmed (it just received the response) and becomes current; a responder's waits in
     /// `next`. Returns the local indices of keypairs that are gone.
     pub(crate) fn install(&mut self, keypair: Keypair, retired: &mut Vec<u32>) {
-        let mut retire = |k: Option<Keypair>| {
+        let keypair = Box::new(keypair);
+        let mut retire = |k: Option<Box<Keypair>>| {
             if let Some(k) = k {
                 retired.push(k.local_index);
             }
@@ -83,14 +87,14 @@ impl Keypairs {
     pub(crate) fn find_mut(&mut self, local_index: u32) -> Option<&mut Keypair> {
         [&mut self.current, &mut self.previous, &mut self.next]
             .into_iter()
-            .filter_map(Option::as_mut)
+            .filter_map(Option::as_deref_mut)
             .find(|k| k.local_index == local_index)
     }
 
     pub(crate) fn find(&self, local_index: u32) -> Option<&Keypair> {
         [&self.current, &self.previous, &self.next]
             .into_iter()
-            .filter_map(Option::as_ref)
+            .filter_map(Option::as_deref)
             .find(|k| k.local_index == local_index)
     }
 
