@@ -575,7 +575,9 @@ mod tests {
     fn counts_get_no_ratio() {
         let mut r = results();
         r.samples[0].values.insert("tcp1_retransmits".into(), 1.0);
-        r.samples[1].values.insert("tcp1_retransmits".into(), 5000.0);
+        r.samples[1]
+            .values
+            .insert("tcp1_retransmits".into(), 5000.0);
         let text = r.render_text();
         let line = text
             .lines()
@@ -583,7 +585,11 @@ mod tests {
             .unwrap();
         assert!(line.ends_with("5000") && !line.contains("(x"), "{line}");
         let v = r.to_json(&serde_json::Map::new());
-        assert!(v["ratios"]["wireguard-go"].get("tcp1_retransmits").is_none());
+        assert!(
+            v["ratios"]["wireguard-go"]
+                .get("tcp1_retransmits")
+                .is_none()
+        );
     }
 
     #[test]
