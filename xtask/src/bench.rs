@@ -700,7 +700,19 @@ fn tunnel(root: &Path, args: &BenchArgs, plan: &TunnelPlan) -> Result<()> {
         flood_exe,
         hs_window: plan.hs_window,
     };
-    let per_round = opts.impls.len() as u64 * (u64::from(opts.duration) * 3 + 35);
+    // Measured: a daemon takes about 3 x duration + 20 s per round (start, pings, the
+    // single-daemon tests), plain veth 3 x duration + 5 s.
+    let per_round: u64 = opts
+        .impls
+        .iter()
+        .map(|i| {
+            u64::from(opts.duration) * 3
+                + match i.kind {
+                    impls::Kind::Plain => 5,
+                    impls::Kind::Daemon(_) => 20,
+                }
+        })
+        .sum();
     println!(
         "bench: measuring {} over {} round(s), about {} min",
         opts.impls
