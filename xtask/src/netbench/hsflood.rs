@@ -177,6 +177,8 @@ struct Counts {
     late_responses: u64,
     unknown: u64,
     lost: u64,
+    /// Lost although sent again with MAC2 after a cookie reply.
+    lost_after_cookie: u64,
     send_errors: u64,
 }
 
@@ -393,12 +395,15 @@ pub(crate) fn run(args: &FloodArgs) -> Result<()> {
         }
         let now = Instant::now();
         for init in inits.iter_mut().take(next) {
-            if let State::Outstanding { since, .. } = init.state
+            if let State::Outstanding { since, resends } = init.state
                 && now.saturating_duration_since(since) >= timeout
             {
                 init.state = State::Lost;
                 outstanding -= 1;
                 c.lost += 1;
+                if resends > 0 {
+                    c.lost_after_cookie += 1;
+                }
             }
         }
     }
@@ -436,6 +441,7 @@ pub(crate) fn run(args: &FloodArgs) -> Result<()> {
         "late_responses": c.late_responses,
         "valid_responses": valid,
         "lost": c.lost,
+        "lost_after_cookie": c.lost_after_cookie,
         "unanswered_at_stop": still_outstanding,
         "send_errors": c.send_errors,
         "other_datagrams": c.unknown,
