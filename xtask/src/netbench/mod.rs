@@ -444,7 +444,15 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
         ),
         Err(e) => eprintln!("bench: could not write the results: {e:#}"),
     }
-    outcome
+    outcome?;
+    if !failed.is_empty() {
+        bail!(
+            "{} part(s) of the benchmark failed (recorded with --keep-going; see Failures \
+             above and the daemon logs)",
+            failed.len()
+        );
+    }
+    Ok(())
 }
 
 fn markdown_header(opts: &Options, results: &Results, error: Option<&anyhow::Error>) -> String {
@@ -528,19 +536,12 @@ fn with_hosts(opts: &Options, names: &RunNames, logs: &Path, results: &mut Resul
                 ..Sample::default()
             };
             let r = trial(&ctx, imp, round, &mut sample);
-            let failed = r.as_ref().err().map(|e| format!("{e:#}"));
-            if let Some(e) = &failed {
-                sample.errors.push(e.clone());
+            if let Err(e) = &r {
+                sample.errors.push(format!("{e:#}"));
             }
             results.samples.push(sample);
             if let Err(e) = r {
-                if cmd::interrupted() || !opts.keep_going {
-                    return Err(e.context(format!("{} failed in round {round}", imp.label)));
-                }
-                eprintln!(
-                    "bench: {} failed in round {round} (recorded, continuing: --keep-going): {e:#}",
-                    imp.label
-                );
+                return Err(e.context(format!("{} failed in round {round}", imp.label)));
             }
         }
     }
@@ -548,32 +549,41 @@ fn with_hosts(opts: &Options, names: &RunNames, logs: &Path, results: &mut Resul
 }
 
 /// One implementation in one round: the tunnel tests, then the single-daemon tests.
+/// With `--keep-going`, a failing part is recorded in `sample.errors` (and printed) and
+/// the next part still runs; otherwise, or on Ctrl-C, the error is returned.
 fn trial(ctx: &Ctx<'_>, imp: &Impl, round: u32, sample: &mut Sample) -> Result<()> {
     let tests = ctx.opts.tests;
+    let mut parts: Vec<Result<()>> = Vec::new();
     match &imp.kind {
         Kind::Plain => {
             if tests.tunnel() {
-                traffic_tests(ctx, imp, round, sample, UNDERLAY_B, None)?;
+                parts.push(traffic_tests(ctx, imp, round, sample, UNDERLAY_B, None));
             }
         }
         Kind::Daemon(template) => {
-            let mut first_error = None;
             if tests.tunnel() {
-                // A failed tunnel does not stop the single-daemon tests of this trial under
-                // --keep-going; the error is returned at the end.
-                if let Err(e) = tunnel_trial(ctx, imp, template, round, sample) {
-                    if cmd::interrupted() || !ctx.opts.keep_going {
-                        return Err(e);
-                    }
-                    first_error = Some(e);
+                let r = tunnel_trial(ctx, imp, template, round, sample);
+                let fatal = r.is_err() && (cmd::interrupted() || !ctx.opts.keep_going);
+                parts.push(r);
+                if fatal {
+                    return parts.pop().unwrap_or(Ok(()));
                 }
             }
             if tests.rss || tests.hs {
-                memory_trial(ctx, imp, template, round, sample)?;
+                parts.push(memory_trial(ctx, imp, template, round, sample));
             }
-            if let Some(e) = first_error {
+        }
+    }
+    for r in parts {
+        if let Err(e) = r {
+            if cmd::interrupted() || !ctx.opts.keep_going {
                 return Err(e);
             }
+            eprintln!(
+                "bench: {} failed in round {round} (recorded, continuing: --keep-going): {e:#}",
+                imp.label
+            );
+            sample.errors.push(format!("{e:#}"));
         }
     }
     Ok(())
