@@ -81,16 +81,19 @@ impl Tests {
         hs: true,
     };
 
+    /// No test.
+    const NONE: Self = Self {
+        ping: false,
+        tcp1: false,
+        tcp4: false,
+        udp: false,
+        rss: false,
+        hs: false,
+    };
+
     /// Parses `ping,tcp1,tcp4,udp,rss,hs` (any subset).
     pub(crate) fn parse(list: &str) -> Result<Self> {
-        let mut t = Self {
-            ping: false,
-            tcp1: false,
-            tcp4: false,
-            udp: false,
-            rss: false,
-            hs: false,
-        };
+        let mut t = Self::NONE;
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match item {
                 "ping" => t.ping = true,
@@ -102,21 +105,10 @@ impl Tests {
                 other => bail!("unknown test {other:?}; the tests are ping,tcp1,tcp4,udp,rss,hs"),
             }
         }
-        if t == Self::parse_none() {
+        if t == Self::NONE {
             bail!("--tests names no test");
         }
         Ok(t)
-    }
-
-    fn parse_none() -> Self {
-        Self {
-            ping: false,
-            tcp1: false,
-            tcp4: false,
-            udp: false,
-            rss: false,
-            hs: false,
-        }
     }
 
     /// Whether a tunnel pair is needed (anything but the single-daemon tests).
@@ -385,10 +377,13 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             "tests": format!("{:?}", opts.tests), "rss_peers": opts.rss_peers,
             "hs_peers": HS_PEERS, "hs_initiations": HS_INITIATIONS, "hs_seconds": HS_SECONDS,
             "hs_flood_binary": opts.flood_exe, "hs_window": opts.hs_window,
-            "implementations": opts.impls.iter().map(|i| json!({
-                "label": i.label,
-                "command": match &i.kind { Kind::Daemon(t) => t.as_str(), Kind::Plain => "(none: plain veth)" },
-            })).collect::<Vec<_>>(),
+            "implementations": opts.impls.iter().map(|i| {
+                let command = match &i.kind {
+                    Kind::Daemon(t) => t.as_str(),
+                    Kind::Plain => "(none: plain veth)",
+                };
+                json!({"label": i.label, "command": command})
+            }).collect::<Vec<_>>(),
         }),
     );
     meta.insert(
