@@ -2,7 +2,7 @@
 //! key process, the monitor and the earliest timer, and feeds each event to the sans-IO
 //! router and timers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
@@ -54,6 +54,9 @@ const BATCH: usize = 16;
 const TUN_READS: usize = 64;
 /// Segments sent per wakeup from the TUN side before the loop looks elsewhere.
 const TUN_SEGMENTS: usize = 256;
+/// Handshake messages waiting for keyd beyond which new ones are dropped (wireguard-go's
+/// handshake queue holds 1024 as well).
+const MAX_KEYD_BACKLOG: usize = 1024;
 /// Peers per stats message, keeping each well under the IPC size limit.
 const STATS_CHUNK: usize = 256;
 
@@ -110,6 +113,8 @@ enum Event {
     /// A UDP socket became readable.
     Udp(Family, std::io::Result<()>),
     Keyd(Result<Received<KeydToDatad>, IpcError>),
+    /// keyd's socket can take the queued messages again.
+    KeydWritable(Result<(), IpcError>),
     Monitor(Result<Received<MonitorToDatad>, IpcError>),
     Timer,
 }
@@ -145,7 +150,9 @@ struct Daemon {
     rx_cmsg: Vec<u8>,
     /// Decrypted TCP segments coalesced before the TUN write (virtio-net header only).
     gro: wg_offload::Gro,
-    to_keyd: Vec<DatadToKeyd>,
+    /// Messages for keyd not yet taken by its socket: the loop never waits on keyd (which
+    /// may itself be waiting for us to read), it keeps serving and sends when keyd reads.
+    to_keyd: VecDeque<DatadToKeyd>,
     rng: rand::rngs::StdRng,
     deadline_cache: DeadlineCache,
 }
@@ -163,6 +170,15 @@ async fn readable(socket: Option<&UdpSocket>) -> std::io::Result<()> {
     match socket {
         Some(s) => s.readable().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Waits until keyd's socket has room, if there is something to send.
+async fn keyd_writable(keyd: &Channel, waiting: bool) -> Result<(), IpcError> {
+    if waiting {
+        keyd.writable().await
+    } else {
+        std::future::pending().await
     }
 }
 
@@ -234,7 +250,7 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
         rx_buf: vec![0; MAX_PACKET],
         rx_cmsg: udp::gro_cmsg_buffer(),
         gro: wg_offload::Gro::new(),
-        to_keyd: Vec::new(),
+        to_keyd: VecDeque::new(),
         rng: rand::make_rng(),
         deadline_cache: DeadlineCache::default(),
     };
@@ -245,6 +261,7 @@ impl Daemon {
     async fn run(&mut self) -> Result<Exit, DatadError> {
         loop {
             let deadline = self.next_deadline(Instant::now());
+            let keyd_backlog = !self.to_keyd.is_empty();
             let event = {
                 let io = &self.io;
                 tokio::select! {
@@ -252,6 +269,7 @@ impl Daemon {
                     r = io.udp4.readable() => Event::Udp(Family::V4, r),
                     r = readable(io.udp6.as_ref()) => Event::Udp(Family::V6, r),
                     m = io.keyd.recv::<KeydToDatad>() => Event::Keyd(m),
+                    r = keyd_writable(&io.keyd, keyd_backlog) => Event::KeydWritable(r),
                     m = recv_monitor(io.monitor.as_ref()) => Event::Monitor(m),
                     () = sleep_until(deadline) => Event::Timer,
                 }
@@ -280,12 +298,15 @@ impl Daemon {
                     tracing::debug!("UDP receive error: {e}");
                 }
                 Event::Keyd(Ok(m)) => self.on_keyd(m.msg, now).await?,
-                Event::Keyd(Err(e)) => return Err(DatadError::Keyd(e)),
+                Event::Keyd(Err(e)) | Event::KeydWritable(Err(e)) => {
+                    return Err(DatadError::Keyd(e));
+                }
+                Event::KeydWritable(Ok(())) => {}
                 Event::Monitor(Ok(m)) => self.on_monitor(m)?,
                 Event::Monitor(Err(e)) => return Err(DatadError::Monitor(e)),
                 Event::Timer => self.on_timers(now).await,
             }
-            self.flush_to_keyd().await?;
+            self.flush_to_keyd()?;
         }
     }
 
@@ -575,20 +596,31 @@ impl Daemon {
         [cache.earliest, rescan].into_iter().flatten().min()
     }
 
-    async fn flush_to_keyd(&mut self) -> Result<(), DatadError> {
+    /// Hands keyd what it can take now; the rest waits for its socket to drain.
+    fn flush_to_keyd(&mut self) -> Result<(), DatadError> {
         let retired: Vec<u32> = self.router.drain_retired_indices().collect();
         if !retired.is_empty() {
             self.to_keyd
-                .push(DatadToKeyd::RetiredIndices { indices: retired });
+                .push_back(DatadToKeyd::RetiredIndices { indices: retired });
         }
-        for msg in self.to_keyd.drain(..) {
-            self.io
-                .keyd
-                .send(&msg, &[])
-                .await
-                .map_err(DatadError::Keyd)?;
+        while let Some(msg) = self.to_keyd.front() {
+            if !self.io.keyd.try_send(msg).map_err(DatadError::Keyd)? {
+                break;
+            }
+            self.to_keyd.pop_front();
         }
         Ok(())
+    }
+
+    /// Queues a handshake message for keyd, unless keyd is that far behind: then it is
+    /// dropped, as wireguard-go drops what its full handshake queue cannot take (the
+    /// initiator retries), so a flood costs bounded memory.
+    fn handshake_to_keyd(&mut self, msg: DatadToKeyd) {
+        if self.to_keyd.len() >= MAX_KEYD_BACKLOG {
+            tracing::debug!("key process busy: handshake message dropped");
+            return;
+        }
+        self.to_keyd.push_back(msg);
     }
 
     /// Sends one datagram; drops it (with a debug log) if the family has no socket.
@@ -621,7 +653,7 @@ impl Daemon {
         if let Some(slot) = self.slots.get_mut(&peer)
             && slot.timers.want_handshake(now)
         {
-            self.to_keyd.push(DatadToKeyd::WantHandshake {
+            self.to_keyd.push_back(DatadToKeyd::WantHandshake {
                 public_key: slot.public_key,
                 retry: false,
             });
@@ -665,7 +697,7 @@ impl Daemon {
                             return;
                         }
                         self.load.record(now);
-                        self.to_keyd.push(DatadToKeyd::Handshake {
+                        self.handshake_to_keyd(DatadToKeyd::Handshake {
                             message: datagram.to_vec(),
                             source: src,
                         });
@@ -677,7 +709,7 @@ impl Daemon {
                     return;
                 };
                 if self.by_handshake_index.contains_key(&reply.receiver_index) {
-                    self.to_keyd.push(DatadToKeyd::CookieReply {
+                    self.handshake_to_keyd(DatadToKeyd::CookieReply {
                         message: datagram.to_vec(),
                     });
                 }
@@ -969,14 +1001,14 @@ impl Daemon {
             .collect();
         let mut chunks = peers.chunks(STATS_CHUNK).peekable();
         if chunks.peek().is_none() {
-            self.to_keyd.push(DatadToKeyd::Stats {
+            self.to_keyd.push_back(DatadToKeyd::Stats {
                 request,
                 peers: Vec::new(),
                 done: true,
             });
         }
         while let Some(chunk) = chunks.next() {
-            self.to_keyd.push(DatadToKeyd::Stats {
+            self.to_keyd.push_back(DatadToKeyd::Stats {
                 request,
                 peers: chunk.to_vec(),
                 done: chunks.peek().is_none(),
@@ -1000,13 +1032,13 @@ impl Daemon {
                 match action {
                     TimerAction::SendInitiation { retry } => {
                         self.to_keyd
-                            .push(DatadToKeyd::WantHandshake { public_key, retry });
+                            .push_back(DatadToKeyd::WantHandshake { public_key, retry });
                     }
                     TimerAction::SendKeepalive => self.send_keepalive(peer, now).await,
                     TimerAction::GiveUp => self.router.clear_staged(peer),
                     TimerAction::ZeroKeyMaterial => {
                         self.router.clear_keypairs(peer);
-                        self.to_keyd.push(DatadToKeyd::ZeroKeys { public_key });
+                        self.to_keyd.push_back(DatadToKeyd::ZeroKeys { public_key });
                     }
                 }
             }

@@ -150,7 +150,7 @@ impl Channel {
                     });
                     match sent {
                         Ok(Ok(_)) => return Ok(()),
-                        Ok(Err(e)) if e.raw_os_error() == Some(libc_epipe()) => {
+                        Ok(Err(e)) if is_closed(&e) => {
                             return Err(IpcError::Closed);
                         }
                         Ok(Err(e)) => return Err(e.into()),
@@ -168,6 +168,51 @@ impl Channel {
         }
     }
 
+    /// Sends one message (no descriptors) without waiting: `Ok(false)` when the other
+    /// end's queue is full and nothing was sent, so the caller can keep serving its other
+    /// sources (two processes that each block on sending to the other deadlock) and retry
+    /// once [`Channel::writable`] returns.
+    pub fn try_send<T: Serialize>(&self, msg: &T) -> Result<bool, IpcError> {
+        let bytes = encode(msg)?;
+        match &self.transport {
+            Transport::Seqpacket(fd) => {
+                let sent = fd.try_io(Interest::WRITABLE, |inner| {
+                    sendmsg::<()>(
+                        inner.as_raw_fd(),
+                        &[IoSlice::new(&bytes)],
+                        &[],
+                        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                        None,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+                match sent {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) if is_closed(&e) => Err(IpcError::Closed),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Transport::Memory { tx, .. } => match tx.try_send((bytes, Vec::new())) {
+                Ok(()) => Ok(true),
+                Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(IpcError::Closed),
+            },
+        }
+    }
+
+    /// Waits until [`Channel::try_send`] may succeed again.
+    pub async fn writable(&self) -> Result<(), IpcError> {
+        match &self.transport {
+            // The guard is dropped without clearing: readiness is cleared only by a
+            // `try_send` that really found the queue full.
+            Transport::Seqpacket(fd) => fd.writable().await.map(drop).map_err(Into::into),
+            Transport::Memory { tx, .. } => {
+                tx.reserve().await.map(drop).map_err(|_| IpcError::Closed)
+            }
+        }
+    }
+
     /// Receives and decodes one message. Any error means the channel is finished.
     pub async fn recv<T: DeserializeOwned>(&self) -> Result<Received<T>, IpcError> {
         let (bytes, fds) = match &self.transport {
@@ -181,8 +226,13 @@ impl Channel {
     }
 }
 
-fn libc_epipe() -> i32 {
-    nix::errno::Errno::EPIPE as i32
+/// The other end is gone: `EPIPE`, or `ECONNRESET` when it left messages unread.
+fn is_closed(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EPIPE | Errno::ECONNRESET)
+    )
 }
 
 async fn recv_frame(fd: &AsyncFd<OwnedFd>) -> Result<Frame, IpcError> {

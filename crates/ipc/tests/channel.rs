@@ -75,3 +75,48 @@ async fn garbage_and_oversized_datagrams_are_errors() {
     ));
     drop(x);
 }
+
+/// `try_send` never waits: it reports a full queue, `writable` waits until the reader
+/// drained some, and nothing is lost or reordered.
+async fn try_send_reports_a_full_queue(a: Channel, b: Channel) {
+    let msg = |i: u32| DatadToKeyd::Stats {
+        request: i,
+        peers: Vec::new(),
+        done: true,
+    };
+    // A fresh socket's readiness is unknown until the reactor has looked at it.
+    a.writable().await.unwrap();
+    let mut sent = 0u32;
+    while a.try_send(&msg(sent)).unwrap() {
+        sent += 1;
+        assert!(sent < 1_000_000, "the queue never filled");
+    }
+    assert!(sent > 0);
+    // Full now: a writable() wait must not finish before the reader makes room.
+    let early = tokio::time::timeout(std::time::Duration::from_millis(50), a.writable()).await;
+    assert!(
+        early.is_err(),
+        "writable() returned while the queue was full"
+    );
+    for i in 0..sent {
+        let got = b.recv::<DatadToKeyd>().await.unwrap();
+        assert!(matches!(got.msg, DatadToKeyd::Stats { request, .. } if request == i));
+    }
+    a.writable().await.unwrap();
+    assert!(a.try_send(&msg(sent)).unwrap());
+    drop(b);
+    let after = a.try_send(&msg(0));
+    assert!(matches!(after, Err(IpcError::Closed)), "{after:?}");
+}
+
+#[tokio::test]
+async fn seqpacket_try_send_reports_a_full_queue() {
+    let (x, y) = seqpacket_pair().unwrap();
+    try_send_reports_a_full_queue(Channel::from_fd(x).unwrap(), Channel::from_fd(y).unwrap()).await;
+}
+
+#[tokio::test]
+async fn memory_try_send_reports_a_full_queue() {
+    let (a, b) = Channel::memory_pair();
+    try_send_reports_a_full_queue(a, b).await;
+}
