@@ -54,7 +54,8 @@ struct Cli {
     #[arg(long)]
     no_udp_gro: bool,
     /// Threads besides the data plane's event loop that share encryption and decryption
-    /// (default: one per further core, at most 7; 0 keeps it all on one thread).
+    /// (default: half the cores minus one, at most 7, so none on 1-3 cores; 0 keeps it all
+    /// on one thread).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
     crypto_threads: Option<u16>,
     /// Internal: run as the spawner of data planes (started by the monitor itself).

@@ -182,9 +182,30 @@ pub fn init_logging(process: &'static str) {
 /// event loop cannot keep them busy.
 const MAX_DEFAULT_CRYPTO_THREADS: usize = 7;
 
-/// The data plane's default number of crypto helper threads: one per core besides the
-/// event loop's, at most [`MAX_DEFAULT_CRYPTO_THREADS`].
+/// The data plane's default number of crypto helper threads: half the cores, minus the
+/// event loop's, at most [`MAX_DEFAULT_CRYPTO_THREADS`]; none on one or two cores. The
+/// other half is left to the kernel's share of each packet (TUN and UDP copies, TCP) and
+/// to the applications: on a 2-core machine one helper thread cost a quarter of the
+/// throughput and a third more CPU per byte (`docs/benchmarks.md`).
 pub fn default_crypto_threads() -> u16 {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    u16::try_from(cores.saturating_sub(1).min(MAX_DEFAULT_CRYPTO_THREADS)).unwrap_or(0)
+    crypto_threads_for(cores)
+}
+
+fn crypto_threads_for(cores: usize) -> u16 {
+    let helpers = (cores / 2)
+        .saturating_sub(1)
+        .min(MAX_DEFAULT_CRYPTO_THREADS);
+    u16::try_from(helpers).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod crypto_thread_tests {
+    use super::crypto_threads_for;
+
+    #[test]
+    fn half_the_cores_minus_the_event_loop() {
+        let picks: Vec<u16> = [1, 2, 3, 4, 8, 16, 64].map(crypto_threads_for).to_vec();
+        assert_eq!(picks, [0, 0, 0, 1, 3, 7, 7]);
+    }
 }

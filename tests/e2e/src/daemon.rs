@@ -26,6 +26,9 @@ pub enum Impl {
     /// Ours on its fallback paths: one packet per TUN read and write, one datagram per
     /// UDP call, all crypto on the event loop.
     RsPlain,
+    /// Ours with three crypto helper threads whatever the machine (the default on small
+    /// machines is none).
+    RsThreads,
     /// `wireguard-go -f IFNAME` (Debian's package).
     Go,
     /// `boringtun-cli -f --disable-drop-privileges IFNAME`.
@@ -38,6 +41,7 @@ impl Impl {
         match self {
             Self::Rs => "wireguard-rs",
             Self::RsPlain => "wireguard-rs (no offloads)",
+            Self::RsThreads => "wireguard-rs (3 crypto threads)",
             Self::Go => "wireguard-go",
             Self::Boringtun => "boringtun",
         }
@@ -63,6 +67,12 @@ impl Impl {
                 ]
                 .map(String::from)
                 .to_vec(),
+            ),
+            Self::RsThreads => (
+                env.rs_bin().into_os_string(),
+                ["-f", "--crypto-threads", "3", ifname]
+                    .map(String::from)
+                    .to_vec(),
             ),
             Self::Go => (
                 find_program("WG_E2E_WIREGUARD_GO", "wireguard-go")?,

@@ -50,7 +50,8 @@ fn transfer(env: &Env, kind: Impl) -> Result<(LinkCounters, LinkCounters, LinkCo
 #[test]
 fn a_transfer_moves_as_super_packets_and_segmented_sends() -> Result<()> {
     let env = setup!("ofl");
-    let (tun_a, veth_a, tun_b) = transfer(&env, Impl::Rs)?;
+    // With helper threads, so the batches' crypto is really spread over threads.
+    let (tun_a, veth_a, tun_b) = transfer(&env, Impl::RsThreads)?;
     println!("A TUN tx {tun_a:?}\nA veth tx {veth_a:?}\nB TUN rx {tun_b:?}");
     ensure!(
         tun_a.tx_bytes >= TCP_BYTES && tun_b.rx_bytes >= TCP_BYTES,
