@@ -1,8 +1,8 @@
-//! RFC 1071 Internet checksum arithmetic, 8 bytes per step.
+//! RFC 1071 Internet checksum arithmetic, vectorisable.
 //!
-//! The ones'-complement sum does not depend on how the words are grouped (RFC 1071 §2), so
-//! eight bytes are added at a time as one big-endian `u64` with an end-around carry and
-//! folded to 16 bits at the end.
+//! The ones'-complement sum depends neither on how the words are grouped nor (up to a final
+//! byte swap) on byte order (RFC 1071 §2), so the bulk is added as native 32-bit words in a
+//! 64-bit accumulator and folded to 16 bits at the end.
 
 /// The folded ones'-complement sum (RFC 1071) of `data`, read as big-endian 16-bit words
 /// with an odd last byte padded by a zero byte, plus `initial`. Not complemented: the value
@@ -34,17 +34,28 @@ fn add(acc: u64, value: u64) -> u64 {
     total + u64::from(carry)
 }
 
-/// Adds `data` to the running 64-bit ones'-complement sum `acc`.
+/// Adds `data` to the running 64-bit ones'-complement sum `acc` (big-endian words).
+///
+/// The bulk is summed as native-endian 32-bit words into a plain `u64`, with no carry to
+/// propagate (64 KiB of words cannot overflow it), which the compiler turns into vector
+/// adds; the ones'-complement sum does not depend on byte order except for a final byte
+/// swap (RFC 1071 §2(B)), applied after folding.
 #[inline]
 pub(crate) fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        acc = add(acc, u64::from_be_bytes(word));
-    }
-    // Up to 7 bytes left: place them as the high bytes of one more big-endian word, which
-    // keeps each byte at its position within a 16-bit word (the start was 8-aligned).
+    let mut chunks = data.chunks_exact(4);
+    let native: u64 = chunks
+        .by_ref()
+        .map(|c| u64::from(<[u8; 4]>::try_from(c).map_or(0, u32::from_ne_bytes)))
+        .sum();
+    let folded = fold(native);
+    let big_endian = if cfg!(target_endian = "little") {
+        folded.swap_bytes()
+    } else {
+        folded
+    };
+    acc = add(acc, u64::from(big_endian));
+    // Up to 3 bytes left: place them as the high bytes of one more big-endian word, which
+    // keeps each byte at its position within a 16-bit word (the rest starts 4-aligned).
     let rest = chunks.remainder();
     if !rest.is_empty() {
         let mut word = [0u8; 8];
