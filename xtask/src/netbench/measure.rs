@@ -51,6 +51,8 @@ pub(crate) fn parse_iperf_tcp(v: &Value) -> Result<Tcp> {
 pub(crate) struct Udp {
     /// Datagrams the server received per second.
     pub(crate) rx_pps: f64,
+    /// Datagrams the server received (`packets - lost_packets`): the packets delivered.
+    pub(crate) rx_packets: f64,
     /// Datagrams the client sent per second.
     pub(crate) tx_pps: f64,
     /// Lost datagrams in percent, as the server counted them.
@@ -85,11 +87,30 @@ pub(crate) fn parse_iperf_udp(v: &Value) -> Result<Udp> {
     if seconds <= 0.0 || tx_seconds <= 0.0 {
         bail!("iperf3 UDP test lasted 0 s");
     }
+    let rx_packets = (packets - lost).max(0.0);
     Ok(Udp {
-        rx_pps: (packets - lost).max(0.0) / seconds,
+        rx_pps: rx_packets / seconds,
+        rx_packets,
         tx_pps: num(sent, "packets")? / tx_seconds,
         loss_pct: rcv["lost_percent"].as_f64().unwrap_or(0.0),
     })
+}
+
+/// Daemon CPU per unit of work delivered: `cpu / delivered` (CPU seconds per GB, CPU
+/// microseconds per packet, …). `None` when nothing was delivered (or a figure is not a
+/// finite number): a cost per unit is meaningless then, and the row is left empty rather
+/// than infinite.
+pub(crate) fn cpu_per_delivered(cpu: f64, delivered: f64) -> Option<f64> {
+    (cpu.is_finite() && cpu >= 0.0 && delivered.is_finite() && delivered > 0.0)
+        .then(|| cpu / delivered)
+}
+
+/// Daemon CPU in microseconds per packet the iperf3 server received, from daemon CPU
+/// seconds over the test and the UDP summary. Only delivered packets count: a flood
+/// (`-b 0`) offers more than any tunnel carries, and the CPU spent on packets lost on the
+/// way is part of what each delivered one cost.
+pub(crate) fn cpu_us_per_udp_packet(cpu_s: f64, udp: &Udp) -> Option<f64> {
+    cpu_per_delivered(cpu_s * 1e6, udp.rx_packets)
 }
 
 /// Round-trip times (ms) of each reply line of iputils ping (`time=0.123 ms`).
@@ -384,12 +405,46 @@ mod tests {
         }});
         let u = parse_iperf_udp(&v).unwrap();
         assert!((u.rx_pps - 130_000.0).abs() < 1e-6);
+        assert!((u.rx_packets - 260_000.0).abs() < 1e-9);
         assert!((u.tx_pps - 266_900.0).abs() < 1e-6);
         assert!((u.loss_pct - 2.59).abs() < 1e-9);
         let old = json!({"end": {"sum": {"seconds": 2.0, "packets": 100, "lost_packets": 50, "lost_percent": 50.0}}});
         let u = parse_iperf_udp(&old).unwrap();
         assert!((u.rx_pps - 25.0).abs() < 1e-9);
+        assert!((u.rx_packets - 50.0).abs() < 1e-9);
         assert!((u.tx_pps - 50.0).abs() < 1e-9);
+        // More lost than sent (iperf3 counts sequence gaps): nothing delivered, not < 0.
+        let odd = json!({"end": {"sum": {"seconds": 1.0, "packets": 10, "lost_packets": 12}}});
+        assert_eq!(parse_iperf_udp(&odd).unwrap().rx_packets, 0.0);
+    }
+
+    #[test]
+    fn cpu_per_delivered_unit() {
+        assert_eq!(cpu_per_delivered(3.0, 2.0), Some(1.5));
+        assert_eq!(cpu_per_delivered(0.0, 5.0), Some(0.0));
+        assert_eq!(cpu_per_delivered(3.0, 0.0), None);
+        assert_eq!(cpu_per_delivered(3.0, -1.0), None);
+        assert_eq!(cpu_per_delivered(f64::NAN, 1.0), None);
+        assert_eq!(cpu_per_delivered(1.0, f64::INFINITY), None);
+    }
+
+    #[test]
+    fn cpu_per_udp_packet_counts_delivered_packets_only() {
+        // 6 s flood: 3,000,000 sent, 1,800,000 lost, so 1,200,000 delivered; both daemon
+        // trees used 9 CPU-s together: 7.5 us per delivered packet (not 3 us per sent one).
+        let u = Udp {
+            rx_pps: 200_000.0,
+            rx_packets: 1_200_000.0,
+            tx_pps: 500_000.0,
+            loss_pct: 60.0,
+        };
+        let us = cpu_us_per_udp_packet(9.0, &u).unwrap();
+        assert!((us - 7.5).abs() < 1e-9, "{us}");
+        let none = Udp {
+            rx_packets: 0.0,
+            ..u
+        };
+        assert_eq!(cpu_us_per_udp_packet(9.0, &none), None);
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! each implementation (interleaved: A B C A B C …): a fresh daemon at each end, configured
 //! with `wg setconf` over its UAPI socket, then the first ping (handshake included), idle
 //! ping, iperf3 TCP with 1 stream (ping running alongside) and 4 streams, iperf3 UDP with
-//! 64-byte datagrams, CPU per GB and peak RSS over each daemon's whole process tree; then a
-//! fresh daemon in B alone for the idle RSS with 0, 1,000 and 10,000 peers and, with 1,000
-//! peers, the handshake flood ([`hsflood`]). The medians over rounds and the ratios to
-//! wireguard-rs go to the terminal, `results.json` (every raw sample) and `results.md`.
+//! 64-byte datagrams, daemon CPU per GB (TCP) and per packet received (UDP) and peak RSS
+//! over each daemon's whole process tree; then a fresh daemon in B alone for the idle RSS
+//! with 0, 1,000 and 10,000 peers and, with 1,000 peers, the handshake flood ([`hsflood`]).
+//! The medians over rounds and the ratios to wireguard-rs go to the terminal,
+//! `results.json` (every raw sample) and `results.md`.
 //!
 //! Every command is bounded in time; namespaces, daemons (by PID), sockets and key files
 //! are RAII guards, released on success, error and Ctrl-C.
@@ -860,25 +861,40 @@ fn traffic_tests(
     }
 
     if tests.udp {
-        let u = ctx.step(round, label, &format!("udp 64 B ({secs} s)"), || {
+        let (u, cpu_s) = ctx.step(round, label, &format!("udp 64 B ({secs} s)"), || {
             let log = ctx.log_path(round, label, "iperf3-udp-server");
             let server = IperfServer::start(b, &log)?;
+            let before = cpu_mark(&pids);
             let json = measure::iperf_client(a, target, secs, &["-u", "-l", "64", "-b", "0"]);
+            let after = cpu_mark(&pids);
             server.finish();
             let u = measure::parse_iperf_udp(&json?)?;
-            let s = format!(
+            let cpu_s = (!pids.is_empty()).then(|| cpu_between(&before, &after, ctx.tck).0);
+            let mut s = format!(
                 "{:.1} kpackets/s received ({:.1} sent, {:.1} % lost)",
                 u.rx_pps / 1e3,
                 u.tx_pps / 1e3,
                 u.loss_pct
             );
-            Ok((u, s))
+            if let Some(us) = cpu_s.and_then(|c| measure::cpu_us_per_udp_packet(c, &u)) {
+                let _ = write!(s, ", {us:.2} CPU-us/packet received");
+            }
+            Ok(((u, cpu_s), s))
         })?;
         sample.values.insert("udp_rx_kpps".into(), u.rx_pps / 1e3);
         sample.values.insert("udp_loss_pct".into(), u.loss_pct);
+        if let Some(c) = cpu_s {
+            if let Some(us) = measure::cpu_us_per_udp_packet(c, &u) {
+                sample.values.insert(report::UDP_CPU_KEY.into(), us);
+            }
+            sample.details.insert("udp_daemon_cpu_s".into(), json!(c));
+        }
         sample
             .details
             .insert("udp_tx_kpps".into(), json!(u.tx_pps / 1e3));
+        sample
+            .details
+            .insert("udp_received_packets".into(), json!(u.rx_packets));
         alive("udp")?;
         cmd::sleep(PAUSE)?;
     }
@@ -936,8 +952,7 @@ fn tcp_run(
     server.finish();
     let t = measure::parse_iperf_tcp(&json?)?;
     let (cpu_s, busy) = cpu_between(&before, &after, ctx.tck);
-    let gb = t.received_bytes / 1e9;
-    let cpu_per_gb = if gb > 0.0 { cpu_s / gb } else { f64::NAN };
+    let cpu_per_gb = measure::cpu_per_delivered(cpu_s, t.received_bytes / 1e9).unwrap_or(f64::NAN);
     let ping = match load_ping {
         Some(r) => {
             let times = r?;

@@ -69,6 +69,9 @@ fn no_ratio(mut d: MetricDef) -> MetricDef {
     d
 }
 
+/// JSON key of the daemon CPU (both trees) per UDP packet the iperf3 server received, µs.
+pub(crate) const UDP_CPU_KEY: &str = "cpu_us_per_pkt_udp";
+
 /// JSON key of the idle-RSS metric with `n` configured peers.
 pub(crate) fn rss_key(n: u32) -> String {
     format!("rss_idle_{n}_peers_mib")
@@ -132,6 +135,12 @@ pub(crate) fn metric_defs(rss_peers: &[u32]) -> Vec<MetricDef> {
         def(
             "cpu_s_per_gb_tcp4",
             "daemon CPU s per GB, TCP 4 streams",
+            Lower,
+            2,
+        ),
+        def(
+            UDP_CPU_KEY,
+            "daemon CPU per UDP 64 B packet received, us",
             Lower,
             2,
         ),
@@ -590,6 +599,31 @@ mod tests {
                 .get("tcp1_retransmits")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn udp_cpu_per_packet_row_has_ratios_everywhere() {
+        let mut r = results();
+        r.samples[0].values.insert(UDP_CPU_KEY.into(), 4.0);
+        r.samples[2].values.insert(UDP_CPU_KEY.into(), 6.0);
+        r.samples[1].values.insert(UDP_CPU_KEY.into(), 10.0);
+        let m = r.metrics.iter().find(|m| m.key == UDP_CPU_KEY).unwrap();
+        assert!(m.ratio && m.better == Better::Lower);
+        let text = r.render_text();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("daemon CPU per UDP 64 B packet received, us (-)"))
+            .unwrap();
+        assert!(
+            line.contains("5.00") && line.ends_with("10.00 (x2.00)"),
+            "{line}"
+        );
+        assert!(r.render_markdown_table().contains(
+            "| daemon CPU per UDP 64 B packet received, us (-) | 5.00 | 10.00 (x2.00) |"
+        ));
+        let v = r.to_json(&serde_json::Map::new());
+        assert_eq!(v["medians"]["wireguard-rs"][UDP_CPU_KEY], json!(5.0));
+        assert_eq!(v["ratios"]["wireguard-go"][UDP_CPU_KEY], json!(2.0));
     }
 
     #[test]
