@@ -259,8 +259,21 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
 
 impl Daemon {
     async fn run(&mut self) -> Result<Exit, DatadError> {
+        // One timer for the whole loop, moved only when the earliest deadline comes
+        // *earlier* than where it is armed. Every packet re-arms some peer timer a few
+        // seconds ahead; re-registering a tokio timer earlier than the driver's next wake
+        // costs an eventfd write and an extra epoll round per packet, while waking up
+        // early and finding nothing due costs one scan.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
-            let deadline = self.next_deadline(Instant::now());
+            if let Some(deadline) = self.next_deadline(Instant::now())
+                && armed.is_none_or(|at| deadline < at)
+            {
+                timer.as_mut().reset(deadline.into());
+                armed = Some(deadline);
+            }
             let keyd_backlog = !self.to_keyd.is_empty();
             let event = {
                 let io = &self.io;
@@ -271,7 +284,7 @@ impl Daemon {
                     m = io.keyd.recv::<KeydToDatad>() => Event::Keyd(m),
                     r = keyd_writable(&io.keyd, keyd_backlog) => Event::KeydWritable(r),
                     m = recv_monitor(io.monitor.as_ref()) => Event::Monitor(m),
-                    () = sleep_until(deadline) => Event::Timer,
+                    () = &mut timer, if armed.is_some() => Event::Timer,
                 }
             };
             let now = Instant::now();
@@ -279,6 +292,7 @@ impl Daemon {
             if let Event::Timer = event {
                 // Timers fired: the cached earliest deadline is consumed.
                 self.deadline_cache.scanned_at = None;
+                armed = None;
             }
             match event {
                 Event::Tun(Ok(len)) => self.on_tun_readable(len, now).await,
@@ -326,7 +340,7 @@ impl Daemon {
             if reads >= TUN_READS || segments >= TUN_SEGMENTS {
                 break;
             }
-            match self.io.tun.get_ref().read(&mut self.tun_read) {
+            match self.io.tun.try_recv(&mut self.tun_read) {
                 Ok(n) => self.take_tun_packet(n, now).await,
                 // WouldBlock, or an error the next wait reports properly.
                 Err(_) => break,
@@ -1074,11 +1088,4 @@ impl Daemon {
 enum Family {
     V4,
     V6,
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
 }

@@ -84,6 +84,17 @@ impl AsyncTun {
         }
     }
 
+    /// Receives one packet if one is queued, without waiting: `WouldBlock` otherwise. Unlike
+    /// [`Tun::read`] on [`AsyncTun::get_ref`], a `WouldBlock` here also clears the readiness
+    /// the reactor reported, so the next [`AsyncTun::recv`] waits instead of first trying a
+    /// read that is bound to fail (one system call saved per burst).
+    ///
+    /// # Errors
+    /// As [`AsyncTun::recv`], plus `WouldBlock`.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.try_io(Interest::READABLE, |tun| tun.read(buf))
+    }
+
     /// Sends one packet (see [`Tun::write`]), waiting while the device cannot take it.
     ///
     /// # Errors

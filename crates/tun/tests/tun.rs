@@ -632,6 +632,30 @@ fn async_send_and_recv() {
                     }
                 }
             }
+            // try_recv: a burst of replies comes out without waiting, then WouldBlock.
+            for seq in 100..105u16 {
+                let request = icmp_echo_request(PEER, LOCAL, 0x4157, seq);
+                tun.send(&request).await.unwrap();
+            }
+            let mut replies = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while replies < 5 {
+                let n = tokio::time::timeout_at(deadline, tun.recv(&mut buf))
+                    .await
+                    .expect("no echo reply within 5 s")
+                    .unwrap();
+                replies += usize::from(buf[..n].len() >= 28 && buf[20] == 0);
+                loop {
+                    match tun.try_recv(&mut buf) {
+                        Ok(n) => replies += usize::from(buf[..n].len() >= 28 && buf[20] == 0),
+                        Err(e) => {
+                            assert_eq!(e.kind(), ErrorKind::WouldBlock);
+                            break;
+                        }
+                    }
+                }
+            }
+            assert_eq!(replies, 5);
             let back = tun.into_inner();
             let mut small = [0u8; 64];
             // Still non-blocking after leaving the reactor.
