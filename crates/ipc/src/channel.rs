@@ -236,9 +236,11 @@ fn is_closed(e: &std::io::Error) -> bool {
 }
 
 async fn recv_frame(fd: &AsyncFd<OwnedFd>) -> Result<Frame, IpcError> {
-    let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
     loop {
         let mut guard = fd.readable().await?;
+        // Allocated only once a message is there: an event loop re-creates this future for
+        // every event it waits for, and zeroing 64 KiB each time showed in its profile.
+        let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
         let got = guard.try_io(|inner| {
             let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
             let mut iov = [IoSliceMut::new(&mut buf)];
