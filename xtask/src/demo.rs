@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cmd::{self, Background};
+use crate::netbench::impls::quote;
 use crate::netns::{self, Namespace, RunNames, TwoHosts};
 use wg_netns::private_dir::PrivateDir;
 
@@ -83,7 +84,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<ExitCode> {
     }
     let template = if template.contains("{bin}") {
         match build_daemon()? {
-            Some(bin) => Some(template.replace("{bin}", &shell_quote(&bin.to_string_lossy()))),
+            Some(bin) => Some(template.replace("{bin}", &quote(&bin.to_string_lossy()))),
             None if args.impl_template.is_some() => bail!(
                 "--impl uses {{bin}}, but the workspace has no `wireguard-rs` package yet; name \
                  a program instead, e.g. --impl 'wireguard-go -f {{if}}'"
@@ -97,19 +98,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<ExitCode> {
     let names = RunNames::new(TAG)?;
     let result = with_names(&names, template.as_deref(), args.seconds);
     // Every guard inside `with_names` has been dropped by now: verify.
-    match netns::leftovers(&names) {
-        Ok(left) if left.is_empty() => {
-            println!(
-                "cleanup: OK (no namespace or link named {}* left)",
-                names.prefix()
-            );
-        }
-        Ok(left) => eprintln!(
-            "cleanup: WARNING: left behind: {}; remove with `ip netns del NAME`",
-            left.join(", ")
-        ),
-        Err(e) => eprintln!("cleanup: could not verify: {e:#}"),
-    }
+    netns::report_leftovers(&names, "demo");
     match result? {
         Outcome::Ok => Ok(ExitCode::SUCCESS),
         Outcome::NoDaemon => {
@@ -174,18 +163,6 @@ fn build_daemon() -> Result<Option<PathBuf>> {
         bail!("built wireguard-rs but {} does not exist", bin.display());
     }
     Ok(Some(bin))
-}
-
-/// Quotes `s` for `sh -c`.
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,@".contains(c))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 /// Prefixes a simple command with `exec`, so the shell is replaced by the daemon and the
@@ -513,14 +490,5 @@ mod tests {
         );
         assert_eq!(exec_simple("a; b"), "a; b");
         assert_eq!(exec_simple("a 2>/tmp/x"), "a 2>/tmp/x");
-    }
-
-    #[test]
-    fn quotes_paths_for_sh() {
-        assert_eq!(
-            shell_quote("/work/main/target/release/wireguard-rs"),
-            "/work/main/target/release/wireguard-rs"
-        );
-        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
     }
 }

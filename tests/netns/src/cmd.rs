@@ -370,10 +370,11 @@ fn wait_group_gone(pgid: u32, timeout: Duration) -> bool {
     }
 }
 
-/// Counts processes in group `pgid` that are not zombies, from `/proc/*/stat`.
-fn live_group_members(pgid: u32) -> usize {
+/// The `/proc/PID/stat` line of every process there is (none if `/proc` cannot be read;
+/// processes that exit meanwhile are skipped).
+pub fn proc_stat_lines() -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     dir.filter_map(Result::ok)
         .filter(|e| {
@@ -383,6 +384,13 @@ fn live_group_members(pgid: u32) -> usize {
                 .all(|b| b.is_ascii_digit())
         })
         .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .collect()
+}
+
+/// Counts processes in group `pgid` that are not zombies, from `/proc/*/stat`.
+fn live_group_members(pgid: u32) -> usize {
+    proc_stat_lines()
+        .into_iter()
         .filter(|stat| {
             // "pid (comm) state ppid pgrp …": comm may contain spaces and parentheses.
             let Some((_, rest)) = stat.rsplit_once(')') else {

@@ -394,6 +394,25 @@ pub fn leftovers(names: &RunNames) -> Result<Vec<String>> {
     Ok(left)
 }
 
+/// Checks, after every guard of a run was dropped, that nothing named by `names` is left,
+/// and prints the verdict prefixed by `who` (`cleanup`, `bench`): OK, what is left and how
+/// to remove it, or why it could not be checked.
+pub fn report_leftovers(names: &RunNames, who: &str) {
+    match leftovers(names) {
+        Ok(left) if left.is_empty() => {
+            println!(
+                "{who}: cleanup OK (no namespace or link named {}* left)",
+                names.prefix()
+            );
+        }
+        Ok(left) => eprintln!(
+            "{who}: cleanup WARNING: left behind: {}; remove with `ip netns del NAME`",
+            left.join(", ")
+        ),
+        Err(e) => eprintln!("{who}: cleanup could not be verified: {e:#}"),
+    }
+}
+
 /// Warns about namespaces named `<tag><pid>…` whose run (that pid) is gone, e.g. after
 /// a SIGKILL, and says how to remove them. Never deletes anything itself.
 pub fn warn_stale(tags: &[&str]) {

@@ -84,7 +84,7 @@ pub(crate) fn find_boringtun() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Quotes `s` for a command template.
+/// Quotes `s` for a command template or `sh -c` (the demo's `{bin}`).
 pub(crate) fn quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()

@@ -269,18 +269,9 @@ pub(crate) fn parse_status_kib(text: &str, key: &str) -> Option<u64> {
 
 /// Every live process's stat line.
 pub(crate) fn all_processes() -> Vec<ProcStat> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|s| parse_stat(&s))
+    wg_netns::cmd::proc_stat_lines()
+        .iter()
+        .filter_map(|s| parse_stat(s))
         .collect()
 }
 

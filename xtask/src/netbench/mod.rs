@@ -343,19 +343,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
     let t0 = Instant::now();
     let outcome = with_hosts(opts, &names, &logs, &mut results);
     // Every guard is dropped by now: verify.
-    match netns::leftovers(&names) {
-        Ok(left) if left.is_empty() => {
-            println!(
-                "bench: cleanup OK (no namespace or link named {}* left)",
-                names.prefix()
-            );
-        }
-        Ok(left) => eprintln!(
-            "bench: cleanup WARNING: left behind: {}; remove with `ip netns del NAME`",
-            left.join(", ")
-        ),
-        Err(e) => eprintln!("bench: cleanup could not be verified: {e:#}"),
-    }
+    netns::report_leftovers(&names, "bench");
 
     let mut meta = serde_json::Map::new();
     meta.insert("command".into(), json!(opts.command_line));
