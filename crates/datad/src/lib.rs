@@ -2,7 +2,9 @@
 //!
 //! **Owns:** the TUN and UDP descriptors it is handed, the [`wg_router::Router`] (allowed
 //! IPs, transport keypairs, replay windows), one [`wg_timers::PeerTimers`] per peer, the
-//! responder's cookie secret and every MAC1/MAC2 check. Handshake messages reach the key
+//! responder's cookie secret and every MAC1/MAC2 check, the batches of the data path
+//! (TUN super-packets split and coalesced with `wg-offload`, UDP runs sent with
+//! `UDP_SEGMENT` and received with `UDP_GRO`) and the crypto helper threads. Handshake messages reach the key
 //! process only after passing those checks (and, under load, a per-source rate limit).
 //!
 //! **Trusts:** nothing from the network; the key process for configuration and session
@@ -10,7 +12,7 @@
 //! it must not depend on `wg-handshake` (enforced in `deny.toml`).
 //!
 //! **May depend on:** wire, cookie, router, timers, ipc, tun, offload, tokio, nix (the
-//! batched UDP calls).
+//! batched UDP calls), rayon (the crypto helper threads).
 #![forbid(unsafe_code)]
 
 mod batch;
