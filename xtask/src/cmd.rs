@@ -31,3 +31,15 @@ pub(crate) fn workspace_root() -> PathBuf {
 pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
+
+/// Fails, naming them and how to install them, if any of `tools` is not on `PATH`.
+pub(crate) fn require_tools(tools: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "missing tools: {}; install them with `cargo xtask setup` (as root)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}

@@ -59,16 +59,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<ExitCode> {
     if args.seconds == 0 || args.seconds > 600 {
         bail!("--seconds must be between 1 and 600 (got {})", args.seconds);
     }
-    let missing: Vec<&str> = ["ip", "ping", "wg", "iperf3", "ss"]
-        .into_iter()
-        .filter(|t| !cmd::on_path(t))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "missing tools: {}; install them with `cargo xtask setup` (as root)",
-            missing.join(", ")
-        );
-    }
+    cmd::require_tools(&["ip", "ping", "wg", "iperf3", "ss"])?;
     netns::warn_stale(&[TAG, crate::selftest::TAG]);
 
     // Decide the daemon before making namespaces: a release build can take minutes.

@@ -299,16 +299,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
              `sudo -E cargo xtask bench` (or `--no-tunnel` for the micro-benchmarks only)"
         );
     }
-    let missing: Vec<&str> = ["ip", "ping", "wg", "iperf3", "ss"]
-        .into_iter()
-        .filter(|t| !cmd::on_path(t))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "missing tools: {}; install them with `cargo xtask setup` (as root)",
-            missing.join(", ")
-        );
-    }
+    cmd::require_tools(&["ip", "ping", "wg", "iperf3", "ss"])?;
     if opts.impls.is_empty() {
         bail!("no implementation to measure (check --only)");
     }
