@@ -676,7 +676,7 @@ fn tunnel(root: &Path, args: &BenchArgs, plan: &TunnelPlan) -> Result<()> {
     };
     // Run copies: a concurrent `cargo build --release` must not swap binaries mid-run.
     // They are removed afterwards (their sha256 is in the report).
-    let _copies = RemoveOnDrop(vec![out_dir.join("bin"), out_dir.join("bin-rustcrypto")]);
+    let _copies = cmd::RemoveOnDrop(vec![out_dir.join("bin"), out_dir.join("bin-rustcrypto")]);
     let ours = snapshot(&ours, &out_dir.join("bin"))?;
     let rustcrypto = match rustcrypto {
         Some(rc) => Some(snapshot(&rc, &out_dir.join("bin-rustcrypto"))?),
@@ -737,21 +737,6 @@ fn tunnel(root: &Path, args: &BenchArgs, plan: &TunnelPlan) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// Directories removed (with their contents) on drop.
-struct RemoveOnDrop(Vec<PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            if d.exists()
-                && let Err(e) = fs::remove_dir_all(d)
-            {
-                eprintln!("bench: warning: could not remove {}: {e}", d.display());
-            }
-        }
-    }
 }
 
 /// Copies `wireguard-rs` and the workers beside it into `dir`; returns the copy of

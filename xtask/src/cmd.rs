@@ -43,3 +43,24 @@ pub(crate) fn require_tools(tools: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Files or directories (with their contents) of this run, removed on drop if still
+/// there, e.g. UAPI socket files a daemon did not remove itself, or copied binaries.
+pub(crate) struct RemoveOnDrop(pub(crate) Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let removed = if p.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else if p.exists() {
+                std::fs::remove_file(p)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = removed {
+                eprintln!("xtask: warning: could not remove {}: {e}", p.display());
+            }
+        }
+    }
+}

@@ -171,22 +171,6 @@ fn exec_simple(line: &str) -> String {
     }
 }
 
-/// UAPI socket files of the interfaces this run created; removed on drop if the daemon
-/// did not remove them itself.
-struct SocketFiles(Vec<PathBuf>);
-
-impl Drop for SocketFiles {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            if p.exists()
-                && let Err(e) = fs::remove_file(p)
-            {
-                eprintln!("xtask: warning: could not remove {}: {e}", p.display());
-            }
-        }
-    }
-}
-
 /// One tunnel end.
 struct End<'a> {
     ns: &'a Namespace,
@@ -225,7 +209,7 @@ fn with_names(names: &RunNames, template: Option<&str>, seconds: u32) -> Result<
         tunnel_ip: TUNNEL_B,
         underlay_ip: netns::UNDERLAY_B,
     };
-    let sockets = SocketFiles(
+    let sockets = cmd::RemoveOnDrop(
         [&a, &b]
             .iter()
             .map(|e| Path::new(SOCKET_DIR).join(format!("{}.sock", e.ifname)))
