@@ -158,6 +158,7 @@ fn main() -> ExitCode {
             .unwrap_or_else(wg_ipc::default_crypto_threads),
         worker_dir: wg_monitor::worker_dir(cli.libexec_dir.as_deref()),
         worker_args: options.to_worker_args(),
+        socket_file: Some(socket_file.path().to_path_buf()),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -177,6 +178,10 @@ fn main() -> ExitCode {
         }
         Ok(Stopped::Signal) => {
             tracing::info!("shutting down on signal");
+            ExitCode::SUCCESS
+        }
+        Ok(Stopped::SocketGone) => {
+            tracing::info!("UAPI socket of {interface} was removed; shutting down");
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),

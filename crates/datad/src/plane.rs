@@ -58,7 +58,10 @@ const TUN_SEGMENTS: usize = 256;
 /// handshake queue holds 1024 as well).
 const MAX_KEYD_BACKLOG: usize = 1024;
 /// Peers per stats message, keeping each well under the IPC size limit.
-const STATS_CHUNK: usize = 256;
+const STATS_CHUNK: usize = wg_ipc::messages::STATS_PER_MESSAGE;
+/// Most allowed IPs of one peer update: what UAPI accepts for a whole device
+/// (`wg_uapi::Limits::DEFAULT`).
+const MAX_ALLOWED_IPS_PER_PEER: usize = 1 << 20;
 
 /// Handshake load over one-second windows.
 #[derive(Debug, Default)]
@@ -153,6 +156,9 @@ struct Daemon {
     /// Messages for keyd not yet taken by its socket: the loop never waits on keyd (which
     /// may itself be waiting for us to read), it keeps serving and sends when keyd reads.
     to_keyd: VecDeque<DatadToKeyd>,
+    /// A peer update whose allowed IPs are still arriving in chunks: applied whole once the
+    /// last chunk is in, so routing never sees half of it.
+    partial_peer: Option<PeerUpdate>,
     rng: rand::rngs::StdRng,
     deadline_cache: DeadlineCache,
 }
@@ -251,6 +257,7 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
         rx_cmsg: udp::gro_cmsg_buffer(),
         gro: wg_offload::Gro::new(),
         to_keyd: VecDeque::new(),
+        partial_peer: None,
         rng: rand::make_rng(),
         deadline_cache: DeadlineCache::default(),
     };
@@ -838,7 +845,31 @@ impl Daemon {
             KeydToDatad::Interface { public_key } => {
                 self.checker = public_key.as_ref().map(CookieChecker::new);
             }
+            KeydToDatad::Peer(update) if update.more_allowed_ips => {
+                self.partial_peer = Some(update);
+            }
             KeydToDatad::Peer(update) => self.upsert_peer(update, now),
+            KeydToDatad::AllowedIps {
+                public_key,
+                allowed_ips,
+                more,
+            } => {
+                let Some(partial) = self
+                    .partial_peer
+                    .as_mut()
+                    .filter(|p| p.public_key == public_key)
+                else {
+                    return Err(DatadError::Protocol("keyd (allowed IPs of no peer update)"));
+                };
+                if partial.allowed_ips.len() + allowed_ips.len() > MAX_ALLOWED_IPS_PER_PEER {
+                    return Err(DatadError::Protocol("keyd (too many allowed IPs)"));
+                }
+                partial.allowed_ips.extend(allowed_ips);
+                if !more && let Some(update) = self.partial_peer.take() {
+                    self.upsert_peer(update, now);
+                }
+            }
+            KeydToDatad::ExpireSessions => self.router.expire_current_keypairs(),
             KeydToDatad::RemovePeer { public_key } => self.remove_peer(&public_key),
             KeydToDatad::ClearPeers => {
                 let keys: Vec<PublicKey> = self.by_key.keys().copied().collect();

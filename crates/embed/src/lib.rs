@@ -99,6 +99,10 @@ pub async fn run(
                     }
                 }
                 Ok(Received { msg: KeydToMonitor::Hello(_), .. }) => {}
+                // In one process there is nothing to restart: the tunnel stops with the reason.
+                Ok(Received { msg: KeydToMonitor::RestartDataPlane { reason }, .. }) => {
+                    break Err(EmbedError::Datad(format!("the key process gave up on the data plane: {reason}")));
+                }
                 Err(e) => break Err(EmbedError::Keyd(e.to_string())),
             },
             m = monitor_datad.recv::<DatadToMonitor>() => match m {

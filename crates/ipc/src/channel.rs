@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Mutex, mpsc};
+use zeroize::Zeroizing;
 
 use crate::{IpcError, MAX_FDS, MAX_MESSAGE_LEN, decode, encode};
 
@@ -26,7 +27,9 @@ pub struct Received<T> {
     pub fds: Vec<OwnedFd>,
 }
 
-type Frame = (Vec<u8>, Vec<OwnedFd>);
+/// An encoded message and its descriptors. The bytes may hold session keys: they are
+/// zeroized wherever a frame is dropped.
+type Frame = (Zeroizing<Vec<u8>>, Vec<OwnedFd>);
 
 enum Transport {
     Seqpacket(AsyncFd<OwnedFd>),
@@ -127,7 +130,7 @@ impl Channel {
         if fds.len() > MAX_FDS {
             return Err(IpcError::BadFds);
         }
-        let bytes = encode(msg)?;
+        let bytes = Zeroizing::new(encode(msg)?);
         match &self.transport {
             Transport::Seqpacket(fd) => {
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
@@ -173,7 +176,16 @@ impl Channel {
     /// sources (two processes that each block on sending to the other deadlock) and retry
     /// once [`Channel::writable`] returns.
     pub fn try_send<T: Serialize>(&self, msg: &T) -> Result<bool, IpcError> {
-        let bytes = encode(msg)?;
+        self.try_send_encoded(Zeroizing::new(encode(msg)?))
+    }
+
+    /// [`Channel::try_send`] of a message encoded beforehand (with [`crate::encode`]), so a
+    /// sender that queues messages meets an encoding error when it queues, never mistaking
+    /// it for a failure of the other process. On `Ok(false)` nothing was sent.
+    pub fn try_send_encoded(&self, bytes: Zeroizing<Vec<u8>>) -> Result<bool, IpcError> {
+        if bytes.len() > MAX_MESSAGE_LEN {
+            return Err(IpcError::TooLarge(bytes.len()));
+        }
         match &self.transport {
             Transport::Seqpacket(fd) => {
                 let sent = fd.try_io(Interest::WRITABLE, |inner| {
@@ -240,10 +252,10 @@ async fn recv_frame(fd: &AsyncFd<OwnedFd>) -> Result<Frame, IpcError> {
         let mut guard = fd.readable().await?;
         // Allocated only once a message is there: an event loop re-creates this future for
         // every event it waits for, and zeroing 64 KiB each time showed in its profile.
-        let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
+        let mut buf = Zeroizing::new(vec![0u8; MAX_MESSAGE_LEN + 1]);
         let got = guard.try_io(|inner| {
             let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
-            let mut iov = [IoSliceMut::new(&mut buf)];
+            let mut iov = [IoSliceMut::new(buf.as_mut_slice())];
             let msg = recvmsg::<()>(
                 inner.as_raw_fd(),
                 &mut iov,

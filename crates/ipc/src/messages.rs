@@ -75,10 +75,47 @@ pub struct PeerUpdate {
     pub public_key: PublicKey,
     /// Configured endpoint (a learned one replaces it later).
     pub endpoint: Option<SocketAddr>,
-    /// Cryptokey routing table entries.
+    /// Cryptokey routing table entries: all of them, or the first
+    /// [`ALLOWED_IPS_PER_MESSAGE`] when `more_allowed_ips` is set.
     pub allowed_ips: Vec<IpNet>,
     /// Persistent keepalive interval in seconds; 0 is off.
     pub persistent_keepalive: u16,
+    /// The list continues in [`KeydToDatad::AllowedIps`] messages that follow at once; the
+    /// data plane applies the update only when the last one arrived, so traffic never sees
+    /// half a routing table.
+    pub more_allowed_ips: bool,
+}
+
+/// Most allowed IPs one message carries: an encoded prefix takes at most 19 bytes (variant,
+/// 16 address bytes, length), so 2,048 of them stay far below [`crate::MAX_MESSAGE_LEN`].
+pub const ALLOWED_IPS_PER_MESSAGE: usize = 2048;
+
+/// Most peers one [`DatadToKeyd::Stats`] chunk may carry (an encoded [`PeerStats`] takes
+/// at most about 90 bytes).
+pub const STATS_PER_MESSAGE: usize = 256;
+
+impl PeerUpdate {
+    /// The messages that carry this update, its allowed IPs in chunks of
+    /// [`ALLOWED_IPS_PER_MESSAGE`]: any list UAPI accepts fits, however long.
+    pub fn into_messages(mut self) -> Vec<KeydToDatad> {
+        let rest = if self.allowed_ips.len() > ALLOWED_IPS_PER_MESSAGE {
+            self.allowed_ips.split_off(ALLOWED_IPS_PER_MESSAGE)
+        } else {
+            Vec::new()
+        };
+        self.more_allowed_ips = !rest.is_empty();
+        let public_key = self.public_key;
+        let mut out = vec![KeydToDatad::Peer(self)];
+        let mut chunks = rest.chunks(ALLOWED_IPS_PER_MESSAGE).peekable();
+        while let Some(chunk) = chunks.next() {
+            out.push(KeydToDatad::AllowedIps {
+                public_key,
+                allowed_ips: chunk.to_vec(),
+                more: chunks.peek().is_some(),
+            });
+        }
+        out
+    }
 }
 
 /// Transport keys of a completed handshake.
@@ -153,6 +190,20 @@ pub enum KeydToDatad {
     },
     /// Forget every peer (a full resynchronisation follows).
     ClearPeers,
+    /// More allowed IPs of the [`KeydToDatad::Peer`] update just sent for this peer.
+    AllowedIps {
+        /// Which peer (the one of the update in progress).
+        public_key: PublicKey,
+        /// The next chunk, at most [`ALLOWED_IPS_PER_MESSAGE`].
+        allowed_ips: Vec<IpNet>,
+        /// Another chunk follows.
+        more: bool,
+    },
+    /// The private key changed: no current keypair may send any more (each peer
+    /// re-handshakes with the new identity on its next packet), as the kernel and
+    /// wireguard-go expire current keypairs on a key change. Receiving with them still works
+    /// until they expire.
+    ExpireSessions,
 }
 
 /// datad → keyd.
@@ -214,6 +265,37 @@ pub enum KeydToMonitor {
         /// The wanted firewall mark.
         fwmark: u32,
     },
+    /// The data plane broke the protocol (stalled, flooded, lied): kill it and start a new
+    /// one. keyd has already closed its channel to it.
+    RestartDataPlane {
+        /// What it did, for the log.
+        reason: Misbehaviour,
+    },
+}
+
+/// Why keyd gave up on a data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Misbehaviour {
+    /// It stopped reading keyd's messages.
+    Stalled,
+    /// It did not answer a statistics request in time.
+    StatsTimeout,
+    /// A message whose content cannot be true (a time beyond the clock's range, more
+    /// peers than are configured, an answer to no request).
+    Implausible,
+    /// More requests than keyd serves from one data plane.
+    Flood,
+}
+
+impl std::fmt::Display for Misbehaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Misbehaviour::Stalled => "it stopped reading the key process's messages",
+            Misbehaviour::StatsTimeout => "it did not answer a statistics request in time",
+            Misbehaviour::Implausible => "it sent a message whose content cannot be true",
+            Misbehaviour::Flood => "it sent more requests than the key process serves",
+        })
+    }
 }
 
 /// monitor → keyd.
@@ -283,6 +365,13 @@ pub enum MonitorToSpawner {
     Hello(Hello),
     /// Start a data plane; the fd is its end of a fresh monitor↔datad channel.
     SpawnDatad,
+    /// Kill this data plane (one the spawner started and has not reaped yet, so the pid
+    /// cannot have been reused). The monitor cannot: the data plane runs as another user
+    /// and the monitor keeps no `CAP_KILL`.
+    KillDatad {
+        /// Its process id, as reported in [`SpawnerToMonitor::Spawned`].
+        pid: u32,
+    },
 }
 
 /// spawner → monitor.
@@ -337,6 +426,7 @@ mod tests {
             endpoint: Some("[2001:db8::1]:51820".parse().unwrap()),
             allowed_ips: vec!["10.0.0.0/8".parse().unwrap(), "::/0".parse().unwrap()],
             persistent_keepalive: 25,
+            more_allowed_ips: false,
         });
         let back: KeydToDatad = decode(&encode(&m).unwrap()).unwrap();
         assert_eq!(format!("{m:?}"), format!("{back:?}"));
@@ -381,6 +471,73 @@ mod tests {
             old.check(Role::Keyd),
             Err(IpcError::Version { .. })
         ));
+    }
+
+    #[test]
+    fn the_largest_configuration_uapi_accepts_fits_in_messages() {
+        // One peer with UAPI's maximum of allowed IPs, all IPv6 (the longest encoding).
+        let max = wg_uapi_limits_max_allowed_ips();
+        let allowed_ips: Vec<IpNet> = (0..max)
+            .map(|i| {
+                let a = u128::try_from(i).unwrap() << 64 | u128::MAX >> 64;
+                IpNet::V6(ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(a), 128).unwrap())
+            })
+            .collect();
+        let update = PeerUpdate {
+            public_key: PublicKey([7; 32]),
+            endpoint: Some("[2001:db8::1]:51820".parse().unwrap()),
+            allowed_ips: allowed_ips.clone(),
+            persistent_keepalive: 25,
+            more_allowed_ips: false,
+        };
+        let messages = update.into_messages();
+        let mut back = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let bytes = encode(m).unwrap();
+            assert!(bytes.len() <= crate::MAX_MESSAGE_LEN);
+            match decode::<KeydToDatad>(&bytes).unwrap() {
+                KeydToDatad::Peer(p) => {
+                    assert_eq!(i, 0);
+                    assert!(p.more_allowed_ips);
+                    back.extend(p.allowed_ips);
+                }
+                KeydToDatad::AllowedIps {
+                    allowed_ips, more, ..
+                } => {
+                    assert_eq!(more, i + 1 < messages.len());
+                    back.extend(allowed_ips);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(back, allowed_ips);
+    }
+
+    /// wg-uapi's documented limit (`Limits::DEFAULT.max_allowed_ips`), kept here so this
+    /// crate does not depend on the UAPI crate.
+    fn wg_uapi_limits_max_allowed_ips() -> usize {
+        1 << 20
+    }
+
+    #[test]
+    fn a_full_stats_chunk_fits() {
+        let peer = PeerStats {
+            public_key: PublicKey([0xff; 32]),
+            endpoint: Some(
+                "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+                    .parse()
+                    .unwrap(),
+            ),
+            last_handshake: Some((u64::MAX, u32::MAX)),
+            rx_bytes: u64::MAX,
+            tx_bytes: u64::MAX,
+        };
+        let m = DatadToKeyd::Stats {
+            request: u32::MAX,
+            peers: vec![peer; STATS_PER_MESSAGE],
+            done: true,
+        };
+        assert!(encode(&m).unwrap().len() <= crate::MAX_MESSAGE_LEN);
     }
 
     proptest! {

@@ -276,17 +276,20 @@ impl Handshakes {
     }
 }
 
-/// The data plane's view of a peer: everything but its PSK.
+/// The data plane's view of a peer: everything but its PSK, in as many messages as its
+/// allowed IPs need.
 pub fn peer_update(
     public_key: PublicKey,
     endpoint: Option<SocketAddr>,
     allowed_ips: Vec<ipnet::IpNet>,
     persistent_keepalive: u16,
-) -> KeydToDatad {
-    KeydToDatad::Peer(PeerUpdate {
+) -> Vec<KeydToDatad> {
+    PeerUpdate {
         public_key,
         endpoint,
         allowed_ips,
         persistent_keepalive,
-    })
+        more_allowed_ips: false,
+    }
+    .into_messages()
 }

@@ -165,7 +165,7 @@ impl Keyd {
                 public_key: self.handshakes.public_key(),
             },
         ];
-        out.extend(self.config.peers.iter().map(|p| {
+        out.extend(self.config.peers.iter().flat_map(|p| {
             peer_update(
                 p.public_key,
                 p.endpoint,
@@ -290,7 +290,7 @@ impl Keyd {
                 } else {
                     None
                 };
-                out.push(peer_update(
+                out.extend(peer_update(
                     peer.public_key,
                     endpoint,
                     peer.allowed_ips.clone(),

@@ -89,6 +89,9 @@ pub enum Stopped {
     InterfaceGone,
     /// SIGTERM, SIGINT or SIGHUP.
     Signal,
+    /// The UAPI socket file was deleted or replaced (as wireguard-go, which watches it and
+    /// exits, so `rm /var/run/wireguard/IF.sock` stops the daemon).
+    SocketGone,
 }
 
 /// Where the worker binaries live: `--libexec-dir`, else the build-time setting, else
@@ -125,6 +128,9 @@ pub struct Prepared {
     pub worker_dir: PathBuf,
     /// Extra arguments for both workers (e.g. `--no-sandbox`, log settings).
     pub worker_args: Vec<String>,
+    /// The UAPI socket's file, watched: deleting it stops the daemon. `None` when the
+    /// listener was inherited from a caller that bound it elsewhere.
+    pub socket_file: Option<PathBuf>,
 }
 
 fn spawn(
@@ -163,6 +169,40 @@ pub struct Supervisor {
     worker_args: Vec<String>,
     crypto_threads: u16,
     restarts: Vec<Instant>,
+    socket_file: Option<SocketFile>,
+}
+
+/// The UAPI socket file as it was at start-up: its path and inode.
+struct SocketFile {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    fn identity_of(path: &Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
+    fn watch(path: PathBuf) -> Option<Self> {
+        match Self::identity_of(&path) {
+            Ok(identity) => Some(Self { path, identity }),
+            Err(e) => {
+                tracing::info!("not watching the UAPI socket file {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Whether the file is still the one we bound. Only a definite answer counts: an error
+    /// other than "not found" (which the sandbox should never cause) keeps the daemon up.
+    fn is_gone(&self) -> bool {
+        match Self::identity_of(&self.path) {
+            Ok(identity) => identity != self.identity,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -202,6 +242,15 @@ async fn keyd_died(error: Option<IpcError>, keyd: &Channel, child: &mut Child) -
     MonitorError::KeydDied(message)
 }
 
+/// Has the spawner kill a data plane (the monitor runs as another user without
+/// `CAP_KILL`). Its channel then closes and the usual restart follows.
+async fn kill_datad(spawner: &Channel, pid: u32) -> Result<(), MonitorError> {
+    spawner
+        .send(&MonitorToSpawner::KillDatad { pid }, &[])
+        .await
+        .map_err(|e| MonitorError::Ipc("spawner", e))
+}
+
 /// The data plane as the monitor sees it: a channel, and a pid the spawner reported.
 struct DataPlane {
     channel: Channel,
@@ -224,6 +273,7 @@ impl Supervisor {
             worker_args: prepared.worker_args,
             crypto_threads: prepared.crypto_threads,
             restarts: Vec::new(),
+            socket_file: prepared.socket_file.and_then(SocketFile::watch),
         }
     }
 
@@ -281,7 +331,7 @@ impl Supervisor {
                 // there just before it exits, and that report must win over the exit.
                 biased;
                 m = keyd.recv::<KeydToMonitor>() => match m {
-                    Ok(m) => self.on_keyd(m.msg, &keyd, &datad).await?,
+                    Ok(m) => self.on_keyd(m.msg, &keyd, &datad, &spawner).await?,
                     Err(e) => return Err(keyd_died(Some(e), &keyd, &mut keyd_child).await),
                 },
                 _ = keyd_child.wait() => {
@@ -289,7 +339,16 @@ impl Supervisor {
                 }
                 m = datad.channel.recv::<DatadToMonitor>() => match m {
                     Ok(Received { msg: DatadToMonitor::InterfaceGone, .. }) => {
-                        return Ok(Stopped::InterfaceGone);
+                        // Believed only when the device says so too: a data plane that
+                        // lies about it must not stop the daemon with a success status.
+                        if self.tun.is_deleted() {
+                            return Ok(Stopped::InterfaceGone);
+                        }
+                        tracing::warn!(
+                            "data plane (pid {}) reported the interface gone, but it exists; replacing the data plane",
+                            datad.pid
+                        );
+                        kill_datad(&spawner, datad.pid).await?;
                     }
                     Ok(Received { msg: DatadToMonitor::Hello(_), .. }) => {}
                     Err(e) => {
@@ -317,6 +376,9 @@ impl Supervisor {
                 _ = poll.tick() => {
                     if self.tun.is_deleted() {
                         return Ok(Stopped::InterfaceGone);
+                    }
+                    if self.socket_file.as_ref().is_some_and(SocketFile::is_gone) {
+                        return Ok(Stopped::SocketGone);
                     }
                 }
                 _ = sigterm.recv() => return Ok(Stopped::Signal),
@@ -412,12 +474,21 @@ impl Supervisor {
         msg: KeydToMonitor,
         keyd: &Channel,
         datad: &DataPlane,
+        spawner: &Channel,
     ) -> Result<(), MonitorError> {
         let reply = match msg {
             KeydToMonitor::Hello(hello) => {
                 return hello
                     .check(Role::Keyd)
                     .map_err(|e| MonitorError::Ipc("keyd", e));
+            }
+            KeydToMonitor::RestartDataPlane { reason } => {
+                tracing::warn!(
+                    "the key process gave up on the data plane (pid {}): {reason}; replacing it",
+                    datad.pid
+                );
+                // Its channel closes when it dies; the restart follows from there.
+                return kill_datad(spawner, datad.pid).await;
             }
             KeydToMonitor::Reconfigure { port, fwmark } => {
                 self.reconfigure(port, fwmark, datad).await

@@ -2,10 +2,12 @@
 //! unprivileged user with no capabilities, so every data plane it starts (the first one
 //! and every restart) is unprivileged from birth, while the monitor itself never execs.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use tokio::process::Child;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use wg_ipc::messages::{Hello, MonitorToSpawner, Role, SpawnerToMonitor};
 use wg_ipc::{Channel, IPC_FD_ENV, make_inheritable};
@@ -52,6 +54,8 @@ pub async fn run(
         .map_err(|e| MonitorError::Ipc("monitor", e))?;
     let path = worker_dir.join(DATAD_BINARY);
     let mut children: JoinSet<(u32, String)> = JoinSet::new();
+    // One kill switch per data plane not yet reaped: its pid cannot have been reused.
+    let mut kill_switches: HashMap<u32, oneshot::Sender<()>> = HashMap::new();
     loop {
         tokio::select! {
             m = channel.recv::<MonitorToSpawner>() => {
@@ -69,16 +73,34 @@ pub async fn run(
                         let reply = match spawn_with_channel(&path, DATAD_BINARY, &worker_args, fd) {
                             Ok(mut child) => {
                                 let pid = child.id().unwrap_or(0);
-                                children.spawn(async move { (pid, describe(child.wait().await)) });
+                                let (kill_tx, kill_rx) = oneshot::channel();
+                                kill_switches.insert(pid, kill_tx);
+                                children.spawn(async move {
+                                    tokio::select! {
+                                        status = child.wait() => (pid, describe(status)),
+                                        Ok(()) = kill_rx => {
+                                            let _ = child.start_kill();
+                                            (pid, describe(child.wait().await))
+                                        }
+                                    }
+                                });
                                 SpawnerToMonitor::Spawned { pid }
                             }
                             Err(e) => SpawnerToMonitor::SpawnFailed { reason: e.to_string() },
                         };
                         channel.send(&reply, &[]).await.map_err(|e| MonitorError::Ipc("monitor", e))?;
                     }
+                    MonitorToSpawner::KillDatad { pid } => match kill_switches.remove(&pid) {
+                        Some(kill) => {
+                            tracing::warn!("killing data plane pid {pid} at the monitor's request");
+                            let _ = kill.send(());
+                        }
+                        None => tracing::debug!("data plane pid {pid} already ended"),
+                    },
                 }
             }
             Some(Ok((pid, status))) = children.join_next() => {
+                kill_switches.remove(&pid);
                 channel
                     .send(&SpawnerToMonitor::Exited { pid, status }, &[])
                     .await

@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use wg_wire::constants::{
-    KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT,
+    KEEPALIVE_TIMEOUT, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME, REKEY_TIMEOUT,
 };
 use wg_wire::{SessionKey, TAG_LEN, TRANSPORT_HEADER_LEN, Transport};
 
@@ -491,6 +492,21 @@ impl Router {
         entry.keypairs.clear(&mut self.retired);
         for index in self.retired.get(before..).unwrap_or_default() {
             self.by_index.remove(index);
+        }
+    }
+
+    /// Stops the current and next keypairs of every peer from sending (the interface's
+    /// private key changed): the next packet to each peer stages and asks for a handshake
+    /// with the new identity, as the kernel and wireguard-go's `ExpireCurrentKeypairs` do.
+    /// Packets under those keypairs are still received until they expire.
+    pub fn expire_current_keypairs(&mut self) {
+        for p in self.peers.values_mut() {
+            for k in [p.keypairs.current.as_mut(), p.keypairs.next.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                k.send_counter = REJECT_AFTER_MESSAGES;
+            }
         }
     }
 

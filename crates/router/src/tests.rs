@@ -577,3 +577,30 @@ fn batches_can_be_sealed_on_other_threads_in_order() {
         assert_eq!(u64::from_le_bytes(buf[8..16].try_into().unwrap()), i as u64);
     }
 }
+
+#[test]
+fn expiring_current_keypairs_stops_sending_but_not_receiving() {
+    let mut p = Pair::new();
+    let now = p.t0;
+    p.handshake(1, 2, 10, now);
+    let to_b = ipv4(A_ADDR, B_ADDR, 100);
+    let before = seal(&mut p.a, &to_b, now).unwrap();
+    // b's keypair is still `next` (unconfirmed): expiring must cover it as well.
+    p.a.expire_current_keypairs();
+    p.b.expire_current_keypairs();
+    assert!(!p.a.can_send(p.a_peer, now));
+    assert!(
+        matches!(p.a.route_outbound(&to_b, now), Outbound::Staged { .. }),
+        "a new handshake is needed before anything is sent"
+    );
+    // A packet sealed before the key change is still accepted and confirms b's keypair,
+    // which must not become sendable through that confirmation.
+    let (inbound, inner) = deliver(&mut p.b, &before, "192.0.2.1:51820", now).unwrap();
+    assert!(inbound.handshake_complete);
+    assert_eq!(inner, to_b);
+    assert!(!p.b.can_send(p.b_peer, now));
+    // A new session sends again.
+    p.handshake(3, 4, 20, now);
+    assert!(p.a.can_send(p.a_peer, now));
+    assert!(seal(&mut p.a, &to_b, now).is_ok());
+}

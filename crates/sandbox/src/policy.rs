@@ -153,10 +153,13 @@ pub fn rules(role: Role) -> Result<Rules, SandboxError> {
                     libc::SYS_pidfd_send_signal,
                     libc::SYS_kill,
                     libc::SYS_unlinkat,
+                    // Watching the UAPI socket file (deleting it stops the daemon).
+                    libc::SYS_statx,
+                    libc::SYS_newfstatat,
                 ],
             );
             #[cfg(target_arch = "x86_64")]
-            allow(&mut r, &[libc::SYS_unlink]);
+            allow(&mut r, &[libc::SYS_unlink, libc::SYS_lstat]);
             allow_if(
                 &mut r,
                 libc::SYS_socket,
