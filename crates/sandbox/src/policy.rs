@@ -193,6 +193,11 @@ pub fn rules(role: Role) -> Result<Rules, SandboxError> {
                     libc::SYS_setpgid,
                     libc::SYS_prctl,
                     libc::SYS_getppid,
+                    // The exec with a transient real group, and the data plane's first
+                    // step that settles it (`wg_sandbox::settle_exec_credentials`).
+                    libc::SYS_setresgid,
+                    libc::SYS_getresgid,
+                    libc::SYS_getresuid,
                     // A data plane's start, and its own lock-down (capabilities, filter): the dynamic loader, std and tokio set-up, the
                     // TUN's name lookup.
                     libc::SYS_openat,
