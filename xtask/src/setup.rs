@@ -27,6 +27,7 @@ pub(crate) fn run() -> Result<()> {
         );
     }
     apt()?;
+    worker_users()?;
     cargo_deny()?;
     boringtun()?;
     rustup_components()?;
@@ -72,6 +73,41 @@ fn apt() -> Result<()> {
             "`apt-get install` of {} failed ({status}); see apt's messages above",
             missing.join(" ")
         );
+    }
+    Ok(())
+}
+
+/// The dedicated system users the daemon's key process and data plane run as (what the
+/// package's sysusers.d snippet creates; see docs/packaging.md).
+const WORKER_USERS: [&str; 2] = ["wireguard-rs-keyd", "wireguard-rs-datad"];
+
+fn worker_users() -> Result<()> {
+    for user in WORKER_USERS {
+        let mut c = cmd::command("getent", &["passwd", user]);
+        if cmd::output(&mut c, Duration::from_secs(10))?.status.success() {
+            println!("setup: user {user}: exists");
+            continue;
+        }
+        println!("setup: creating system user {user}");
+        let mut c = cmd::command(
+            "useradd",
+            &[
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                "wireguard-rs worker",
+                user,
+            ],
+        );
+        let status = cmd::status_inherit(&mut c, Duration::from_secs(30))?;
+        if !status.success() {
+            bail!("`useradd --system {user}` failed ({status}); see its message above");
+        }
     }
     Ok(())
 }

@@ -36,9 +36,17 @@ struct Cli {
     /// debugging only: a bug in packet handling could then reach the static key.
     #[arg(long)]
     no_sandbox: bool,
-    /// Unprivileged user for the key process and the data plane.
-    #[arg(long, value_name = "USER", default_value = wg_sandbox::DEFAULT_USER)]
-    user: String,
+    /// Dedicated user of the key process; no other process or service may share it.
+    #[arg(long, value_name = "USER")]
+    keyd_user: Option<String>,
+    /// Dedicated user of the data plane (and of the spawner that starts it).
+    #[arg(long, value_name = "USER")]
+    datad_user: Option<String>,
+    /// One user for both the key process and the data plane (as before dedicated users;
+    /// weaker: only seccomp then keeps a compromised data plane from signalling the key
+    /// process). --keyd-user and --datad-user override it.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// Keep CAP_NET_BIND_SERVICE in the monitor so `wg set ... listen-port` may pick a
     /// port below 1024 (e.g. 53 or 443). Off by default: the capability is dropped.
     #[arg(long)]
@@ -71,18 +79,52 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+impl Cli {
+    fn keyd_user(&self) -> String {
+        self.keyd_user
+            .clone()
+            .or_else(|| self.user.clone())
+            .unwrap_or_else(|| wg_sandbox::DEFAULT_KEYD_USER.to_owned())
+    }
+
+    fn datad_user(&self) -> String {
+        self.datad_user
+            .clone()
+            .or_else(|| self.user.clone())
+            .unwrap_or_else(|| wg_sandbox::DEFAULT_DATAD_USER.to_owned())
+    }
+
+    /// The sandbox options of a worker that runs as `user`.
+    fn options(&self, user: String) -> wg_sandbox::Options {
+        wg_sandbox::Options {
+            enabled: !self.no_sandbox,
+            user,
+            low_ports: self.allow_low_ports,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let options = wg_sandbox::Options {
-        enabled: !cli.no_sandbox,
-        user: cli.user.clone(),
-        low_ports: cli.allow_low_ports,
-    };
     if cli.spawner {
         wg_ipc::init_logging("spawner");
+        // The monitor passes the data plane's user as `--user`.
+        let options = cli.options(cli.user.clone().unwrap_or_else(|| cli.datad_user()));
         return run_spawner(&cli, &options);
     }
+    let options = cli.options(String::new());
     wg_ipc::init_logging("wireguard-rs");
+    if options.enabled && wg_sandbox::running_as_root() {
+        match wg_sandbox::check_worker_users(
+            &cli.keyd_user(),
+            &cli.datad_user(),
+            cli.user.is_some(),
+        ) {
+            Ok(Some(warning)) => tracing::warn!("{warning}"),
+            Ok(None) => {}
+            Err(e) => return fail(e),
+        }
+    }
     let Some(interface) = cli.interface.clone() else {
         return fail("an interface name is required");
     };
@@ -157,7 +199,8 @@ fn main() -> ExitCode {
             .crypto_threads
             .unwrap_or_else(wg_ipc::default_crypto_threads),
         worker_dir: wg_monitor::worker_dir(cli.libexec_dir.as_deref()),
-        worker_args: options.to_worker_args(),
+        keyd_args: cli.options(cli.keyd_user()).to_worker_args(),
+        datad_args: cli.options(cli.datad_user()).to_worker_args(),
         socket_file: Some(socket_file.path().to_path_buf()),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -218,7 +261,15 @@ fn daemonize(cli: &Cli, interface: &str, tun: OwnedFd, uapi: UnixListener) -> st
             cmd.arg(flag);
         }
     }
-    cmd.arg("--user").arg(&cli.user);
+    for (flag, user) in [
+        ("--keyd-user", &cli.keyd_user),
+        ("--datad-user", &cli.datad_user),
+        ("--user", &cli.user),
+    ] {
+        if let Some(user) = user {
+            cmd.arg(flag).arg(user);
+        }
+    }
     cmd.arg(interface)
         .env(FOREGROUND_ENV, "1")
         .env("WG_TUN_FD", tun.as_raw_fd().to_string())

@@ -24,18 +24,23 @@ where
     T: Debug,
     E: Display,
 {
-    init_logging(binary);
     let fail = |message: &dyn Display, code: u8| {
         eprintln!("{binary}: {message}");
         ExitCode::from(code)
     };
+    // First: the groups the spawner executed us with, not dumpable, and die with the
+    // parent — before anything reads input or starts threads.
+    if let Err(e) = wg_sandbox::settle_exec_credentials() {
+        return fail(&e, 1);
+    }
+    if let Err(e) = wg_sandbox::die_with_parent() {
+        return fail(&e, 1);
+    }
+    init_logging(binary);
     let options = match wg_sandbox::Options::from_worker_args(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => return fail(&e, 2),
     };
-    if let Err(e) = wg_sandbox::die_with_parent() {
-        return fail(&e, 1);
-    }
     let fd = match inherited_fd(IPC_FD_ENV) {
         Ok(Some(fd)) => fd,
         Ok(None) => {

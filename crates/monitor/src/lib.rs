@@ -126,8 +126,11 @@ pub struct Prepared {
     pub crypto_threads: u16,
     /// Directory of the worker binaries.
     pub worker_dir: PathBuf,
-    /// Extra arguments for both workers (e.g. `--no-sandbox`, log settings).
-    pub worker_args: Vec<String>,
+    /// Arguments of the key process (its user, `--no-sandbox`).
+    pub keyd_args: Vec<String>,
+    /// Arguments of the spawner and the data planes it starts (their user,
+    /// `--no-sandbox`).
+    pub datad_args: Vec<String>,
     /// The UAPI socket's file, watched: deleting it stops the daemon. `None` when the
     /// listener was inherited from a caller that bound it elsewhere.
     pub socket_file: Option<PathBuf>,
@@ -166,7 +169,8 @@ pub struct Supervisor {
     uapi: UnixListener,
     sockets: sockets::SocketOwner,
     worker_dir: PathBuf,
-    worker_args: Vec<String>,
+    keyd_args: Vec<String>,
+    datad_args: Vec<String>,
     crypto_threads: u16,
     restarts: Vec<Instant>,
     socket_file: Option<SocketFile>,
@@ -270,7 +274,8 @@ impl Supervisor {
                 offload: prepared.udp_offload,
             },
             worker_dir: prepared.worker_dir,
-            worker_args: prepared.worker_args,
+            keyd_args: prepared.keyd_args,
+            datad_args: prepared.datad_args,
             crypto_threads: prepared.crypto_threads,
             restarts: Vec::new(),
             socket_file: prepared.socket_file.and_then(SocketFile::watch),
@@ -285,7 +290,7 @@ impl Supervisor {
         mut self,
         lockdown: impl FnOnce() -> Result<(), String>,
     ) -> Result<Stopped, MonitorError> {
-        let (mut keyd_child, keyd) = spawn(&self.worker_dir, KEYD_BINARY, &self.worker_args)?;
+        let (mut keyd_child, keyd) = spawn(&self.worker_dir, KEYD_BINARY, &self.keyd_args)?;
         keyd.send(&MonitorToKeyd::Hello(Hello::new(Role::Monitor)), &[])
             .await
             .map_err(|e| MonitorError::Ipc("keyd", e))?;
@@ -308,7 +313,7 @@ impl Supervisor {
             "--libexec-dir".to_owned(),
             self.worker_dir.display().to_string(),
         ];
-        spawner_args.extend(self.worker_args.iter().cloned());
+        spawner_args.extend(self.datad_args.iter().cloned());
         let (ours, theirs) = seqpacket_pair()?;
         let mut spawner_child =
             spawner::spawn_with_channel(&exe, "wireguard-rs --spawner", &spawner_args, theirs)?;

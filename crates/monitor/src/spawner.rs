@@ -22,7 +22,10 @@ pub(crate) fn spawn_with_channel(
     ipc: OwnedFd,
 ) -> Result<Child, MonitorError> {
     make_inheritable(&ipc)?;
-    let child = tokio::process::Command::new(path)
+    let mut command = tokio::process::Command::new(path);
+    // In the sandboxed spawner: the data plane starts not dumpable and not traceable.
+    wg_sandbox::exec_with_transient_group(command.as_std_mut());
+    let child = command
         .args(args)
         .env(
             IPC_FD_ENV,

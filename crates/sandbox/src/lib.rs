@@ -29,9 +29,19 @@ use nix::unistd::{Gid, Uid, User};
 pub use sigsys::{SIGSYS_EXIT_CODE, SyscallReport};
 pub use syscalls::syscall_name;
 
-/// The user the workers run as unless told otherwise: present on every Debian system.
-/// Packagers should create a dedicated user (see `docs/packaging.md`).
-pub const DEFAULT_USER: &str = "nobody";
+/// The key process's user unless told otherwise: a dedicated system user that no other
+/// service shares (created by the package, or `cargo xtask setup`; see `docs/packaging.md`).
+pub const DEFAULT_KEYD_USER: &str = "wireguard-rs-keyd";
+/// The data plane's (and the spawner's) user unless told otherwise: another dedicated
+/// system user, so the data plane can neither signal nor trace the key process.
+pub const DEFAULT_DATAD_USER: &str = "wireguard-rs-datad";
+/// The group a data plane is executed with as its real group, its own group being the
+/// effective one. A real and effective group that differ make the kernel treat the exec as
+/// privileged: the new program starts not dumpable (`fs.suid_dumpable`), and no process
+/// can pass the ptrace check against it (which needs one gid equal to all three of its
+/// gids) — from its first instruction until its first step settles the groups
+/// ([`settle_exec_credentials`]). The overflow group owns no files by convention.
+pub const TRANSIENT_EXEC_GID: u32 = 65534;
 /// keyd's root after start-up: an empty, root-owned, read-only directory.
 pub const EMPTY_ROOT: &str = "/run/wireguard-rs/empty";
 /// Memory keyd may lock (all of it is locked, so its secrets never reach swap).
@@ -75,7 +85,8 @@ impl Role {
 pub struct Options {
     /// `false` with `--no-sandbox`: nothing is restricted (debugging only).
     pub enabled: bool,
-    /// The unprivileged user for keyd, datad and the spawner.
+    /// The unprivileged user of this worker: the keyd user for keyd, the datad user for
+    /// the spawner and datad.
     pub user: String,
     /// The monitor keeps `CAP_NET_BIND_SERVICE`, so `listen_port` may be below 1024.
     pub low_ports: bool,
@@ -85,7 +96,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             enabled: true,
-            user: DEFAULT_USER.to_owned(),
+            user: DEFAULT_DATAD_USER.to_owned(),
             low_ports: false,
         }
     }
@@ -96,8 +107,15 @@ impl Default for Options {
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// The configured user does not exist.
-    #[error("user {0:?} does not exist; create it or pass --user")]
+    #[error(
+        "user {0:?} does not exist; create the system users with `useradd --system --no-create-home --shell /usr/sbin/nologin {keyd}` and `... {datad}` (see docs/packaging.md), or name existing dedicated users with --keyd-user and --datad-user",
+        keyd = DEFAULT_KEYD_USER,
+        datad = DEFAULT_DATAD_USER
+    )]
     NoSuchUser(String),
+    /// A worker's user is unfit: root, or shared between the two workers.
+    #[error("{0}")]
+    BadUser(String),
     /// A step failed.
     #[error("sandbox step '{step}' failed: {source}")]
     Step {
@@ -169,19 +187,31 @@ pub fn lock_down(
         "marking the process not dumpable",
         nix::sys::prctl::set_dumpable(false),
     )?;
+    let parent = nix::unistd::getppid();
 
     // The bounding set first: dropping from it needs CAP_SETPCAP, gone after the switch.
     drop_bounding(&role.kept_capabilities(options))?;
     let running_as_root = Uid::effective().is_root();
     if role.switches_user() && running_as_root {
-        let user = User::from_name(&options.user)
-            .ok()
-            .flatten()
-            .ok_or_else(|| SandboxError::NoSuchUser(options.user.clone()))?;
+        let user = lookup_user(&options.user)?;
         if role == Role::Keyd {
-            enter_empty_root();
+            enter_empty_root()?;
         }
-        switch_user(user.uid, user.gid)?;
+        // The spawner keeps the transient group as its saved group, to exec data planes
+        // with it (see [`TRANSIENT_EXEC_GID`]); nobody else holds a second group.
+        let saved_gid = if role == Role::Spawner {
+            Gid::from_raw(TRANSIENT_EXEC_GID)
+        } else {
+            user.gid
+        };
+        switch_user(user.uid, user.gid, saved_gid)?;
+        // A change of credentials resets both of these: set them again, and make sure the
+        // parent did not die in between (its death signal would have been lost).
+        step(
+            "marking the process not dumpable after the user switch",
+            nix::sys::prctl::set_dumpable(false),
+        )?;
+        rearm_parent_death(parent)?;
     }
     limit_capabilities(&role.kept_capabilities(options))?;
     step("setting no_new_privs", nix::sys::prctl::set_no_new_privs())?;
@@ -193,20 +223,60 @@ pub fn lock_down(
     Ok(())
 }
 
-/// Locks all of keyd's memory, present and future, so keys never reach swap.
+/// How much of keyd's memory can be locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLock {
+    /// Present and future memory: the limit is (or was raised to) at least keyd's budget.
+    All,
+    /// Only what exists now: the limit is below keyd's budget and cannot be raised
+    /// (no `CAP_SYS_RESOURCE`). Locking future memory would make keyd's allocations fail
+    /// past the limit, which would take the daemon down; keys loaded later can then reach
+    /// swap, so the administrator is told how to fix it.
+    PresentOnly,
+}
+
+/// Decides how to lock keyd's memory: `raised` is whether the limit could be raised to
+/// `budget`, `hard` the hard limit otherwise (`RLIM_INFINITY` is `u64::MAX`).
+pub fn memory_lock_plan(raised: bool, hard: u64, budget: u64) -> MemoryLock {
+    if raised || hard >= budget {
+        MemoryLock::All
+    } else {
+        MemoryLock::PresentOnly
+    }
+}
+
+/// Locks keyd's memory so keys never reach swap: all of it, present and future, when
+/// `RLIMIT_MEMLOCK` allows keyd's budget (raised with `CAP_SYS_RESOURCE`, or already set
+/// high enough, e.g. `LimitMEMLOCK=` in a systemd unit); else what exists now, with a
+/// warning saying how to get the rest.
 fn lock_memory() -> Result<(), SandboxError> {
     use nix::sys::mman::{MlockAllFlags, mlockall};
-    // Raising the limit needs CAP_SYS_RESOURCE. Without it, future allocations are not
-    // locked: under a small RLIMIT_MEMLOCK they would fail and take keyd down.
-    let flags = match setrlimit(
+    use nix::sys::resource::getrlimit;
+    let raised = setrlimit(
         Resource::RLIMIT_MEMLOCK,
         KEYD_MEMLOCK_BYTES,
         KEYD_MEMLOCK_BYTES,
-    ) {
-        Ok(()) => MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE,
-        Err(e) => {
+    )
+    .is_ok();
+    let (_, hard) = step(
+        "reading RLIMIT_MEMLOCK",
+        getrlimit(Resource::RLIMIT_MEMLOCK),
+    )?;
+    let flags = match memory_lock_plan(raised, hard, KEYD_MEMLOCK_BYTES) {
+        MemoryLock::All => {
+            if !raised {
+                step(
+                    "raising the RLIMIT_MEMLOCK soft limit to the hard limit",
+                    setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard),
+                )?;
+            }
+            MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE
+        }
+        MemoryLock::PresentOnly => {
             tracing::warn!(
-                "cannot raise RLIMIT_MEMLOCK ({e}); locking present memory only (grant CAP_SYS_RESOURCE to lock all)"
+                "RLIMIT_MEMLOCK is {} KiB and cannot be raised (no CAP_SYS_RESOURCE): keyd locks only its present memory, so keys set later may reach swap; start it with CAP_SYS_RESOURCE or a memlock limit of at least {} MiB (systemd: LimitMEMLOCK=)",
+                hard / 1024,
+                KEYD_MEMLOCK_BYTES >> 20
             );
             MlockAllFlags::MCL_CURRENT
         }
@@ -214,8 +284,9 @@ fn lock_memory() -> Result<(), SandboxError> {
     step("locking memory (mlockall)", mlockall(flags))
 }
 
-/// Makes an empty, root-owned directory the process's root, if possible.
-fn enter_empty_root() {
+/// Makes an empty, root-owned directory the process's root. Not optional: a key process
+/// that could still open files by path would be one bug away from writing its keys out.
+fn enter_empty_root() -> Result<(), SandboxError> {
     let dir = Path::new(EMPTY_ROOT);
     let prepared = std::fs::create_dir_all(dir).and_then(|()| {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -234,16 +305,110 @@ fn enter_empty_root() {
         nix::unistd::chdir("/")?;
         Ok(())
     });
-    if let Err(e) = entered {
-        tracing::warn!(
-            "cannot use {EMPTY_ROOT} as an empty root ({e}); keeping the file system view"
-        );
+    entered.map_err(|e| SandboxError::Step {
+        step: "entering the empty root directory /run/wireguard-rs/empty (it must be an empty, root-owned directory)",
+        source: e,
+    })
+}
+
+fn lookup_user(name: &str) -> Result<User, SandboxError> {
+    let user = User::from_name(name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| SandboxError::NoSuchUser(name.to_owned()))?;
+    if user.uid.is_root() || user.gid.as_raw() == 0 {
+        return Err(SandboxError::BadUser(format!(
+            "user {name:?} has uid {} / gid {}: a sandboxed process must not run as root",
+            user.uid, user.gid
+        )));
+    }
+    Ok(user)
+}
+
+/// Whether this process runs as root: only then do the workers switch users.
+pub fn running_as_root() -> bool {
+    Uid::effective().is_root()
+}
+
+/// Checks the workers' users before anything starts, so a mistake is reported by the
+/// command the administrator ran: both exist, neither is root, and they differ unless
+/// `shared_on_purpose` (the old `--user` flag). Returns a warning to log, if any.
+pub fn check_worker_users(
+    keyd: &str,
+    datad: &str,
+    shared_on_purpose: bool,
+) -> Result<Option<String>, SandboxError> {
+    let k = lookup_user(keyd)?;
+    let d = lookup_user(datad)?;
+    if k.uid == d.uid {
+        if !shared_on_purpose {
+            return Err(SandboxError::BadUser(format!(
+                "the key process and the data plane must run as different users, but {keyd:?} and {datad:?} are both uid {}; pass distinct --keyd-user and --datad-user",
+                k.uid
+            )));
+        }
+        return Ok(Some(format!(
+            "--user {keyd}: the key process and the data plane share uid {}; only seccomp then keeps a compromised data plane from signalling the key process (use --keyd-user and --datad-user)",
+            k.uid
+        )));
+    }
+    if k.uid.as_raw() == 65534 || d.uid.as_raw() == 65534 {
+        return Ok(Some(
+            "a worker runs as nobody, which other services share; use dedicated users".into(),
+        ));
+    }
+    Ok(None)
+}
+
+/// The first step of a program the spawner executed (the data plane): if it was started
+/// with a transient real group ([`TRANSIENT_EXEC_GID`]), makes its effective group its only
+/// group. Before anything else runs; a no-op for processes started otherwise.
+pub fn settle_exec_credentials() -> Result<(), SandboxError> {
+    let ids = step("reading group ids", nix::unistd::getresgid())?;
+    if ids.real != ids.effective || ids.saved != ids.effective {
+        let gid = ids.effective;
+        step(
+            "settling the group ids",
+            nix::unistd::setresgid(gid, gid, gid),
+        )?;
+    }
+    step(
+        "marking the process not dumpable",
+        nix::sys::prctl::set_dumpable(false),
+    )
+}
+
+/// Prepares `command` (run by the spawner) so the program starts with the transient real
+/// group and its own effective group: not dumpable, not traceable, from its first
+/// instruction. Does nothing unless this process holds the transient group as its saved
+/// group (the sandboxed spawner does; an unsandboxed or unprivileged one does not).
+#[allow(unsafe_code)]
+pub fn exec_with_transient_group(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let Ok(ids) = nix::unistd::getresgid() else {
+        return;
+    };
+    let transient = Gid::from_raw(TRANSIENT_EXEC_GID);
+    if ids.saved != transient || ids.effective == transient {
+        return;
+    }
+    let own = ids.effective;
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // async-signal-safe system call on values computed before the fork; it allocates
+    // nothing and touches no lock.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setresgid(transient, own, own).map_err(std::io::Error::from)
+        });
     }
 }
 
-fn switch_user(uid: Uid, gid: Gid) -> Result<(), SandboxError> {
+fn switch_user(uid: Uid, gid: Gid, saved_gid: Gid) -> Result<(), SandboxError> {
     step("dropping supplementary groups", nix::unistd::setgroups(&[]))?;
-    step("switching group", nix::unistd::setresgid(gid, gid, gid))?;
+    step(
+        "switching group",
+        nix::unistd::setresgid(gid, gid, saved_gid),
+    )?;
     step("switching user", nix::unistd::setresuid(uid, uid, uid))?;
     // Paranoia: getting root back must be impossible now.
     if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
@@ -341,7 +506,12 @@ impl Options {
 /// Asks the kernel to kill this process when its parent dies, so no worker outlives its
 /// supervisor (fail closed). Returns an error if the parent is already gone.
 pub fn die_with_parent() -> Result<(), SandboxError> {
-    let parent = nix::unistd::getppid();
+    rearm_parent_death(nix::unistd::getppid())
+}
+
+/// Sets the parent-death signal and checks that `parent` is still the parent (it may have
+/// died before the signal was armed; then this process was re-parented).
+fn rearm_parent_death(parent: nix::unistd::Pid) -> Result<(), SandboxError> {
     step(
         "setting the parent-death signal",
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
@@ -370,5 +540,50 @@ mod tests {
         assert_eq!((back.enabled, back.user.as_str()), (false, "wg"));
         assert!(Options::from_worker_args(["--bogus".to_owned()]).is_err());
         assert!(Options::from_worker_args(["--user".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn future_memory_is_locked_only_when_the_limit_covers_the_budget() {
+        let budget = KEYD_MEMLOCK_BYTES;
+        assert_eq!(memory_lock_plan(true, 0, budget), MemoryLock::All);
+        assert_eq!(memory_lock_plan(false, u64::MAX, budget), MemoryLock::All);
+        assert_eq!(memory_lock_plan(false, budget, budget), MemoryLock::All);
+        // The usual default (8 MiB) without CAP_SYS_RESOURCE: locking future memory would
+        // make keyd's allocations fail past 8 MiB.
+        assert_eq!(
+            memory_lock_plan(false, 8 << 20, budget),
+            MemoryLock::PresentOnly
+        );
+    }
+
+    #[test]
+    fn root_and_missing_users_are_refused() {
+        assert!(matches!(
+            check_worker_users("root", "root", true),
+            Err(SandboxError::BadUser(_))
+        ));
+        assert!(matches!(
+            check_worker_users("no-such-user-wgrs-test", "root", false),
+            Err(SandboxError::NoSuchUser(_))
+        ));
+        let msg = SandboxError::NoSuchUser("x".into()).to_string();
+        assert!(
+            msg.contains("--keyd-user") && msg.contains("useradd"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn one_user_for_both_workers_needs_the_old_flag() {
+        // `nobody` exists on every Debian system.
+        assert!(matches!(
+            check_worker_users("nobody", "nobody", false),
+            Err(SandboxError::BadUser(_))
+        ));
+        assert!(
+            check_worker_users("nobody", "nobody", true)
+                .unwrap()
+                .is_some()
+        );
     }
 }
