@@ -207,6 +207,17 @@ fn unix_time(at: Instant, now: Instant) -> Option<(u64, u32)> {
     Some((since.as_secs(), since.subsec_nanos()))
 }
 
+/// Test builds only (feature `test-hooks`): with `WG_RS_TEST_LIE_INTERFACE_GONE=PATH`, the
+/// data plane that manages to remove the file PATH (before its sandbox is installed) tells
+/// the monitor right after start that the interface is gone although it is not. Only one
+/// process can remove the file, so one data plane of the daemon lies and its replacements
+/// do not: a test watches the monitor check the claim instead of stopping.
+#[cfg(feature = "test-hooks")]
+fn lie_about_the_interface_requested() -> bool {
+    std::env::var_os("WG_RS_TEST_LIE_INTERFACE_GONE")
+        .is_some_and(|path| std::fs::remove_file(path).is_ok())
+}
+
 /// Runs the data plane until the interface disappears or a peer process fails.
 pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
     let tun = wg_tun::Tun::from_fd(startup.tun)
@@ -227,6 +238,8 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
         keyd: startup.keyd,
         monitor: startup.monitor,
     };
+    #[cfg(feature = "test-hooks")]
+    let lie = lie_about_the_interface_requested();
     if let Some(lockdown) = startup.lockdown {
         lockdown().map_err(DatadError::Sandbox)?;
     }
@@ -234,6 +247,13 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
         .send(&DatadToKeyd::Hello(Hello::new(Role::Datad)), &[])
         .await
         .map_err(DatadError::Keyd)?;
+    #[cfg(feature = "test-hooks")]
+    if lie && let Some(m) = &io.monitor {
+        tracing::warn!("test hook: telling the monitor the interface is gone although it is not");
+        m.send(&DatadToMonitor::InterfaceGone, &[])
+            .await
+            .map_err(DatadError::Monitor)?;
+    }
     let mut daemon = Daemon {
         io,
         router: Router::new(),
@@ -869,7 +889,12 @@ impl Daemon {
                     self.upsert_peer(update, now);
                 }
             }
-            KeydToDatad::ExpireSessions => self.router.expire_current_keypairs(),
+            KeydToDatad::ExpireSessions => {
+                self.router.expire_current_keypairs();
+                for slot in self.slots.values_mut() {
+                    slot.timers.forget_handshake_rate_limit();
+                }
+            }
             KeydToDatad::RemovePeer { public_key } => self.remove_peer(&public_key),
             KeydToDatad::ClearPeers => {
                 let keys: Vec<PublicKey> = self.by_key.keys().copied().collect();

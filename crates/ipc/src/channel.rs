@@ -176,13 +176,13 @@ impl Channel {
     /// sources (two processes that each block on sending to the other deadlock) and retry
     /// once [`Channel::writable`] returns.
     pub fn try_send<T: Serialize>(&self, msg: &T) -> Result<bool, IpcError> {
-        self.try_send_encoded(Zeroizing::new(encode(msg)?))
+        self.try_send_encoded(&Zeroizing::new(encode(msg)?))
     }
 
     /// [`Channel::try_send`] of a message encoded beforehand (with [`crate::encode`]), so a
     /// sender that queues messages meets an encoding error when it queues, never mistaking
     /// it for a failure of the other process. On `Ok(false)` nothing was sent.
-    pub fn try_send_encoded(&self, bytes: Zeroizing<Vec<u8>>) -> Result<bool, IpcError> {
+    pub fn try_send_encoded(&self, bytes: &[u8]) -> Result<bool, IpcError> {
         if bytes.len() > MAX_MESSAGE_LEN {
             return Err(IpcError::TooLarge(bytes.len()));
         }
@@ -191,7 +191,7 @@ impl Channel {
                 let sent = fd.try_io(Interest::WRITABLE, |inner| {
                     sendmsg::<()>(
                         inner.as_raw_fd(),
-                        &[IoSlice::new(&bytes)],
+                        &[IoSlice::new(bytes)],
                         &[],
                         MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
                         None,
@@ -205,11 +205,13 @@ impl Channel {
                     Err(e) => Err(e.into()),
                 }
             }
-            Transport::Memory { tx, .. } => match tx.try_send((bytes, Vec::new())) {
-                Ok(()) => Ok(true),
-                Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(IpcError::Closed),
-            },
+            Transport::Memory { tx, .. } => {
+                match tx.try_send((Zeroizing::new(bytes.to_vec()), Vec::new())) {
+                    Ok(()) => Ok(true),
+                    Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(IpcError::Closed),
+                }
+            }
         }
     }
 

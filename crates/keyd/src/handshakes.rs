@@ -13,6 +13,7 @@ use std::time::{Instant, SystemTime};
 use wg_cookie::MacSigner;
 use wg_handshake::{IndexTable, LocalIdentity, Peer, Role as HsRole, Session, Tai64N};
 use wg_ipc::messages::{DatadToKeyd, KeydToDatad, PeerUpdate, SecretBytes, SessionKeys};
+use wg_wire::constants::REKEY_TIMEOUT;
 use wg_wire::{
     CookieReply, MESSAGE_INITIATION, MESSAGE_RESPONSE, PresharedKey, PublicKey, Response,
     message_type,
@@ -22,6 +23,9 @@ use wg_wire::{
 struct HandshakePeer {
     noise: Peer,
     macs: MacSigner,
+    /// When keyd last made an initiation for this peer: at most one per `REKEY_TIMEOUT`,
+    /// as the whitepaper asks, whatever the data plane requests.
+    last_initiation: Option<Instant>,
 }
 
 /// The key process's protocol state.
@@ -88,6 +92,7 @@ impl Handshakes {
         self.identity = identity;
         for p in self.peers.values_mut() {
             p.noise.clear();
+            p.last_initiation = None;
         }
         self.indices = IndexTable::new();
     }
@@ -107,6 +112,7 @@ impl Handshakes {
             HandshakePeer {
                 noise: Peer::new(identity, public_key, psk),
                 macs: MacSigner::new(&public_key),
+                last_initiation: None,
             },
         );
     }
@@ -125,6 +131,7 @@ impl Handshakes {
         self.indices = IndexTable::new();
         for p in self.peers.values_mut() {
             p.noise.clear();
+            p.last_initiation = None;
         }
     }
 
@@ -167,6 +174,14 @@ impl Handshakes {
         let (Some(identity), Some(p)) = (&self.identity, self.peers.get_mut(&public_key)) else {
             return;
         };
+        if p.last_initiation
+            .is_some_and(|t| now.saturating_duration_since(t) < REKEY_TIMEOUT)
+        {
+            tracing::debug!(
+                "initiation for {public_key:?} refused: one was made less than REKEY_TIMEOUT ago"
+            );
+            return;
+        }
         if let Some(old) = p.noise.pending_local_index() {
             self.indices.remove(old);
         }
@@ -176,11 +191,14 @@ impl Handshakes {
             .noise
             .create_initiation(identity, index, timestamp, &mut p.macs, now, &mut self.rng)
         {
-            Ok(message) => out.push(KeydToDatad::SendHandshake {
-                public_key,
-                message: message.to_vec(),
-                endpoint: None,
-            }),
+            Ok(message) => {
+                p.last_initiation = Some(now);
+                out.push(KeydToDatad::SendHandshake {
+                    public_key,
+                    message: message.to_vec(),
+                    endpoint: None,
+                });
+            }
             Err(e) => {
                 self.indices.remove(index);
                 tracing::warn!("cannot initiate a handshake with {public_key:?}: {e}");
@@ -292,4 +310,63 @@ pub fn peer_update(
         more_allowed_ips: false,
     }
     .into_messages()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use zeroize::Zeroizing;
+
+    fn identity(seed: u8) -> LocalIdentity {
+        LocalIdentity::from_private_bytes(Zeroizing::new([seed; 32]))
+    }
+
+    fn initiations(out: &[KeydToDatad]) -> usize {
+        out.iter()
+            .filter(|m| matches!(m, KeydToDatad::SendHandshake { .. }))
+            .count()
+    }
+
+    fn want(hs: &mut Handshakes, peer: PublicKey, now: Instant) -> usize {
+        let mut out = Vec::new();
+        let msg = DatadToKeyd::WantHandshake {
+            public_key: peer,
+            retry: false,
+        };
+        hs.on_datad(msg, now, &mut out);
+        initiations(&out)
+    }
+
+    #[test]
+    fn one_initiation_per_rekey_timeout_whatever_the_data_plane_asks() {
+        let mut hs = Handshakes::new();
+        hs.set_identity(Some(identity(1)));
+        let peer = *identity(2).public_key();
+        hs.upsert_peer(peer, PresharedKey::zero());
+        let t0 = Instant::now();
+        assert_eq!(want(&mut hs, peer, t0), 1);
+        let flood: usize = (0..1000)
+            .map(|i| want(&mut hs, peer, t0 + Duration::from_millis(i)))
+            .sum();
+        assert_eq!(flood, 0, "a data plane cannot make keyd initiate in a loop");
+        assert_eq!(want(&mut hs, peer, t0 + REKEY_TIMEOUT), 1);
+        // Unknown peers get nothing at all.
+        assert_eq!(want(&mut hs, *identity(3).public_key(), t0), 0);
+    }
+
+    #[test]
+    fn a_new_identity_or_data_plane_may_initiate_at_once() {
+        let mut hs = Handshakes::new();
+        hs.set_identity(Some(identity(1)));
+        let peer = *identity(2).public_key();
+        hs.upsert_peer(peer, PresharedKey::zero());
+        let t0 = Instant::now();
+        assert_eq!(want(&mut hs, peer, t0), 1);
+        hs.set_identity(Some(identity(4)));
+        hs.upsert_peer(peer, PresharedKey::zero());
+        assert_eq!(want(&mut hs, peer, t0 + Duration::from_millis(1)), 1);
+        hs.reset_sessions();
+        assert_eq!(want(&mut hs, peer, t0 + Duration::from_millis(2)), 1);
+    }
 }

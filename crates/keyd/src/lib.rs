@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod handshakes;
+pub mod link;
 mod service;
 
 pub use service::{KeydStartup, serve};

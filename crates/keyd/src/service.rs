@@ -3,23 +3,22 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::UnixListener as StdUnixListener;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use wg_handshake::LocalIdentity;
 use wg_ipc::messages::{
-    DatadToKeyd, Hello, KeydToDatad, KeydToMonitor, MonitorToKeyd, PeerStats, Role,
+    DatadToKeyd, Hello, KeydToDatad, KeydToMonitor, Misbehaviour, MonitorToKeyd, Role,
 };
 use wg_ipc::{Channel, IpcError, Received};
-use wg_uapi::{
-    Applied, DeviceConfig, Errno, ParseOptions, PeerRuntime, Request, Response, SecretKey,
-};
-use wg_wire::{PresharedKey, PublicKey};
+use wg_uapi::{Applied, DeviceConfig, Errno, ParseOptions, Request, Response, SecretKey};
+use wg_wire::PresharedKey;
 use zeroize::Zeroizing;
 
 use crate::KeydError;
 use crate::handshakes::{Handshakes, peer_update};
+use crate::link::{DatadLink, StatsAnswer};
 
 /// A UAPI client waiting this long for its next request is disconnected.
 const UAPI_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,10 +53,12 @@ fn identity_of(key: &SecretKey) -> LocalIdentity {
 struct Keyd {
     config: DeviceConfig,
     handshakes: Handshakes,
-    datad: Option<Channel>,
+    /// The data plane's channel and keyd's bookkeeping of it; `None` between giving up on
+    /// one (or losing it) and the monitor's restart.
+    datad: Option<(Channel, DatadLink)>,
     monitor: Channel,
-    next_request: u32,
-    pending_stats: HashMap<u32, (Vec<PeerStats>, oneshot::Sender<Response>)>,
+    /// `get` requests waiting for the statistics request in flight.
+    stats_waiters: Vec<oneshot::Sender<Response>>,
     /// A `set` waiting for the monitor to rebind or re-mark the sockets.
     pending_set: Option<(Applied, oneshot::Sender<Response>)>,
     /// Commands that arrived while a `set` was pending; served in order afterwards.
@@ -67,6 +68,21 @@ struct Keyd {
 async fn recv_datad(datad: Option<&Channel>) -> Result<Received<DatadToKeyd>, IpcError> {
     match datad {
         Some(d) => d.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the data plane can take more, if messages wait for it.
+async fn datad_writable(datad: Option<&(Channel, DatadLink)>) -> Result<(), IpcError> {
+    match datad {
+        Some((channel, link)) if link.has_backlog() => channel.writable().await,
+        _ => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
 }
@@ -84,31 +100,46 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
         handshakes: Handshakes::new(),
         datad: None,
         monitor: startup.monitor,
-        next_request: 0,
-        pending_stats: HashMap::new(),
+        stats_waiters: Vec::new(),
         pending_set: None,
         queued: VecDeque::new(),
     };
-    keyd.attach_datad(startup.datad).await;
+    keyd.attach_datad(startup.datad).await?;
     tracing::info!("key process serving interface {}", startup.interface);
     loop {
+        let deadline = keyd.datad.as_ref().and_then(|(_, l)| l.next_deadline());
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn_client(stream, commands_tx.clone()),
-                Err(e) => tracing::warn!("UAPI accept failed: {e}"),
-            },
-            Some(command) = commands.recv() => keyd.on_command(command).await,
-            m = recv_datad(keyd.datad.as_ref()) => match m {
-                Ok(m) => keyd.on_datad(m.msg).await,
-                Err(e) => keyd.lost_datad(e),
-            },
+            // The monitor and UAPI first: however much a data plane sends, the
+            // administrator is served (and the data plane's messages wait in its socket).
+            biased;
             m = keyd.monitor.recv::<MonitorToKeyd>() => match m {
                 Ok(m) => keyd.on_monitor(m).await?,
                 // The monitor closes its end when the daemon stops: a normal end.
                 Err(IpcError::Closed) => return Ok(()),
                 Err(e) => return Err(KeydError::Monitor(e)),
             },
+            Some(command) = commands.recv() => keyd.on_command(command).await?,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => spawn_client(stream, commands_tx.clone()),
+                Err(e) => tracing::warn!("UAPI accept failed: {e}"),
+            },
+            () = sleep_until(deadline) => {
+                let late = keyd.datad.as_ref().map(|(_, l)| l.check_deadlines(Instant::now()));
+                if let Some(Err(reason)) = late {
+                    keyd.give_up_on_datad(reason).await?;
+                }
+            }
+            w = datad_writable(keyd.datad.as_ref()) => {
+                if let Err(e) = w {
+                    keyd.lost_datad(&e);
+                }
+            }
+            m = recv_datad(keyd.datad.as_ref().map(|(c, _)| c)) => match m {
+                Ok(m) => keyd.on_datad(m.msg).await?,
+                Err(e) => keyd.lost_datad(&e),
+            },
         }
+        keyd.flush_datad();
     }
 }
 
@@ -143,21 +174,37 @@ fn spawn_client(stream: tokio::net::UnixStream, commands: mpsc::Sender<Command>)
 }
 
 impl Keyd {
-    async fn send_datad(&mut self, messages: Vec<KeydToDatad>) {
-        let Some(datad) = &self.datad else {
+    /// Queues messages for the data plane (sent as it reads, never awaited).
+    async fn send_datad(&mut self, messages: Vec<KeydToDatad>) -> Result<(), KeydError> {
+        let Some((_, link)) = &mut self.datad else {
+            return Ok(());
+        };
+        if let Err(reason) = link.queue(messages, Instant::now()) {
+            self.give_up_on_datad(reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the data plane's socket takes now.
+    fn flush_datad(&mut self) {
+        let Some((channel, link)) = &mut self.datad else {
             return;
         };
-        for msg in &messages {
-            if let Err(e) = datad.send(msg, &[]).await {
-                self.lost_datad(e);
-                return;
+        while let Some(bytes) = link.front() {
+            match channel.try_send_encoded(bytes) {
+                Ok(true) => link.sent_front(Instant::now()),
+                Ok(false) => return,
+                Err(e) => {
+                    self.lost_datad(&e);
+                    return;
+                }
             }
         }
     }
 
     /// Connects a (new) data plane and gives it the whole configuration.
-    async fn attach_datad(&mut self, datad: Channel) {
-        self.datad = Some(datad);
+    async fn attach_datad(&mut self, datad: Channel) -> Result<(), KeydError> {
+        self.datad = Some((datad, DatadLink::new()));
         self.handshakes.reset_sessions();
         let mut out = vec![
             KeydToDatad::Hello(Hello::new(Role::Keyd)),
@@ -173,46 +220,62 @@ impl Keyd {
                 p.persistent_keepalive_interval,
             )
         }));
-        self.send_datad(out).await;
+        self.send_datad(out).await
     }
 
-    fn lost_datad(&mut self, e: IpcError) {
+    /// The data plane's channel failed (it died; the monitor restarts it and hands us the
+    /// new channel).
+    fn lost_datad(&mut self, e: &IpcError) {
         tracing::warn!("lost the data plane ({e}); waiting for the monitor to restart it");
+        self.drop_datad();
+    }
+
+    /// The data plane broke the rules: close its channel and have the monitor replace it.
+    async fn give_up_on_datad(&mut self, reason: Misbehaviour) -> Result<(), KeydError> {
+        tracing::warn!("giving up on the data plane: {reason}; asking the monitor to replace it");
+        self.drop_datad();
+        self.monitor
+            .send(&KeydToMonitor::RestartDataPlane { reason }, &[])
+            .await
+            .map_err(KeydError::Monitor)
+    }
+
+    fn drop_datad(&mut self) {
         self.datad = None;
-        for (_, (_, reply)) in self.pending_stats.drain() {
-            let _ = reply.send(Response::Get(wg_uapi::write_get(&self.config, |_| {
-                PeerRuntime::default()
-            })));
+        self.answer_stats(&HashMap::new());
+    }
+
+    /// Answers every waiting `get` with the configuration and `runtime`.
+    fn answer_stats(&mut self, runtime: &StatsAnswer) {
+        if self.stats_waiters.is_empty() {
+            return;
+        }
+        let text = wg_uapi::write_get(&self.config, |key| {
+            runtime.get(key).cloned().unwrap_or_default()
+        });
+        for reply in self.stats_waiters.drain(..) {
+            let _ = reply.send(Response::Get(text.clone()));
         }
     }
 
-    async fn on_command(&mut self, command: Command) {
+    async fn on_command(&mut self, command: Command) -> Result<(), KeydError> {
         if self.pending_set.is_some() {
             self.queued.push_back(command);
-            return;
+            return Ok(());
         }
         match command.request {
             Request::Get => {
-                let Some(datad) = &self.datad else {
-                    let text = wg_uapi::write_get(&self.config, |_| PeerRuntime::default());
-                    let _ = command.reply.send(Response::Get(text));
-                    return;
+                self.stats_waiters.push(command.reply);
+                let peers = self.config.peers.len();
+                let asked = match &mut self.datad {
+                    Some((_, link)) => link.request_stats(peers, Instant::now()),
+                    None => Ok(false),
                 };
-                let request = self.next_request;
-                self.next_request = self.next_request.wrapping_add(1);
-                match datad
-                    .send(&KeydToDatad::StatsRequest { request }, &[])
-                    .await
-                {
-                    Ok(()) => {
-                        self.pending_stats
-                            .insert(request, (Vec::new(), command.reply));
-                    }
-                    Err(e) => {
-                        self.lost_datad(e);
-                        let text = wg_uapi::write_get(&self.config, |_| PeerRuntime::default());
-                        let _ = command.reply.send(Response::Get(text));
-                    }
+                match asked {
+                    Err(reason) => self.give_up_on_datad(reason).await?,
+                    // Without a data plane there are no statistics to wait for.
+                    Ok(_) if self.datad.is_none() => self.answer_stats(&HashMap::new()),
+                    Ok(_) => {}
                 }
             }
             Request::Set(request) => {
@@ -228,7 +291,7 @@ impl Keyd {
                         let response =
                             Response::for_error(&e).unwrap_or(Response::Error(Errno::Invalid));
                         let _ = command.reply.send(response);
-                        return;
+                        return Ok(());
                     }
                 };
                 let port_changes = request.listen_port.is_some()
@@ -242,19 +305,20 @@ impl Keyd {
                     if let Err(e) = self.monitor.send(&ask, &[]).await {
                         tracing::error!("cannot reach the monitor: {e}");
                         let _ = command.reply.send(Response::Error(Errno::PortInUse));
-                        return;
+                        return Ok(());
                     }
                     self.pending_set = Some((applied, command.reply));
                 } else {
-                    self.commit(applied).await;
+                    self.commit(applied).await?;
                     let _ = command.reply.send(Response::SetOk);
                 }
             }
         }
+        Ok(())
     }
 
     /// Makes a validated configuration current and tells the data plane what changed.
-    async fn commit(&mut self, applied: Applied) {
+    async fn commit(&mut self, applied: Applied) -> Result<(), KeydError> {
         let Applied { config, diff } = applied;
         let mut out = Vec::new();
         if diff.private_key_changed {
@@ -263,6 +327,9 @@ impl Keyd {
             out.push(KeydToDatad::Interface {
                 public_key: self.handshakes.public_key(),
             });
+            // As the kernel and wireguard-go: sessions made with the old identity stop
+            // sending at once, so a replaced key stops carrying traffic.
+            out.push(KeydToDatad::ExpireSessions);
         }
         for key in &diff.peers_removed {
             self.handshakes.remove_peer(key);
@@ -299,47 +366,26 @@ impl Keyd {
             }
         }
         self.config = config;
-        self.send_datad(out).await;
+        self.send_datad(out).await
     }
 
-    async fn on_datad(&mut self, msg: DatadToKeyd) {
-        match msg {
-            DatadToKeyd::Hello(hello) => {
-                if let Err(e) = hello.check(Role::Datad) {
-                    self.lost_datad(e);
+    async fn on_datad(&mut self, msg: DatadToKeyd) -> Result<(), KeydError> {
+        let Some((_, link)) = &mut self.datad else {
+            return Ok(());
+        };
+        match link.on_message(msg, &mut self.handshakes, Instant::now(), SystemTime::now()) {
+            Ok(outcome) => {
+                if outcome.dropped {
+                    tracing::debug!(
+                        "handshake work from the data plane over the rate limit; dropped"
+                    );
                 }
-            }
-            DatadToKeyd::Stats {
-                request,
-                peers,
-                done,
-            } => {
-                if let Some((collected, _)) = self.pending_stats.get_mut(&request) {
-                    collected.extend(peers);
+                if let Some(runtime) = outcome.stats {
+                    self.answer_stats(&runtime);
                 }
-                if done && let Some((collected, reply)) = self.pending_stats.remove(&request) {
-                    let by_key: HashMap<PublicKey, PeerStats> =
-                        collected.into_iter().map(|s| (s.public_key, s)).collect();
-                    let text = wg_uapi::write_get(&self.config, |key| {
-                        by_key
-                            .get(key)
-                            .map_or_else(PeerRuntime::default, |s| PeerRuntime {
-                                endpoint: s.endpoint,
-                                last_handshake: s.last_handshake.map(|(secs, nanos)| {
-                                    std::time::UNIX_EPOCH + Duration::new(secs, nanos)
-                                }),
-                                rx_bytes: s.rx_bytes,
-                                tx_bytes: s.tx_bytes,
-                            })
-                    });
-                    let _ = reply.send(Response::Get(text));
-                }
+                Ok(())
             }
-            other => {
-                let mut out = Vec::new();
-                self.handshakes.on_datad(other, Instant::now(), &mut out);
-                self.send_datad(out).await;
-            }
+            Err(reason) => self.give_up_on_datad(reason).await,
         }
     }
 
@@ -355,7 +401,7 @@ impl Keyd {
                 };
                 if errno == 0 {
                     applied.config.listen_port = port;
-                    self.commit(applied).await;
+                    self.commit(applied).await?;
                     let _ = reply.send(Response::SetOk);
                 } else {
                     tracing::warn!(
@@ -369,7 +415,7 @@ impl Keyd {
                     let Some(next) = self.queued.pop_front() else {
                         break;
                     };
-                    Box::pin(self.on_command(next)).await;
+                    Box::pin(self.on_command(next)).await?;
                 }
             }
             MonitorToKeyd::DataPlaneRestarted => {
@@ -379,7 +425,7 @@ impl Keyd {
                     .next()
                     .ok_or(KeydError::Protocol("restart without a channel"))?;
                 tracing::info!("data plane restarted; re-sending the configuration");
-                self.attach_datad(Channel::from_fd(fd)?).await;
+                self.attach_datad(Channel::from_fd(fd)?).await?;
             }
         }
         Ok(())

@@ -266,6 +266,13 @@ impl PeerTimers {
         self.running && self.begin_new_attempt(now)
     }
 
+    /// The interface's identity changed and every session was expired: the next
+    /// [`want_handshake`](Self::want_handshake) may initiate at once, as wireguard-go's
+    /// `ExpireCurrentKeypairs` backdates its last sent handshake.
+    pub fn forget_handshake_rate_limit(&mut self) {
+        self.last_handshake_sent = None;
+    }
+
     /// A packet was received on a keypair we initiated that is older than
     /// `REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT` (the router checks the age):
     /// rekey now, before the session expires while the peer, its responder, may not

@@ -428,6 +428,19 @@ fn initiations_rate_limited_to_one_per_rekey_timeout() {
 }
 
 #[test]
+fn a_new_identity_may_initiate_at_once() {
+    let t0 = Instant::now();
+    let mut timers = PeerTimers::new(None);
+    assert!(timers.want_handshake(t0));
+    assert!(!timers.want_handshake(t0 + secs(1)));
+    // The private key changed and every session was expired (wireguard-go backdates its
+    // last sent handshake): waiting out REKEY_TIMEOUT would leave the tunnel down.
+    timers.forget_handshake_rate_limit();
+    assert!(timers.want_handshake(t0 + secs(1)));
+    assert!(!timers.want_handshake(t0 + secs(2)));
+}
+
+#[test]
 fn handshake_response_counts_for_the_initiation_rate_limit() {
     let t0 = Instant::now();
     let mut timers = PeerTimers::new(None);
