@@ -84,7 +84,10 @@ const WORKER_USERS: [&str; 2] = ["wireguard-rs-keyd", "wireguard-rs-datad"];
 fn worker_users() -> Result<()> {
     for user in WORKER_USERS {
         let mut c = cmd::command("getent", &["passwd", user]);
-        if cmd::output(&mut c, Duration::from_secs(10))?.status.success() {
+        if cmd::output(&mut c, Duration::from_secs(10))?
+            .status
+            .success()
+        {
             println!("setup: user {user}: exists");
             continue;
         }
