@@ -1,6 +1,8 @@
 //! Per-source token buckets for handshake messages under load, as wireguard-go's
-//! `ratelimiter` does: 20 messages per second per IP address with a burst of 5, so one
-//! flooding address cannot starve the handshakes of everyone else.
+//! `ratelimiter` does: 20 messages per second per source with a burst of 5, so one
+//! flooding address cannot starve the handshakes of everyone else. A source is an IPv4
+//! address or an IPv6 /64, as in the Linux kernel: one host usually owns a whole /64 and
+//! could otherwise flood from 2^64 addresses.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,6 +33,7 @@ pub(crate) struct RateLimiter {
 impl RateLimiter {
     /// Whether a handshake message from `ip` may be processed now.
     pub(crate) fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let ip = source_of(ip);
         if self
             .last_sweep
             .is_none_or(|t| now.saturating_duration_since(t) >= IDLE)
@@ -59,6 +62,18 @@ impl RateLimiter {
     }
 }
 
+/// The rate limit's unit for `ip`: itself for IPv4 (and IPv4-mapped IPv6), its /64 for
+/// IPv6.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +95,22 @@ mod tests {
         );
         let soon = later + Duration::from_millis(100);
         assert_eq!((0..100).filter(|_| rl.allow(a, soon)).count(), 2);
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_source() {
+        let mut rl = RateLimiter::default();
+        let t0 = Instant::now();
+        let host = |i: u16| -> IpAddr { format!("2001:db8:1:2::{i:x}").parse().unwrap() };
+        // 100 addresses of one /64 share one bucket (the kernel's rule).
+        let allowed = (0..100).filter(|&i| rl.allow(host(i), t0)).count();
+        assert_eq!(allowed, 5);
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(rl.allow(other, t0), "the next /64 is another source");
+        // An IPv4-mapped address counts as its IPv4 address.
+        let v4: IpAddr = [192, 0, 2, 9].into();
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+        assert_eq!((0..10).filter(|_| rl.allow(v4, t0)).count(), 5);
+        assert!(!rl.allow(mapped, t0));
     }
 }

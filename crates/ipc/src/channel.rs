@@ -107,6 +107,19 @@ impl Channel {
         }
     }
 
+    /// The uid of the process at the other end, as the kernel recorded it when the pair
+    /// was made (`SO_PEERCRED`); for an in-memory pair, this process's effective uid.
+    pub fn peer_uid(&self) -> std::io::Result<u32> {
+        match &self.transport {
+            Transport::Seqpacket(fd) => {
+                use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+                let creds = getsockopt(fd.get_ref(), PeerCredentials)?;
+                Ok(creds.uid())
+            }
+            Transport::Memory { .. } => Ok(nix::unistd::geteuid().as_raw()),
+        }
+    }
+
     /// Two connected in-memory ends, for the in-process mode.
     pub fn memory_pair() -> (Self, Self) {
         const DEPTH: usize = 1024;

@@ -104,6 +104,9 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
         pending_set: None,
         queued: VecDeque::new(),
     };
+    // UAPI clients must run as root or as whoever started the daemon (the monitor's
+    // user), never as keyd's own unprivileged uid.
+    let owner = keyd.monitor.peer_uid()?;
     keyd.attach_datad(startup.datad).await?;
     tracing::info!("key process serving interface {}", startup.interface);
     loop {
@@ -120,7 +123,7 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
             },
             Some(command) = commands.recv() => keyd.on_command(command).await?,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn_client(stream, commands_tx.clone()),
+                Ok((stream, _)) => spawn_client(stream, owner, commands_tx.clone()),
                 Err(e) => tracing::warn!("UAPI accept failed: {e}"),
             },
             () = sleep_until(deadline) => {
@@ -143,9 +146,9 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
     }
 }
 
-fn spawn_client(stream: tokio::net::UnixStream, commands: mpsc::Sender<Command>) {
+fn spawn_client(stream: tokio::net::UnixStream, owner: u32, commands: mpsc::Sender<Command>) {
     tokio::spawn(async move {
-        if let Err(e) = wg_uapi::check_peer(&stream) {
+        if let Err(e) = wg_uapi::check_peer_owned_by(&stream, owner) {
             tracing::warn!("UAPI client refused: {e}");
             return;
         }

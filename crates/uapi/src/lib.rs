@@ -75,5 +75,6 @@ pub use protocol::{
 };
 pub use server::{
     DEFAULT_SOCKET_DIR, SecretBufReader, SocketFileGuard, bind_listener, bind_listener_in,
-    check_peer, read_request, read_request_with, serve_connection, socket_path, write_response,
+    check_peer, check_peer_owned_by, peer_allowed, read_request, read_request_with,
+    serve_connection, socket_path, write_response,
 };

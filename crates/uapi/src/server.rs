@@ -162,14 +162,26 @@ impl Drop for SocketFileGuard {
 /// Until this passes, a client may be any local user (if the socket's mode was ever
 /// weakened): refuse before reading anything.
 pub fn check_peer(stream: &impl AsFd) -> Result<(), UapiError> {
+    check_peer_owned_by(stream, nix::unistd::geteuid().as_raw())
+}
+
+/// Accepts the client only if SO_PEERCRED says it runs as root or as `owner`, the user
+/// who started the daemon (root too, normally). The key process serves UAPI under its own
+/// unprivileged uid; that uid must not be accepted, so the daemon passes the owner's.
+pub fn check_peer_owned_by(stream: &impl AsFd, owner: u32) -> Result<(), UapiError> {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     let creds = getsockopt(stream, PeerCredentials).map_err(UapiError::PeerCredentials)?;
     let uid = creds.uid();
-    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+    if peer_allowed(uid, owner) {
         Ok(())
     } else {
         Err(UapiError::PeerRefused { uid })
     }
+}
+
+/// Whether a client running as `uid` may use the socket of a daemon started by `owner`.
+pub fn peer_allowed(uid: u32, owner: u32) -> bool {
+    uid == 0 || uid == owner
 }
 
 /// Outcome of reading one bounded line.

@@ -321,3 +321,14 @@ async fn unknown_operation_is_closed_without_an_answer() {
         Err(UapiError::UnknownOperation)
     ));
 }
+
+#[test]
+fn only_root_and_the_owner_may_connect() {
+    // keyd runs as its own unprivileged user and passes the uid of whoever started the
+    // daemon: its own uid (and the data plane's) must not pass.
+    assert!(wg_uapi::peer_allowed(0, 0));
+    assert!(wg_uapi::peer_allowed(1000, 1000));
+    assert!(wg_uapi::peer_allowed(0, 1000));
+    assert!(!wg_uapi::peer_allowed(999, 0), "the key process's own uid");
+    assert!(!wg_uapi::peer_allowed(995, 0), "the data plane's uid");
+}
