@@ -1,11 +1,20 @@
 //! The key process: holds the static private key and every PSK, runs the Noise handshakes
 //! and serves the UAPI socket (which carries private keys).
 //!
-//! **Owns:** the device configuration, the [`handshakes::Handshakes`] oracle, and the
-//! UAPI server.
+//! **Owns:** the device configuration, the [`handshakes::Handshakes`] oracle, the
+//! bookkeeping of the data plane ([`link::DatadLink`]: what keyd sends it, what it may
+//! ask, and when it is given up on), and the UAPI server.
 //!
-//! **Trusts:** nothing from the data plane beyond "this message passed the MAC checks"
-//! (it checks MAC1 again); nothing from UAPI clients until their credentials are checked.
+//! **Trusts:** nothing from the data plane: every message is checked for what it means
+//! (not only its form), the memory it costs is bounded, and keyd never waits on it
+//! ([`link`]); beyond "this message passed the MAC checks" nothing is believed (MAC1 is
+//! checked again). Nothing from UAPI clients until their credentials are checked.
+//!
+//! Both cores are sans-IO and driven by the event loop in `service`: feed
+//! [`link::DatadLink::on_message`] a decoded `DatadToKeyd`, the oracle, `now` and the wall
+//! clock; it queues the answers ([`link::DatadLink::front`]/[`link::DatadLink::sent_front`])
+//! and returns finished statistics or the [`wg_ipc::messages::Misbehaviour`] that ends the
+//! data plane. The fuzz target `keyd_datad_messages` drives exactly that.
 //!
 //! **May depend on:** handshake, cookie, wire, ipc, uapi, tokio. No network sockets, no
 //! TUN, no router.
