@@ -79,12 +79,20 @@ pub enum IpcError {
 /// with 0xff 0xff, so it cannot be confused with one.
 pub const SIGSYS_REPORT_PREFIX: [u8; 8] = [0xff, 0xff, b'S', b'I', b'G', b'S', b'Y', b'S'];
 
-/// Encodes a message, refusing anything over [`MAX_MESSAGE_LEN`].
+/// Encodes a message, refusing anything over [`MAX_MESSAGE_LEN`]. The buffer is sized
+/// exactly before the message is written (a growing vector would leave copies of session
+/// keys in the memory it frees); callers zeroize it after sending.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, IpcError> {
-    let bytes = postcard::to_stdvec(msg).map_err(IpcError::Encode)?;
-    if bytes.len() > MAX_MESSAGE_LEN {
-        return Err(IpcError::TooLarge(bytes.len()));
+    let len = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
+        .map_err(IpcError::Encode)?;
+    if len > MAX_MESSAGE_LEN {
+        return Err(IpcError::TooLarge(len));
     }
+    let mut bytes = vec![0u8; len];
+    let written = postcard::to_slice(msg, &mut bytes)
+        .map_err(IpcError::Encode)?
+        .len();
+    bytes.truncate(written);
     Ok(bytes)
 }
 
