@@ -11,9 +11,11 @@
 //! - what keyd sends waits in a bounded queue; a datad that stops reading for
 //!   [`STALL_TIMEOUT`], or lets the queue pass [`MAX_OUTBOX_BYTES`], is stalled;
 //! - handshake work (one or more Curve25519 operations per message) is limited to
-//!   [`HANDSHAKES_PER_SECOND`] with a burst of [`HANDSHAKE_BURST`]; the excess is dropped,
-//!   as a full handshake queue drops it in wireguard-go. Initiations are further limited
-//!   per peer by the handshake oracle (one per `REKEY_TIMEOUT`).
+//!   [`HANDSHAKES_PER_SECOND`] with a burst of [`HANDSHAKE_BURST`], and to
+//!   [`WORK_SHARE_PERCENT`] of keyd's time (measured, so the bound holds on any machine
+//!   and build); the excess is dropped, as a full handshake queue drops it in
+//!   wireguard-go. Initiations are further limited per peer by the handshake oracle (one
+//!   per `REKEY_TIMEOUT`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +38,11 @@ pub const MAX_OUTBOX_BYTES: usize = 64 << 20;
 pub const HANDSHAKES_PER_SECOND: u64 = 16_384;
 /// Handshake work that may arrive at once.
 pub const HANDSHAKE_BURST: u64 = 2_048;
+/// Share of keyd's time that the data plane's requests may take; the rest is kept for
+/// UAPI, the monitor, and reading (and dropping) whatever else datad sends.
+pub const WORK_SHARE_PERCENT: u32 = 50;
+/// Work time that may be spent at once before the share applies.
+const WORK_BURST: Duration = Duration::from_millis(250);
 /// A last handshake may be this far ahead of keyd's clock (both read the same clock an
 /// instant apart; the slack only covers a clock being set meanwhile).
 const MAX_CLOCK_AHEAD: Duration = Duration::from_secs(3600);
@@ -99,6 +106,47 @@ impl Bucket {
     }
 }
 
+/// Time keyd may spend on the data plane's requests: credit accrues at
+/// [`WORK_SHARE_PERCENT`] of wall time, up to [`WORK_BURST`]; measured work is charged.
+#[derive(Debug)]
+struct WorkBudget {
+    credit: Duration,
+    debt: Duration,
+    last: Option<Instant>,
+}
+
+impl WorkBudget {
+    fn new() -> Self {
+        Self {
+            credit: WORK_BURST,
+            debt: Duration::ZERO,
+            last: None,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = self
+            .last
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.last = Some(now);
+        let earned = elapsed * WORK_SHARE_PERCENT / 100;
+        let repaid = earned.min(self.debt);
+        self.debt -= repaid;
+        self.credit = (self.credit + (earned - repaid)).min(WORK_BURST);
+    }
+
+    fn available(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.debt.is_zero() && !self.credit.is_zero()
+    }
+
+    fn charge(&mut self, spent: Duration) {
+        let paid = spent.min(self.credit);
+        self.credit -= paid;
+        self.debt += spent - paid;
+    }
+}
+
 /// keyd's bookkeeping of one data plane.
 #[derive(Debug)]
 pub struct DatadLink {
@@ -109,6 +157,7 @@ pub struct DatadLink {
     next_request: u32,
     stats: Option<PendingStats>,
     handshake_budget: Bucket,
+    work: WorkBudget,
     max_outbox_bytes: usize,
 }
 
@@ -128,6 +177,7 @@ impl DatadLink {
             next_request: 0,
             stats: None,
             handshake_budget: Bucket::new(),
+            work: WorkBudget::new(),
             max_outbox_bytes: MAX_OUTBOX_BYTES,
         }
     }
@@ -234,6 +284,12 @@ impl DatadLink {
         Ok(())
     }
 
+    /// Charges the time keyd spent on a message from datad (the service measures it
+    /// around [`DatadLink::on_message`]).
+    pub fn charge_work(&mut self, spent: Duration) {
+        self.work.charge(spent);
+    }
+
     /// Handles one message from datad: checks it, lets the handshake oracle answer what
     /// is its to answer (within the rate limit), and queues the answers.
     pub fn on_message(
@@ -253,7 +309,7 @@ impl DatadLink {
                 done,
             } => outcome.stats = self.on_stats(request, peers, done, wall)?,
             DatadToKeyd::Handshake { .. } | DatadToKeyd::WantHandshake { .. } => {
-                if self.handshake_budget.take(now) {
+                if self.work.available(now) && self.handshake_budget.take(now) {
                     let mut out = Vec::new();
                     handshakes.on_datad(msg, now, &mut out);
                     self.queue(out, now)?;
@@ -490,6 +546,31 @@ mod tests {
         link.queue(std::iter::repeat_n(big.clone(), fits), t0)
             .unwrap();
         assert_eq!(link.queue([big], t0), Err(Misbehaviour::Stalled));
+    }
+
+    #[test]
+    fn handshake_work_is_limited_to_a_share_of_keyd_time() {
+        let mut link = DatadLink::new();
+        let mut hs = Handshakes::new();
+        let t0 = Instant::now();
+        let want = || DatadToKeyd::WantHandshake {
+            public_key: PublicKey([9; 32]),
+            retry: false,
+        };
+        let mut served = |link: &mut DatadLink, at: Instant| {
+            !link
+                .on_message(want(), &mut hs, at, SystemTime::now())
+                .unwrap()
+                .dropped
+        };
+        assert!(served(&mut link, t0));
+        // Slow work (a slow machine, a debug build): one second of it.
+        link.charge_work(Duration::from_secs(1));
+        assert!(!served(&mut link, t0 + Duration::from_millis(100)));
+        // 250 ms of it came from the burst; the other 750 ms are repaid at half of wall
+        // time, so there is credit again 1.5 s later.
+        assert!(!served(&mut link, t0 + Duration::from_millis(1000)));
+        assert!(served(&mut link, t0 + Duration::from_millis(1700)));
     }
 
     #[test]

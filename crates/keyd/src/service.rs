@@ -376,7 +376,10 @@ impl Keyd {
         let Some((_, link)) = &mut self.datad else {
             return Ok(());
         };
-        match link.on_message(msg, &mut self.handshakes, Instant::now(), SystemTime::now()) {
+        let started = Instant::now();
+        let result = link.on_message(msg, &mut self.handshakes, started, SystemTime::now());
+        link.charge_work(started.elapsed());
+        match result {
             Ok(outcome) => {
                 if outcome.dropped {
                     tracing::debug!(
