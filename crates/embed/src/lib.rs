@@ -100,7 +100,7 @@ pub async fn run(
                 }
                 Ok(Received { msg: KeydToMonitor::Hello(_), .. }) => {}
                 // In one process there is nothing to restart: the tunnel stops with the reason.
-                Ok(Received { msg: KeydToMonitor::RestartDataPlane { reason }, .. }) => {
+                Ok(Received { msg: KeydToMonitor::RestartDataPlane { reason, .. }, .. }) => {
                     break Err(EmbedError::Datad(format!("the key process gave up on the data plane: {reason}")));
                 }
                 Err(e) => break Err(EmbedError::Keyd(e.to_string())),

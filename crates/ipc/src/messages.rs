@@ -270,6 +270,10 @@ pub enum KeydToMonitor {
     RestartDataPlane {
         /// What it did, for the log.
         reason: Misbehaviour,
+        /// Which data plane: 0 for the first, then one more for each
+        /// [`MonitorToKeyd::DataPlaneRestarted`]. A request about one that is already
+        /// gone (it died and was replaced meanwhile) must not kill its successor.
+        generation: u32,
     },
 }
 

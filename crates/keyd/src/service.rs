@@ -57,6 +57,8 @@ struct Keyd {
     /// one (or losing it) and the monitor's restart.
     datad: Option<(Channel, DatadLink)>,
     monitor: Channel,
+    /// Which data plane `datad` is (or was): counts the monitor's restarts.
+    datad_generation: u32,
     /// `get` requests waiting for the statistics request in flight.
     stats_waiters: Vec<oneshot::Sender<Response>>,
     /// A `set` waiting for the monitor to rebind or re-mark the sockets.
@@ -100,6 +102,7 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
         handshakes: Handshakes::new(),
         datad: None,
         monitor: startup.monitor,
+        datad_generation: 0,
         stats_waiters: Vec::new(),
         pending_set: None,
         queued: VecDeque::new(),
@@ -238,7 +241,13 @@ impl Keyd {
         tracing::warn!("giving up on the data plane: {reason}; asking the monitor to replace it");
         self.drop_datad();
         self.monitor
-            .send(&KeydToMonitor::RestartDataPlane { reason }, &[])
+            .send(
+                &KeydToMonitor::RestartDataPlane {
+                    reason,
+                    generation: self.datad_generation,
+                },
+                &[],
+            )
             .await
             .map_err(KeydError::Monitor)
     }
@@ -431,6 +440,7 @@ impl Keyd {
                     .next()
                     .ok_or(KeydError::Protocol("restart without a channel"))?;
                 tracing::info!("data plane restarted; re-sending the configuration");
+                self.datad_generation = self.datad_generation.wrapping_add(1);
                 self.attach_datad(Channel::from_fd(fd)?).await?;
             }
         }

@@ -173,6 +173,8 @@ pub struct Supervisor {
     datad_args: Vec<String>,
     crypto_threads: u16,
     restarts: Vec<Instant>,
+    /// Restarts so far: which data plane keyd's requests are about.
+    datad_generation: u32,
     socket_file: Option<SocketFile>,
 }
 
@@ -278,6 +280,7 @@ impl Supervisor {
             datad_args: prepared.datad_args,
             crypto_threads: prepared.crypto_threads,
             restarts: Vec::new(),
+            datad_generation: 0,
             socket_file: prepared.socket_file.and_then(SocketFile::watch),
         }
     }
@@ -470,6 +473,7 @@ impl Supervisor {
         keyd.send(&MonitorToKeyd::DataPlaneRestarted, &[keyd_end.as_fd()])
             .await
             .map_err(|e| MonitorError::Ipc("keyd", e))?;
+        self.datad_generation = self.datad_generation.wrapping_add(1);
         Ok(datad)
     }
 
@@ -487,7 +491,13 @@ impl Supervisor {
                     .check(Role::Keyd)
                     .map_err(|e| MonitorError::Ipc("keyd", e));
             }
-            KeydToMonitor::RestartDataPlane { reason } => {
+            KeydToMonitor::RestartDataPlane { reason, generation } => {
+                if generation != self.datad_generation {
+                    tracing::info!(
+                        "the key process gave up on a data plane that was already replaced ({reason})"
+                    );
+                    return Ok(());
+                }
                 tracing::warn!(
                     "the key process gave up on the data plane (pid {}): {reason}; replacing it",
                     datad.pid
