@@ -207,15 +207,26 @@ fn unix_time(at: Instant, now: Instant) -> Option<(u64, u32)> {
     Some((since.as_secs(), since.subsec_nanos()))
 }
 
-/// Test builds only (feature `test-hooks`): with `WG_RS_TEST_LIE_INTERFACE_GONE=PATH`, the
-/// data plane that manages to remove the file PATH (before its sandbox is installed) tells
-/// the monitor right after start that the interface is gone although it is not. Only one
-/// process can remove the file, so one data plane of the daemon lies and its replacements
-/// do not: a test watches the monitor check the claim instead of stopping.
+/// Test builds only (feature `test-hooks`): with `WG_RS_TEST_LIE_INTERFACE_GONE=PATH`, where
+/// PATH is a FIFO a test holds open with one byte in it, the data plane that reads the byte
+/// (before its sandbox is installed) tells the monitor right after start that the interface
+/// is gone although it is not. The byte is there once, so one data plane of the daemon lies
+/// and its replacements do not. Only a read-only open and a read: a starting data plane
+/// runs under the spawner's filter, which allows nothing that writes files.
 #[cfg(feature = "test-hooks")]
 fn lie_about_the_interface_requested() -> bool {
-    std::env::var_os("WG_RS_TEST_LIE_INTERFACE_GONE")
-        .is_some_and(|path| std::fs::remove_file(path).is_ok())
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = std::env::var_os("WG_RS_TEST_LIE_INTERFACE_GONE") else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|mut fifo| fifo.read(&mut byte))
+        .is_ok_and(|n| n == 1)
 }
 
 /// Runs the data plane until the interface disappears or a peer process fails.
