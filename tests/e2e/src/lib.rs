@@ -16,6 +16,7 @@
 
 pub mod daemon;
 pub mod env;
+pub mod fake_monitor;
 pub mod net;
 pub mod proc;
 pub mod topo;
