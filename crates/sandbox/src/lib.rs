@@ -62,15 +62,23 @@ pub enum Role {
 
 impl Role {
     /// Capabilities the role keeps in its permitted, effective and bounding sets:
-    /// `CAP_NET_ADMIN` for the monitor (socket marks), plus `CAP_NET_BIND_SERVICE` if
-    /// the administrator asked for listen ports below 1024 ([`Options::low_ports`]);
-    /// nothing for the others.
+    /// `CAP_NET_ADMIN` for the monitor (socket marks) and `CAP_KILL`, plus
+    /// `CAP_NET_BIND_SERVICE` if the administrator asked for listen ports below 1024
+    /// ([`Options::low_ports`]); nothing for the others.
+    ///
+    /// `CAP_KILL`: when the monitor dies, the kernel sends its children their parent-death
+    /// signal with the monitor's credentials; keyd and the spawner run as other users, so
+    /// without it the signal is refused silently and a stopped or stuck worker would
+    /// outlive the monitor. The monitor's filter lets it send SIGKILL and nothing else.
     pub fn kept_capabilities(self, options: &Options) -> HashSet<Capability> {
         match self {
-            Role::Monitor if options.low_ports => {
-                [Capability::CAP_NET_ADMIN, Capability::CAP_NET_BIND_SERVICE].into()
-            }
-            Role::Monitor => [Capability::CAP_NET_ADMIN].into(),
+            Role::Monitor if options.low_ports => [
+                Capability::CAP_NET_ADMIN,
+                Capability::CAP_KILL,
+                Capability::CAP_NET_BIND_SERVICE,
+            ]
+            .into(),
+            Role::Monitor => [Capability::CAP_NET_ADMIN, Capability::CAP_KILL].into(),
             Role::Keyd | Role::Datad | Role::Spawner => HashSet::new(),
         }
     }

@@ -16,6 +16,11 @@ use crate::daemon::Daemon;
 
 /// Bit of `CAP_NET_ADMIN` in the capability masks of `/proc/PID/status`.
 pub const CAP_NET_ADMIN: u64 = 1 << 12;
+/// Bit of `CAP_KILL`: the monitor keeps it so its children's parent-death signal reaches
+/// them although they run as other users.
+pub const CAP_KILL: u64 = 1 << 5;
+/// What the monitor keeps by default.
+pub const MONITOR_CAPS: u64 = CAP_NET_ADMIN | CAP_KILL;
 
 /// The five capability sets of `/proc/PID/status`.
 pub const CAP_SETS: [&str; 5] = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"];

@@ -1,6 +1,6 @@
 //! The sandbox, proven from `/proc` of a running daemon: every process has seccomp and
 //! `no_new_privs`; the workers run unprivileged without capabilities, keyd in an empty
-//! root; the monitor keeps exactly `CAP_NET_ADMIN`. The static private key and the PSK are
+//! root; the monitor keeps exactly `CAP_NET_ADMIN` and `CAP_KILL`. The static private key and the PSK are
 //! in keyd's memory and in no other process; keyd has only AF_UNIX sockets; datad holds
 //! the UDP sockets but not the UAPI socket. Killing datad repairs itself, killing keyd
 //! takes the interface down (fail closed), and a forbidden syscall kills the worker with
@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use wg_e2e::daemon::socket_path;
 use wg_e2e::env::{SHORT, test_hooks_bin_dir};
 use wg_e2e::proc::{
-    CAP_NET_ADMIN, CAP_SETS, Role, RsProcesses, Status, inet_sockets, key_bytes, root_dir,
+    CAP_SETS, MONITOR_CAPS, Role, RsProcesses, Status, inet_sockets, key_bytes, root_dir,
     scan_memory, socket_inodes, unix_sockets,
 };
 use wg_e2e::topo::{PORTS, TUN4, TUN6, UNDER4, address_tunnel, two_hosts};
@@ -92,8 +92,8 @@ fn check_worker(role: Role, st: &Status) -> Result<()> {
     Ok(())
 }
 
-/// The monitor: seccomp, `no_new_privs`, and exactly `CAP_NET_ADMIN` in the effective,
-/// permitted and bounding sets, nothing inheritable or ambient.
+/// The monitor: seccomp, `no_new_privs`, and exactly `CAP_NET_ADMIN` and `CAP_KILL` in the
+/// effective, permitted and bounding sets, nothing inheritable or ambient.
 fn check_monitor(st: &Status) -> Result<()> {
     let mut bad = Vec::new();
     if st.get("Seccomp")? != "2" {
@@ -103,9 +103,9 @@ fn check_monitor(st: &Status) -> Result<()> {
         bad.push(format!("NoNewPrivs {}", st.get("NoNewPrivs")?));
     }
     for (set, want) in [
-        ("CapEff", CAP_NET_ADMIN),
-        ("CapPrm", CAP_NET_ADMIN),
-        ("CapBnd", CAP_NET_ADMIN),
+        ("CapEff", MONITOR_CAPS),
+        ("CapPrm", MONITOR_CAPS),
+        ("CapBnd", MONITOR_CAPS),
         ("CapInh", 0),
         ("CapAmb", 0),
     ] {
@@ -187,7 +187,6 @@ fn low_listen_ports_need_the_opt_in_capability() -> Result<()> {
     let env = setup!("lp");
     let ns = Namespace::create(&env.name("n")?)?;
     const NET_BIND_SERVICE: u64 = 1 << 10;
-    const NET_ADMIN: u64 = 1 << 12;
     for (flag, allowed) in [(None, false), (Some("--allow-low-ports"), true)] {
         let ifname = env.name(if allowed { "y" } else { "x" })?;
         let extra: Vec<&str> = flag.into_iter().collect();
@@ -195,9 +194,9 @@ fn low_listen_ports_need_the_opt_in_capability() -> Result<()> {
         let procs = RsProcesses::wait(&d, Duration::from_secs(10))?;
         let monitor = Status::read(procs.monitor)?;
         let want = if allowed {
-            NET_ADMIN | NET_BIND_SERVICE
+            MONITOR_CAPS | NET_BIND_SERVICE
         } else {
-            NET_ADMIN
+            MONITOR_CAPS
         };
         ensure!(
             monitor.cap("CapEff")? == want && monitor.cap("CapBnd")? == want,
