@@ -50,7 +50,8 @@ const KEYD_MEMLOCK_BYTES: u64 = 256 * 1024 * 1024;
 /// Which process is being locked down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The launcher: keeps `CAP_NET_ADMIN` for the sockets it rebinds and marks.
+    /// The launcher: keeps `CAP_NET_ADMIN` for the sockets it rebinds and marks, and
+    /// `CAP_KILL` (see [`Role::kept_capabilities`]).
     Monitor,
     /// The key process: no network, no files, no exec.
     Keyd,
