@@ -59,6 +59,9 @@ struct Keyd {
     monitor: Channel,
     /// Which data plane `datad` is (or was): counts the monitor's restarts.
     datad_generation: u32,
+    /// Handshake requests dropped by the limits since the last log line, and when that was.
+    dropped_work: u64,
+    dropped_logged_at: Option<Instant>,
     /// `get` requests waiting for the statistics request in flight.
     stats_waiters: Vec<oneshot::Sender<Response>>,
     /// A `set` waiting for the monitor to rebind or re-mark the sockets.
@@ -103,6 +106,8 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
         datad: None,
         monitor: startup.monitor,
         datad_generation: 0,
+        dropped_work: 0,
+        dropped_logged_at: None,
         stats_waiters: Vec::new(),
         pending_set: None,
         queued: VecDeque::new(),
@@ -141,7 +146,13 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
                 }
             }
             m = recv_datad(keyd.datad.as_ref().map(|(c, _)| c)) => match m {
-                Ok(m) => keyd.on_datad(m.msg).await?,
+                Ok(m) => {
+                    keyd.on_datad(m.msg).await?;
+                    // Reading a socket that stays readable costs no scheduler budget: without
+                    // this, a data plane that never stops sending would keep this task
+                    // running and starve the UAPI client tasks.
+                    tokio::task::consume_budget().await;
+                }
                 Err(e) => keyd.lost_datad(&e),
             },
         }
@@ -227,6 +238,24 @@ impl Keyd {
             )
         }));
         self.send_datad(out).await
+    }
+
+    /// Counts handshake work dropped by the limits and logs it at most once a second (a
+    /// flood must not become a flood of log lines).
+    fn log_dropped_work(&mut self) {
+        self.dropped_work += 1;
+        let now = Instant::now();
+        if self
+            .dropped_logged_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            tracing::info!(
+                "dropped {} handshake requests from the data plane over the rate limit",
+                self.dropped_work
+            );
+            self.dropped_work = 0;
+            self.dropped_logged_at = Some(now);
+        }
     }
 
     /// The data plane's channel failed (it died; the monitor restarts it and hands us the
@@ -391,9 +420,7 @@ impl Keyd {
         match result {
             Ok(outcome) => {
                 if outcome.dropped {
-                    tracing::debug!(
-                        "handshake work from the data plane over the rate limit; dropped"
-                    );
+                    self.log_dropped_work();
                 }
                 if let Some(runtime) = outcome.stats {
                     self.answer_stats(&runtime);
