@@ -5,16 +5,35 @@
 //! - every role: memory, futexes, signals, time, the epoll loop, reading and writing
 //!   descriptors it already holds, IPC (`sendmsg`/`recvmsg`), `getrandom`, exiting, and
 //!   `tgkill` only of itself (`abort`), `ioctl` only `FIONBIO`;
-//! - keyd: `accept4`, `getsockopt` (peer credentials of UAPI clients): no `socket`,
-//!   `open*`, `exec*` at all;
+//! - keyd: `accept4`, `getsockopt` only for `SO_PEERCRED` (the UAPI client's credentials):
+//!   no `socket`, `open*`, `exec*` at all;
 //! - datad: `recvmmsg`/`sendmmsg` and the TUN's `TUNGETIFF` (deletion check): no `socket`,
 //!   `open*`, `exec*`;
-//! - monitor: new UDP sockets (`socket` for `AF_INET`/`AF_INET6` only, `bind`,
-//!   `setsockopt` for `SO_MARK`), `socketpair` for `AF_UNIX` (a restarted data plane's
+//! - monitor: new UDP sockets (`socket` for `AF_INET`/`AF_INET6` only, `bind`, and only
+//!   the socket options it sets), `socketpair` for `AF_UNIX` (a restarted data plane's
 //!   channel), children (`wait4`, `waitid`, `pidfd_*`, `kill`), `unlink` (its socket file
 //!   at exit). No `exec*`: it never starts a program after start-up;
-//! - spawner: what `fork`+`exec` and a data plane's start need (it execs; a data plane
-//!   starts under its filter and then adds its own, stricter one).
+//! - spawner: what `fork`+`exec` of a data plane needs, and what the data plane's own
+//!   start needs until it installs its own filter (filters survive `exec`; see
+//!   [`rules`]).
+//!
+//! Arguments are checked where a syscall's power lies in them:
+//! - `fcntl` (every role): only `F_GETFD`, `F_SETFD`, `F_GETFL`, `F_DUPFD_CLOEXEC`
+//!   (std's `try_clone`) and `F_SETFL` without `O_ASYNC`. Never `F_SETOWN(_EX)`,
+//!   `F_SETSIG`, `F_SETLEASE`, `F_NOTIFY`, locks or pipe sizes: with `O_ASYNC` and an owner
+//!   a descriptor's readiness makes the kernel send any signal (`SIGKILL`, `SIGSTOP`) to
+//!   any process of the same user, and leases and directory notifications deliver signals
+//!   too. (`FIOASYNC`/`FIOSETOWN` are `ioctl`s, allowed to nobody.)
+//! - `mmap`/`mprotect`: never `PROT_EXEC` for the monitor, keyd and datad, so an exploit
+//!   cannot map code of its own. The spawner must map executable pages (the data plane's
+//!   dynamic loader runs under its filter) but never writable and executable at once.
+//!   `pkey_mprotect` is allowed to no role.
+//! - monitor: `setsockopt` only for the (level, option) pairs of `wg_monitor::sockets`
+//!   (`SO_MARK`, the four buffer sizes, `UDP_GRO`, `IPV6_V6ONLY`), `getsockopt` only
+//!   for the `UDP_SEGMENT` probe.
+//! - spawner: `socket`/`socketpair` only `AF_UNIX`, `openat` only read-only, `ioctl` only
+//!   the TUN adoption's requests, `prctl` only the options of a start and lock-down,
+//!   `prlimit64` only on itself.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +46,8 @@ use crate::{Role, SandboxError};
 
 /// `TUNGETIFF`: `_IOR('T', 210, unsigned int)`.
 const TUNGETIFF: u64 = 0x8004_54d2;
+/// `TUNGETVNETHDRSZ`: `_IOR('T', 215, int)`.
+const TUNGETVNETHDRSZ: u64 = 0x8004_54d7;
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
@@ -34,11 +55,25 @@ fn seccomp_error(e: impl std::fmt::Display) -> SandboxError {
     SandboxError::Seccomp(e.to_string())
 }
 
-/// A rule matching when argument `index` (32-bit) equals `value`.
+/// A condition on argument `index`, compared as 32 bits (every argument checked here is an
+/// `int` or a flag word whose bits fit in 32).
+fn arg(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SandboxError> {
+    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value).map_err(seccomp_error)
+}
+
+/// A rule matching when all of `conditions` hold.
+fn all_of(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> {
+    SeccompRule::new(conditions).map_err(seccomp_error)
+}
+
+/// A rule matching when argument `index` equals `value`.
 fn arg_eq(index: u8, value: u64) -> Result<SeccompRule, SandboxError> {
-    let c = SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-        .map_err(seccomp_error)?;
-    SeccompRule::new(vec![c]).map_err(seccomp_error)
+    all_of(vec![arg(index, SeccompCmpOp::Eq, value)?])
+}
+
+/// A rule matching when argument `index` has none of the bits of `mask`.
+fn arg_without(index: u8, mask: u64) -> Result<SeccompRule, SandboxError> {
+    all_of(vec![arg(index, SeccompCmpOp::MaskedEq(mask), 0)?])
 }
 
 fn allow(rules: &mut Rules, syscalls: &[libc::c_long]) {
@@ -61,6 +96,50 @@ fn allow_if(
     Ok(())
 }
 
+/// A `c_int` constant as a 32-bit filter value: its bits, as the kernel reads the
+/// argument.
+fn int(value: libc::c_int) -> u64 {
+    u64::from(value as u32)
+}
+
+/// `fcntl` commands every role uses (std, tokio, nix, `wg_ipc`): descriptor flags, status
+/// flags without `O_ASYNC`, and `F_DUPFD_CLOEXEC`.
+fn fcntl_rules() -> Result<Vec<SeccompRule>, SandboxError> {
+    let mut list = [
+        libc::F_GETFD,
+        libc::F_SETFD,
+        libc::F_GETFL,
+        libc::F_DUPFD_CLOEXEC,
+    ]
+    .into_iter()
+    .map(|cmd| arg_eq(1, int(cmd)))
+    .collect::<Result<Vec<_>, _>>()?;
+    list.push(all_of(vec![
+        arg(1, SeccompCmpOp::Eq, int(libc::F_SETFL))?,
+        arg(2, SeccompCmpOp::MaskedEq(int(libc::O_ASYNC)), 0)?,
+    ])?);
+    Ok(list)
+}
+
+/// `setsockopt`/`getsockopt` only for these (level, option) pairs.
+fn allow_sockopts(
+    rules: &mut Rules,
+    nr: libc::c_long,
+    pairs: &[(libc::c_int, libc::c_int)],
+) -> Result<(), SandboxError> {
+    let list = pairs
+        .iter()
+        .map(|&(level, name)| {
+            all_of(vec![
+                arg(1, SeccompCmpOp::Eq, int(level))?,
+                arg(2, SeccompCmpOp::Eq, int(name))?,
+            ])
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(nr, list);
+    Ok(())
+}
+
 /// Syscalls of every role's steady state.
 fn base(rules: &mut Rules) -> Result<(), SandboxError> {
     allow(
@@ -71,12 +150,9 @@ fn base(rules: &mut Rules) -> Result<(), SandboxError> {
             libc::SYS_readv,
             libc::SYS_writev,
             libc::SYS_close,
-            libc::SYS_fcntl,
             libc::SYS_fstat,
-            libc::SYS_mmap,
             libc::SYS_munmap,
             libc::SYS_mremap,
-            libc::SYS_mprotect,
             libc::SYS_madvise,
             libc::SYS_brk,
             libc::SYS_futex,
@@ -118,18 +194,34 @@ fn base(rules: &mut Rules) -> Result<(), SandboxError> {
         libc::SYS_ioctl,
         &[(1, u64::from(libc::FIONBIO as u32))],
     )?;
+    rules.insert(libc::SYS_fcntl, fcntl_rules()?);
+    // Memory, never executable (the spawner replaces these).
+    let no_exec = int(libc::PROT_EXEC);
+    rules.insert(libc::SYS_mmap, vec![arg_without(2, no_exec)?]);
+    rules.insert(libc::SYS_mprotect, vec![arg_without(2, no_exec)?]);
     Ok(())
 }
 
 /// The rules for `role`.
+///
+/// Filters stack and survive `exec`: a data plane runs its whole start (dynamic loader,
+/// std and tokio set-up, the crypto threads, its own lock-down) under the spawner's
+/// filter, and afterwards every syscall must pass both the spawner's filter and its own.
+/// So the spawner's list is the union of what spawning needs and what a data plane needs
+/// until it is locked down, and it also holds the data plane's steady-state syscalls.
 pub fn rules(role: Role) -> Result<Rules, SandboxError> {
     let mut r = Rules::new();
     base(&mut r)?;
     match role {
-        Role::Keyd => allow(
-            &mut r,
-            &[libc::SYS_accept4, libc::SYS_getsockopt, libc::SYS_shutdown],
-        ),
+        Role::Keyd => {
+            allow(&mut r, &[libc::SYS_accept4, libc::SYS_shutdown]);
+            // The UAPI client's credentials (`wg_uapi::server`).
+            allow_sockopts(
+                &mut r,
+                libc::SYS_getsockopt,
+                &[(libc::SOL_SOCKET, libc::SO_PEERCRED)],
+            )?;
+        }
         Role::Datad => {
             allow(&mut r, &[libc::SYS_recvmmsg, libc::SYS_sendmmsg]);
             allow_if(
@@ -138,113 +230,171 @@ pub fn rules(role: Role) -> Result<Rules, SandboxError> {
                 &[(1, u64::from(libc::FIONBIO as u32)), (1, TUNGETIFF)],
             )?;
         }
-        Role::Monitor => {
-            allow(
-                &mut r,
-                &[
-                    libc::SYS_bind,
-                    libc::SYS_getsockname,
-                    libc::SYS_setsockopt,
-                    libc::SYS_getsockopt,
-                    libc::SYS_shutdown,
-                    libc::SYS_wait4,
-                    libc::SYS_waitid,
-                    libc::SYS_pidfd_open,
-                    libc::SYS_pidfd_send_signal,
-                    libc::SYS_kill,
-                    libc::SYS_unlinkat,
-                    // Watching the UAPI socket file (deleting it stops the daemon).
-                    libc::SYS_statx,
-                    libc::SYS_newfstatat,
-                ],
-            );
-            #[cfg(target_arch = "x86_64")]
-            allow(&mut r, &[libc::SYS_unlink, libc::SYS_lstat]);
-            allow_if(
-                &mut r,
-                libc::SYS_socket,
-                &[(0, libc::AF_INET as u64), (0, libc::AF_INET6 as u64)],
-            )?;
-            allow_if(&mut r, libc::SYS_socketpair, &[(0, libc::AF_UNIX as u64)])?;
-            allow_if(
-                &mut r,
-                libc::SYS_ioctl,
-                &[(1, u64::from(libc::FIONBIO as u32)), (1, TUNGETIFF)],
-            )?;
-        }
-        Role::Spawner => {
-            allow(
-                &mut r,
-                &[
-                    // Starting children.
-                    libc::SYS_clone,
-                    libc::SYS_clone3,
-                    libc::SYS_execve,
-                    libc::SYS_execveat,
-                    libc::SYS_wait4,
-                    libc::SYS_waitid,
-                    libc::SYS_pidfd_open,
-                    libc::SYS_pidfd_send_signal,
-                    libc::SYS_kill,
-                    libc::SYS_tgkill,
-                    libc::SYS_dup3,
-                    libc::SYS_pipe2,
-                    libc::SYS_close_range,
-                    libc::SYS_setpgid,
-                    libc::SYS_prctl,
-                    libc::SYS_getppid,
-                    // The exec with a transient real group, and the data plane's first
-                    // step that settles it (`wg_sandbox::settle_exec_credentials`).
-                    libc::SYS_setresgid,
-                    libc::SYS_getresgid,
-                    libc::SYS_getresuid,
-                    // A data plane's start, and its own lock-down (capabilities, filter): the dynamic loader, std and tokio set-up, the
-                    // TUN's name lookup.
-                    libc::SYS_openat,
-                    libc::SYS_newfstatat,
-                    libc::SYS_statx,
-                    libc::SYS_faccessat,
-                    libc::SYS_faccessat2,
-                    libc::SYS_readlinkat,
-                    libc::SYS_pread64,
-                    libc::SYS_set_tid_address,
-                    libc::SYS_set_robust_list,
-                    libc::SYS_rseq,
-                    libc::SYS_prlimit64,
-                    libc::SYS_sched_getaffinity,
-                    libc::SYS_getcwd,
-                    libc::SYS_ioctl,
-                    libc::SYS_socket,
-                    libc::SYS_socketpair,
-                    libc::SYS_recvmmsg,
-                    libc::SYS_sendmmsg,
-                    libc::SYS_getsockopt,
-                    libc::SYS_setsockopt,
-                    libc::SYS_getsockname,
-                    libc::SYS_uname,
-                    libc::SYS_getdents64,
-                    libc::SYS_capget,
-                    libc::SYS_capset,
-                    libc::SYS_seccomp,
-                ],
-            );
-            #[cfg(target_arch = "x86_64")]
-            allow(
-                &mut r,
-                &[
-                    libc::SYS_fork,
-                    libc::SYS_vfork,
-                    libc::SYS_dup2,
-                    libc::SYS_open,
-                    libc::SYS_access,
-                    libc::SYS_readlink,
-                    libc::SYS_arch_prctl,
-                    libc::SYS_stat,
-                ],
-            );
-        }
+        Role::Monitor => monitor(&mut r)?,
+        Role::Spawner => spawner(&mut r)?,
     }
     Ok(r)
+}
+
+fn monitor(r: &mut Rules) -> Result<(), SandboxError> {
+    allow(
+        r,
+        &[
+            libc::SYS_bind,
+            libc::SYS_getsockname,
+            libc::SYS_shutdown,
+            libc::SYS_wait4,
+            libc::SYS_waitid,
+            libc::SYS_pidfd_open,
+            libc::SYS_pidfd_send_signal,
+            libc::SYS_kill,
+            libc::SYS_unlinkat,
+            // Watching the UAPI socket file (deleting it stops the daemon).
+            libc::SYS_statx,
+            libc::SYS_newfstatat,
+        ],
+    );
+    #[cfg(target_arch = "x86_64")]
+    allow(r, &[libc::SYS_unlink, libc::SYS_lstat]);
+    allow_if(
+        r,
+        libc::SYS_socket,
+        &[(0, int(libc::AF_INET)), (0, int(libc::AF_INET6))],
+    )?;
+    allow_if(r, libc::SYS_socketpair, &[(0, int(libc::AF_UNIX))])?;
+    allow_if(
+        r,
+        libc::SYS_ioctl,
+        &[(1, u64::from(libc::FIONBIO as u32)), (1, TUNGETIFF)],
+    )?;
+    // The listen sockets as `wg_monitor::sockets` makes them (again on every port change)
+    // and re-marks them: the mark, 7 MiB buffers (the *FORCE options, or the capped plain
+    // ones without CAP_NET_ADMIN), receive coalescing, and v6-only for the IPv6 socket.
+    allow_sockopts(
+        r,
+        libc::SYS_setsockopt,
+        &[
+            (libc::SOL_SOCKET, libc::SO_MARK),
+            (libc::SOL_SOCKET, libc::SO_RCVBUFFORCE),
+            (libc::SOL_SOCKET, libc::SO_RCVBUF),
+            (libc::SOL_SOCKET, libc::SO_SNDBUFFORCE),
+            (libc::SOL_SOCKET, libc::SO_SNDBUF),
+            (libc::SOL_UDP, libc::UDP_GRO),
+            (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+        ],
+    )?;
+    // The segmentation probe.
+    allow_sockopts(
+        r,
+        libc::SYS_getsockopt,
+        &[(libc::SOL_UDP, libc::UDP_SEGMENT)],
+    )?;
+    Ok(())
+}
+
+fn spawner(r: &mut Rules) -> Result<(), SandboxError> {
+    allow(
+        r,
+        &[
+            // Starting a data plane (`std::process::Command` through tokio): `clone` for
+            // the fork (the pre-exec hook below forces one), `clone3` for glibc's
+            // posix_spawn (no hook) and the data plane's threads; the error channel from
+            // the child (a socketpair, a pipe in older std); `execve`.
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_pipe2,
+            libc::SYS_execve,
+            // Reaping and stopping it: tokio's pidfd reaper, `wait4`, `kill` (SIGKILL).
+            libc::SYS_pidfd_open,
+            libc::SYS_wait4,
+            libc::SYS_kill,
+            // `abort` in a data plane: this filter's own-pid rule would name the spawner.
+            libc::SYS_tgkill,
+            // The exec with a transient real group (the forked child's pre-exec hook), and
+            // the data plane's first step that settles it
+            // (`wg_sandbox::settle_exec_credentials`).
+            libc::SYS_setresgid,
+            libc::SYS_getresgid,
+            libc::SYS_getresuid,
+            // The data plane's start: the dynamic loader (`openat` is restricted below),
+            // std's and tokio's set-up (stack guard from /proc/self/maps, CPU count),
+            // closing inherited descriptors (/proc/self/fd), the crypto threads.
+            libc::SYS_newfstatat,
+            libc::SYS_pread64,
+            libc::SYS_set_tid_address,
+            libc::SYS_set_robust_list,
+            libc::SYS_rseq,
+            libc::SYS_sched_getaffinity,
+            libc::SYS_getdents64,
+            // Its lock-down: the parent check, capabilities, the filter.
+            libc::SYS_getppid,
+            libc::SYS_capget,
+            libc::SYS_capset,
+            libc::SYS_seccomp,
+            // Its steady state, which must pass this filter too.
+            libc::SYS_recvmmsg,
+            libc::SYS_sendmmsg,
+        ],
+    );
+    // The same operations under their x86_64 names: the child's stdio `dup2`, the loader's
+    // `access` (/etc/ld.so.preload, /etc/suid-debug) and TLS set-up.
+    #[cfg(target_arch = "x86_64")]
+    allow(r, &[libc::SYS_dup2, libc::SYS_access, libc::SYS_arch_prctl]);
+    #[cfg(target_arch = "aarch64")]
+    allow(r, &[libc::SYS_dup3, libc::SYS_faccessat]);
+
+    // The loader maps the data plane's libraries executable; never writable as well.
+    let w = int(libc::PROT_WRITE);
+    let x = int(libc::PROT_EXEC);
+    let w_xor_x = || -> Result<Vec<SeccompRule>, SandboxError> {
+        [0, w, x]
+            .into_iter()
+            .map(|v| all_of(vec![arg(2, SeccompCmpOp::MaskedEq(w | x), v)?]))
+            .collect()
+    };
+    r.insert(libc::SYS_mmap, w_xor_x()?);
+    r.insert(libc::SYS_mprotect, w_xor_x()?);
+    // Read-only opens: the loader's libraries, /dev/null for the child's stdin,
+    // /proc/self/maps and /proc/self/fd.
+    let write_or_create = int(libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND);
+    r.insert(libc::SYS_openat, vec![arg_without(2, write_or_create)?]);
+    // `if_nametoindex` (the TUN's index) opens an AF_UNIX datagram socket; tokio's signal
+    // driver and std's exec-error channel are AF_UNIX socketpairs.
+    allow_if(r, libc::SYS_socket, &[(0, int(libc::AF_UNIX))])?;
+    allow_if(r, libc::SYS_socketpair, &[(0, int(libc::AF_UNIX))])?;
+    // Adopting the TUN (`wg_tun::Tun::from_fd`: flags, header size, index) and making
+    // descriptors non-blocking (std's `set_nonblocking`).
+    allow_if(
+        r,
+        libc::SYS_ioctl,
+        &[
+            (1, u64::from(libc::FIONBIO as u32)),
+            (1, TUNGETIFF),
+            (1, TUNGETVNETHDRSZ),
+            (1, u64::from(libc::SIOCGIFINDEX as u32)),
+        ],
+    )?;
+    // The data plane's first step and lock-down (`wg_sandbox::lock_down`, the `caps`
+    // crate, seccompiler) and its crypto threads' names.
+    let mut prctl = [
+        libc::PR_SET_PDEATHSIG,
+        libc::PR_SET_DUMPABLE,
+        libc::PR_SET_NAME,
+        libc::PR_CAPBSET_READ,
+        libc::PR_CAPBSET_DROP,
+        libc::PR_SET_NO_NEW_PRIVS,
+    ]
+    .into_iter()
+    .map(|option| arg_eq(0, int(option)))
+    .collect::<Result<Vec<_>, _>>()?;
+    prctl.push(all_of(vec![
+        arg(0, SeccompCmpOp::Eq, int(libc::PR_CAP_AMBIENT))?,
+        arg(1, SeccompCmpOp::Eq, int(libc::PR_CAP_AMBIENT_CLEAR_ALL))?,
+    ])?);
+    r.insert(libc::SYS_prctl, prctl);
+    // Reading the stack limit, and `RLIMIT_CORE` = 0: its own limits only.
+    allow_if(r, libc::SYS_prlimit64, &[(0, 0)])?;
+    Ok(())
 }
 
 fn target_arch() -> Result<TargetArch, SandboxError> {
@@ -303,6 +453,51 @@ mod tests {
             ] {
                 assert!(!r.contains_key(&nr), "{role:?} allows syscall {nr}");
             }
+        }
+    }
+
+    #[test]
+    fn the_spawner_has_only_what_spawning_and_a_data_plane_start_need() {
+        let r = rules(Role::Spawner).unwrap();
+        for nr in [
+            libc::SYS_execveat,
+            libc::SYS_bind,
+            libc::SYS_connect,
+            libc::SYS_setsockopt,
+            libc::SYS_getsockopt,
+            libc::SYS_getsockname,
+            libc::SYS_uname,
+            libc::SYS_getcwd,
+            libc::SYS_readlinkat,
+            libc::SYS_statx,
+            libc::SYS_faccessat2,
+            libc::SYS_close_range,
+            libc::SYS_setpgid,
+            libc::SYS_waitid,
+            libc::SYS_pidfd_send_signal,
+            libc::SYS_pkey_mprotect,
+            libc::SYS_ptrace,
+            libc::SYS_process_vm_readv,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+        ] {
+            assert!(!r.contains_key(&nr), "the spawner allows syscall {nr}");
+        }
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_socketpair,
+            libc::SYS_openat,
+            libc::SYS_ioctl,
+            libc::SYS_prctl,
+            libc::SYS_prlimit64,
+            libc::SYS_mmap,
+            libc::SYS_mprotect,
+            libc::SYS_fcntl,
+        ] {
+            assert!(
+                r.get(&nr).is_some_and(|rules| !rules.is_empty()),
+                "the spawner allows syscall {nr} without checking its arguments"
+            );
         }
     }
 
