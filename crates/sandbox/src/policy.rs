@@ -246,14 +246,18 @@ fn monitor(r: &mut Rules) -> Result<(), SandboxError> {
             libc::SYS_wait4,
             libc::SYS_waitid,
             libc::SYS_pidfd_open,
-            libc::SYS_pidfd_send_signal,
-            libc::SYS_kill,
             libc::SYS_unlinkat,
             // Watching the UAPI socket file (deleting it stops the daemon).
             libc::SYS_statx,
             libc::SYS_newfstatat,
         ],
     );
+    // The monitor keeps CAP_KILL (for its children's parent-death signal, which the kernel
+    // sends without a syscall); the syscalls may only send SIGKILL, as killing a child
+    // on exit does.
+    let sigkill = int(libc::SIGKILL);
+    allow_if(r, libc::SYS_kill, &[(1, sigkill)])?;
+    allow_if(r, libc::SYS_pidfd_send_signal, &[(1, sigkill)])?;
     #[cfg(target_arch = "x86_64")]
     allow(r, &[libc::SYS_unlink, libc::SYS_lstat]);
     allow_if(

@@ -562,3 +562,35 @@ fn the_spawner_keeps_only_the_start_up_prctls_ioctls_and_limits() {
         libc::prlimit(parent, libc::RLIMIT_STACK, std::ptr::null(), limit) == 0
     });
 }
+
+#[test]
+fn the_monitor_may_send_sigkill_and_nothing_else() {
+    let role = Role::Monitor;
+    // Signal 0 to a pid that cannot exist only checks; SIGKILL to it fails with ESRCH:
+    // both reach the kernel only if the filter lets them through.
+    let nobody: libc::pid_t = i32::MAX;
+    // SAFETY: kill with integer arguments, aimed at a pid that does not exist.
+    passes(role, "kill(SIGKILL)", || unsafe {
+        libc::kill(nobody, libc::SIGKILL) == 0
+    });
+    for (name, sig) in [
+        ("SIGSTOP", libc::SIGSTOP),
+        ("SIGTERM", libc::SIGTERM),
+        ("SIGUSR1", libc::SIGUSR1),
+    ] {
+        // SAFETY: as above.
+        refused(role, &format!("kill({name})"), || unsafe {
+            libc::kill(nobody, sig) == 0
+        });
+    }
+    // SAFETY: pidfd_send_signal on an invalid descriptor: nothing is signalled.
+    refused(role, "pidfd_send_signal(SIGSTOP)", || unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            -1,
+            libc::SIGSTOP,
+            std::ptr::null::<libc::c_void>(),
+            0,
+        ) == 0
+    });
+}
