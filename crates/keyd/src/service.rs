@@ -414,9 +414,9 @@ impl Keyd {
         let Some((_, link)) = &mut self.datad else {
             return Ok(());
         };
-        let started = Instant::now();
-        let result = link.on_message(msg, &mut self.handshakes, started, SystemTime::now());
-        link.charge_work(started.elapsed());
+        let cpu_before = wg_ipc::thread_cpu_time();
+        let result = link.on_message(msg, &mut self.handshakes, Instant::now(), SystemTime::now());
+        link.charge_work(wg_ipc::thread_cpu_time().saturating_sub(cpu_before));
         match result {
             Ok(outcome) => {
                 if outcome.dropped {
