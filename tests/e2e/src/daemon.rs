@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use wg_netns::cmd::{self, Background};
 use wg_netns::netns::Namespace;
 
@@ -298,6 +298,18 @@ impl Daemon {
         )
     }
 
+    /// `Ok` if `failures` is empty, else an error listing them, one a line, with the last
+    /// lines of the daemon's output.
+    pub fn ensure_no_failures(&self, failures: &[String]) -> Result<()> {
+        ensure!(
+            failures.is_empty(),
+            "{}\nlog:\n{}",
+            failures.join("\n"),
+            self.log_tail(20)
+        );
+        Ok(())
+    }
+
     /// The last `lines` lines of the daemon's output.
     pub fn log_tail(&self, lines: usize) -> String {
         self.bg.log_tail(lines)
@@ -324,19 +336,7 @@ impl Daemon {
     /// The daemon and all its descendants (wireguard-rs: the monitor, keyd and datad),
     /// sorted: a changed set after an attack means something crashed and was restarted.
     pub fn process_tree(&self) -> Vec<u32> {
-        let mut tree = vec![self.pid()];
-        let table = process_table();
-        let mut i = 0;
-        while i < tree.len() {
-            let parent = tree[i];
-            tree.extend(
-                table
-                    .iter()
-                    .filter(|(_, ppid)| *ppid == parent)
-                    .map(|(pid, _)| *pid),
-            );
-            i += 1;
-        }
+        let mut tree = descendants(self.pid());
         tree.sort_unstable();
         tree
     }
@@ -375,6 +375,24 @@ pub fn process_table() -> Vec<(u32, u32)> {
             Some((pid, ppid))
         })
         .collect()
+}
+
+/// `root` and every live process below it in the process tree, parents before children.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut tree = vec![root];
+    let table = process_table();
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            table
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    tree
 }
 
 /// PIDs of live processes whose command line contains `word` as a whole argument and

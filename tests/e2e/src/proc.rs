@@ -53,6 +53,29 @@ impl Role {
     }
 }
 
+/// The state of `pid` (`R`, `S`, `T`, `Z`, …) from `/proc/PID/stat`; `None` once it is
+/// gone (reaped).
+pub fn state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next()?.chars().next()
+}
+
+/// Whether `pid` exists and is neither a zombie nor dead.
+pub fn alive(pid: u32) -> bool {
+    state(pid).is_some_and(|s| s != 'Z' && s != 'X')
+}
+
+/// `kill -9 PID`.
+pub fn sigkill(pid: u32) -> Result<()> {
+    let pid_t = i32::try_from(pid).context("pid out of range")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_t),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .with_context(|| format!("kill -9 {pid}"))
+}
+
 /// The arguments of `pid` (empty for a kernel thread or a process that is gone).
 pub fn cmdline(pid: u32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))

@@ -193,4 +193,18 @@ impl Solo {
         let d = Daemon::start(env, &ns, kind, &env.name("ws")?)?;
         Ok(Self { d, ns })
     }
+
+    /// Our daemon alone in a fresh namespace, given a fresh private key (key name `i`) and
+    /// listen port 51820, so that all its workers run.
+    pub fn rs_keyed(env: &Env) -> Result<Self> {
+        let solo = Self::new(env, Impl::Rs)?;
+        let k = env.keys("i")?;
+        solo.d.set(&[
+            "private-key",
+            &k.file.to_string_lossy(),
+            "listen-port",
+            "51820",
+        ])?;
+        Ok(solo)
+    }
 }

@@ -16,6 +16,9 @@
 //!   and so cannot notice its closed channels (only the parent-death signal ends it).
 //! - A data plane that falsely reports the interface gone (a build with the data plane's
 //!   test hook) is replaced; the daemon keeps running and the tunnel works.
+//! - The UAPI socket serves root (the user who started the daemon) only: clients running as
+//!   keyd's or datad's user are refused even where the socket's file permissions let them
+//!   connect.
 //!
 //! Our daemon is on side A unless a case says otherwise; its peer is wireguard-go.
 
@@ -25,14 +28,16 @@ use std::fs;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use blake2::{Blake2s256, Digest};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
+use wg_e2e::daemon::SOCKET_DIR;
 use wg_e2e::env::{Keys, PrivateDir, SHORT, test_hooks_bin_dir};
-use wg_e2e::proc::{Role, RsProcesses, Status, role_of};
+use wg_e2e::proc::{Role, RsProcesses, Status, alive, role_of, sigkill, state};
 use wg_e2e::topo::{PORTS, TUN4, TUN6, address_tunnel, two_hosts};
 use wg_e2e::{
     Daemon, Dump, Env, Impl, Namespace, Pair, PairSpec, Solo, Underlay, cmd, link_exists, ping,
@@ -54,21 +59,6 @@ const MANY_ALLOWED_IPS: usize = 100_000;
 const MANY_PEERS: usize = 10_000;
 /// Bound for `wg setconf` and `wg show dump` of the large configurations.
 const LARGE: Duration = Duration::from_secs(40);
-
-fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
-        })
-        .is_some_and(|state| state != "Z" && state != "X")
-}
-
-fn sigkill(pid: u32) -> Result<()> {
-    let pid_t = i32::try_from(pid).context("pid out of range")?;
-    kill(Pid::from_raw(pid_t), Signal::SIGKILL).with_context(|| format!("kill -9 {pid}"))
-}
 
 /// No reply from `dst`: 3 pings, 1 s wait each; a ping that could not even send (no
 /// statistics) counts as no reply.
@@ -251,14 +241,7 @@ fn new_private_key_expires_sessions_ours_responder() -> Result<()> {
 #[test]
 fn deleting_the_uapi_socket_stops_the_daemon() -> Result<()> {
     let env = setup!("xs");
-    let mut solo = Solo::new(&env, Impl::Rs)?;
-    let k = env.keys("i")?;
-    solo.d.set(&[
-        "private-key",
-        &k.file.to_string_lossy(),
-        "listen-port",
-        "51820",
-    ])?;
+    let mut solo = Solo::rs_keyed(&env)?;
     let procs = RsProcesses::wait(&solo.d, Duration::from_secs(10))?;
     let tree = solo.d.process_tree();
     fs::remove_file(solo.d.socket())
@@ -554,14 +537,7 @@ fn uid_of(name: &str) -> Result<u32> {
 #[test]
 fn workers_run_as_separate_dedicated_users_and_are_not_dumpable() -> Result<()> {
     let env = setup!("xu");
-    let solo = Solo::new(&env, Impl::Rs)?;
-    let k = env.keys("i")?;
-    solo.d.set(&[
-        "private-key",
-        &k.file.to_string_lossy(),
-        "listen-port",
-        "51820",
-    ])?;
+    let solo = Solo::rs_keyed(&env)?;
     let procs = RsProcesses::wait(&solo.d, Duration::from_secs(10))?;
     let mut failures = Vec::new();
     let mut uids = [0u32; 4];
@@ -630,13 +606,7 @@ fn workers_run_as_separate_dedicated_users_and_are_not_dumpable() -> Result<()> 
             }
         }
     }
-    ensure!(
-        failures.is_empty(),
-        "{}\nlog:\n{}",
-        failures.join("\n"),
-        solo.d.log_tail(20)
-    );
-    Ok(())
+    solo.d.ensure_no_failures(&failures)
 }
 
 #[test]
@@ -704,28 +674,11 @@ impl Drop for WorkerGuard {
     }
 }
 
-fn process_state(pid: u32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
-        })
-        .unwrap_or_else(|| "gone".to_owned())
-}
-
 /// `kill -9` of the monitor of a running daemon: every worker must be gone within 2 s.
 #[test]
 fn killing_the_monitor_leaves_no_worker() -> Result<()> {
     let env = setup!("xm");
-    let mut solo = Solo::new(&env, Impl::Rs)?;
-    let k = env.keys("i")?;
-    solo.d.set(&[
-        "private-key",
-        &k.file.to_string_lossy(),
-        "listen-port",
-        "51820",
-    ])?;
+    let mut solo = Solo::rs_keyed(&env)?;
     let procs = RsProcesses::wait(&solo.d, Duration::from_secs(10))?;
     let guard = WorkerGuard(vec![
         (Role::Keyd, procs.keyd),
@@ -769,7 +722,7 @@ fn describe_left(guard: &WorkerGuard) -> String {
             format!(
                 "{} pid {pid} (state {}, uid {uid})",
                 role.name(),
-                process_state(pid)
+                state(pid).map_or_else(|| "gone".to_owned(), String::from)
             )
         })
         .collect::<Vec<_>>()
@@ -852,7 +805,7 @@ fn killing_the_monitor_leaves_no_worker_even_a_stopped_one() -> Result<()> {
             .with_context(|| format!("SIGSTOP to {} {pid}", role.name()))?;
     }
     let all_stopped = wait_until(Duration::from_secs(2), || {
-        guard.0.iter().all(|&(_, pid)| process_state(pid) == "T")
+        guard.0.iter().all(|&(_, pid)| state(pid) == Some('T'))
     });
     ensure!(
         all_stopped,
@@ -891,20 +844,7 @@ impl Drop for SocketGuard {
 
 /// (role, pid) of every wireguard-rs worker below `root` in the process tree.
 fn descendants_by_role(root: u32) -> Vec<(Role, u32)> {
-    let table = wg_e2e::daemon::process_table();
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(
-            table
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    let mut found: Vec<(Role, u32)> = tree
+    let mut found: Vec<(Role, u32)> = wg_e2e::daemon::descendants(root)
         .into_iter()
         .filter_map(|pid| role_of(pid).map(|r| (r, pid)))
         .filter(|(r, _)| *r != Role::Monitor)
@@ -1053,6 +993,97 @@ fn a_data_plane_that_lies_about_the_interface_is_replaced() -> Result<()> {
     };
     let r = run();
     r.with_context(|| format!("{}{}", a.diag(), b.diag()))
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. The UAPI socket refuses the workers' users.
+
+/// Sets the permission bits of a path and puts the old ones back on drop, also when the
+/// test fails.
+struct ModeGuard {
+    path: PathBuf,
+    old: u32,
+}
+
+impl ModeGuard {
+    fn set(path: &Path, mode: u32) -> Result<Self> {
+        let old = fs::metadata(path)
+            .with_context(|| format!("stat {}", path.display()))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {mode:o} {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            old,
+        })
+    }
+}
+
+impl Drop for ModeGuard {
+    fn drop(&mut self) {
+        let _ = fs::set_permissions(&self.path, fs::Permissions::from_mode(self.old));
+    }
+}
+
+/// keyd checks who connects (SO_PEERCRED): root and the user who started the daemon (root
+/// here) are served, keyd's and datad's users never, even where the file permissions of
+/// the socket and its directory were weakened so that they can connect. keyd closes such a
+/// connection without an answer and logs it, and goes on serving root.
+#[test]
+fn the_uapi_socket_refuses_the_workers_users() -> Result<()> {
+    let env = setup!("xc");
+    let solo = Solo::rs_keyed(&env)?;
+    let d = &solo.d;
+    let procs = RsProcesses::wait(d, Duration::from_secs(10))?;
+    let show = ["show", d.ifname.as_str()];
+    let before = d.wg(&show).context("`wg show` as root")?;
+    // The directory is shared by every test: both modes are put back on drop (the
+    // socket's first), also when this test fails.
+    let _dir = ModeGuard::set(Path::new(SOCKET_DIR), 0o711)?;
+    let _socket = ModeGuard::set(d.socket(), 0o666)?;
+    let mut failures = Vec::new();
+    for user in [DATAD_USER, KEYD_USER] {
+        let uid = uid_of(user)?;
+        let mut c = solo
+            .ns
+            .command("runuser", &["-u", user, "--", "wg", "show", &d.ifname]);
+        let out = cmd::output(&mut c, SHORT)?;
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        println!(
+            "`wg show` as {user} (uid {uid}): {}, {} bytes of output, stderr {stderr:?}",
+            out.status,
+            out.stdout.len()
+        );
+        if out.status.success() || !out.stdout.is_empty() {
+            failures.push(format!(
+                "`wg show` as {user} (uid {uid}) was answered ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        // The line shows that the client reached keyd (the weakened permissions let it
+        // connect) and that keyd, not the file system, refused it.
+        let refused = format!("UAPI client with uid {uid} refused");
+        if !wait_until(Duration::from_secs(2), || d.log().contains(&refused)) {
+            failures.push(format!(
+                "no {refused:?} in the daemon's log after `wg show` as {user}"
+            ));
+        }
+    }
+    match d.wg(&show) {
+        Ok(after) if after == before => println!("`wg show` as root still answered"),
+        Ok(after) => failures.push(format!(
+            "`wg show` as root answered differently after the refused clients:\n{after}\n\
+             before:\n{before}"
+        )),
+        Err(e) => failures.push(format!(
+            "`wg show` as root after the refused clients: {e:#}"
+        )),
+    }
+    same_processes(d, &procs)?;
+    d.ensure_no_failures(&failures)
 }
 
 #[test]

@@ -163,14 +163,7 @@ fn wg_quick_up_and_down_with_wireguard_rs() -> Result<()> {
 #[test]
 fn deleting_the_interface_ends_the_daemon() -> Result<()> {
     let env = setup!("ld");
-    let mut solo = Solo::new(&env, Impl::Rs)?;
-    let k = env.keys("i")?;
-    solo.d.set(&[
-        "private-key",
-        &k.file.to_string_lossy(),
-        "listen-port",
-        "51820",
-    ])?;
+    let mut solo = Solo::rs_keyed(&env)?;
     let tree = solo.d.process_tree();
     ensure!(
         tree.len() >= 3,

@@ -16,13 +16,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use wg_e2e::daemon::socket_path;
 use wg_e2e::env::{SHORT, test_hooks_bin_dir};
 use wg_e2e::proc::{
-    CAP_SETS, MONITOR_CAPS, Role, RsProcesses, Status, inet_sockets, key_bytes, root_dir,
-    scan_memory, socket_inodes, unix_sockets,
+    CAP_SETS, MONITOR_CAPS, Role, RsProcesses, Status, alive, inet_sockets, key_bytes, root_dir,
+    scan_memory, sigkill, socket_inodes, unix_sockets,
 };
 use wg_e2e::topo::{PORTS, TUN4, TUN6, UNDER4, address_tunnel, two_hosts};
 use wg_e2e::{
@@ -39,22 +37,6 @@ const DATAD_DEATHS_BEFORE_GIVING_UP: usize = 6;
 /// name in 1 start in 9 to 1 in 16 (the race in the test's ignore reason), so 40 rounds
 /// (about 2 s) show it in nearly every run.
 const KEYD_ROUNDS: usize = 40;
-
-fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
-            })
-            .is_some_and(|state| state != "Z" && state != "X")
-}
-
-fn sigkill(pid: u32) -> Result<()> {
-    let pid_t = i32::try_from(pid).context("pid out of range")?;
-    kill(Pid::from_raw(pid_t), Signal::SIGKILL).with_context(|| format!("kill -9 {pid}"))
-}
 
 /// A worker (keyd, spawner, datad): seccomp filter mode, `no_new_privs`, every capability
 /// set empty, no root among its user and group ids, no supplementary groups.
@@ -147,14 +129,7 @@ fn rs_against_go(psk: bool) -> PairSpec {
 #[test]
 fn every_process_is_sandboxed() -> Result<()> {
     let env = setup!("ps");
-    let solo = Solo::new(&env, Impl::Rs)?;
-    let k = env.keys("i")?;
-    solo.d.set(&[
-        "private-key",
-        &k.file.to_string_lossy(),
-        "listen-port",
-        "51820",
-    ])?;
+    let solo = Solo::rs_keyed(&env)?;
     let procs = RsProcesses::wait(&solo.d, Duration::from_secs(10))?;
     let mut failures = Vec::new();
     for (role, pid) in procs.all() {
@@ -171,13 +146,7 @@ fn every_process_is_sandboxed() -> Result<()> {
             procs.keyd
         )),
     }
-    ensure!(
-        failures.is_empty(),
-        "{}\nlog:\n{}",
-        failures.join("\n"),
-        solo.d.log_tail(20)
-    );
-    Ok(())
+    solo.d.ensure_no_failures(&failures)
 }
 
 /// CAP_NET_BIND_SERVICE is kept only on request: without `--allow-low-ports` a listen port
@@ -390,13 +359,7 @@ fn keyd_has_no_inet_socket_and_datad_has_no_uapi_socket() -> Result<()> {
         procs.datad,
         datad_fds.len()
     );
-    ensure!(
-        failures.is_empty(),
-        "{}\nlog:\n{}",
-        failures.join("\n"),
-        solo.d.log_tail(20)
-    );
-    Ok(())
+    solo.d.ensure_no_failures(&failures)
 }
 
 #[test]

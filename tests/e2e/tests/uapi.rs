@@ -206,15 +206,8 @@ fn peer_with_our_own_public_key_is_ignored() -> Result<()> {
 #[test]
 fn idle_uapi_clients_do_not_block_others() -> Result<()> {
     let env = setup!("id");
-    let solo = Solo::new(&env, Impl::Rs)?;
+    let solo = Solo::rs_keyed(&env)?;
     let d = &solo.d;
-    let k = env.keys("i")?;
-    d.set(&[
-        "private-key",
-        &k.file.to_string_lossy(),
-        "listen-port",
-        "51820",
-    ])?;
     // Three clients that connect and then say nothing, or stop mid-request.
     let idle = UnixStream::connect(d.socket())?;
     let mut half_get = UnixStream::connect(d.socket())?;
