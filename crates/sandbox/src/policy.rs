@@ -308,10 +308,9 @@ fn spawner(r: &mut Rules) -> Result<(), SandboxError> {
             libc::SYS_clone3,
             libc::SYS_pipe2,
             libc::SYS_execve,
-            // Reaping and stopping it: tokio's pidfd reaper, `wait4`, `kill` (SIGKILL).
+            // Reaping it: tokio's pidfd reaper, `wait4` (`kill` below: SIGKILL only).
             libc::SYS_pidfd_open,
             libc::SYS_wait4,
-            libc::SYS_kill,
             // `abort` in a data plane: this filter's own-pid rule would name the spawner.
             libc::SYS_tgkill,
             // The exec with a transient real group (the forked child's pre-exec hook), and
@@ -366,6 +365,8 @@ fn spawner(r: &mut Rules) -> Result<(), SandboxError> {
     // driver and std's exec-error channel are AF_UNIX socketpairs.
     allow_if(r, libc::SYS_socket, &[(0, int(libc::AF_UNIX))])?;
     allow_if(r, libc::SYS_socketpair, &[(0, int(libc::AF_UNIX))])?;
+    // Killing a data plane at the monitor's request (`MonitorToSpawner::KillDatad`).
+    allow_if(r, libc::SYS_kill, &[(1, int(libc::SIGKILL))])?;
     // Adopting the TUN (`wg_tun::Tun::from_fd`: flags, header size, index) and making
     // descriptors non-blocking (std's `set_nonblocking`).
     allow_if(

@@ -564,8 +564,13 @@ fn the_spawner_keeps_only_the_start_up_prctls_ioctls_and_limits() {
 }
 
 #[test]
-fn the_monitor_may_send_sigkill_and_nothing_else() {
-    let role = Role::Monitor;
+fn the_monitor_and_the_spawner_may_send_sigkill_and_nothing_else() {
+    for role in [Role::Monitor, Role::Spawner] {
+        sends_only_sigkill(role);
+    }
+}
+
+fn sends_only_sigkill(role: Role) {
     // Signal 0 to a pid that cannot exist only checks; SIGKILL to it fails with ESRCH:
     // both reach the kernel only if the filter lets them through.
     let nobody: libc::pid_t = i32::MAX;

@@ -221,8 +221,8 @@ pub enum UapiError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The connecting process is neither root nor our own effective uid.
-    #[error("UAPI client with uid {uid} refused")]
+    /// The connecting process runs neither as root nor as the user who started the daemon.
+    #[error("UAPI client with uid {uid} refused: only root and the user who started the daemon may configure it")]
     PeerRefused {
         /// The client's uid from SO_PEERCRED.
         uid: u32,
