@@ -11,8 +11,9 @@
 //!   `open*`, `exec*`;
 //! - monitor: new UDP sockets (`socket` for `AF_INET`/`AF_INET6` only, `bind`, and only
 //!   the socket options it sets), `socketpair` for `AF_UNIX` (a restarted data plane's
-//!   channel), children (`wait4`, `waitid`, `pidfd_*`, `kill`), `unlink` (its socket file
-//!   at exit). No `exec*`: it never starts a program after start-up;
+//!   channel), children (`wait4`, `waitid`, `pidfd_open`; `kill` and
+//!   `pidfd_send_signal` with `SIGKILL` only), `statx` (watching its socket file) and
+//!   `unlink` (the file at exit). No `exec*`: it never starts a program after start-up;
 //! - spawner: what `fork`+`exec` of a data plane needs, and what the data plane's own
 //!   start needs until it installs its own filter (filters survive `exec`; see
 //!   [`rules`]).
@@ -33,7 +34,7 @@
 //!   for the `UDP_SEGMENT` probe.
 //! - spawner: `socket`/`socketpair` only `AF_UNIX`, `openat` only read-only, `ioctl` only
 //!   the TUN adoption's requests, `prctl` only the options of a start and lock-down,
-//!   `prlimit64` only on itself.
+//!   `prlimit64` only on itself, `kill` only with `SIGKILL`.
 
 use std::collections::BTreeMap;
 
