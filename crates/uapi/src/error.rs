@@ -222,7 +222,9 @@ pub enum UapiError {
         source: std::io::Error,
     },
     /// The connecting process runs neither as root nor as the user who started the daemon.
-    #[error("UAPI client with uid {uid} refused: only root and the user who started the daemon may configure it")]
+    #[error(
+        "UAPI client with uid {uid} refused: only root and the user who started the daemon may configure it"
+    )]
     PeerRefused {
         /// The client's uid from SO_PEERCRED.
         uid: u32,
