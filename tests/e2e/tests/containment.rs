@@ -534,6 +534,9 @@ fn uid_of(name: &str) -> Result<u32> {
     Ok(user.uid.as_raw())
 }
 
+/// The group the spawner executes data planes with (`wg_sandbox::TRANSIENT_EXEC_GID`).
+const TRANSIENT_EXEC_GID: u32 = 65534;
+
 #[test]
 fn workers_run_as_separate_dedicated_users_and_are_not_dumpable() -> Result<()> {
     let env = setup!("xu");
@@ -577,6 +580,27 @@ fn workers_run_as_separate_dedicated_users_and_are_not_dumpable() -> Result<()> 
                 ));
             }
         }
+    }
+    // How datad starts non-dumpable from its first instruction: the spawner keeps the
+    // transient group (65534) as its saved group and executes datad with it as the real
+    // group; datad's first step settles on its own group alone.
+    let spawner_gids = Status::read(procs.spawner)?.ids("Gid")?;
+    let datad_gids = Status::read(procs.datad)?.ids("Gid")?;
+    if spawner_gids.get(2) != Some(&TRANSIENT_EXEC_GID)
+        || spawner_gids.first() == Some(&TRANSIENT_EXEC_GID)
+    {
+        failures.push(format!(
+            "the spawner's gids (real, effective, saved, fs) are {spawner_gids:?}: want its \
+             own group with {TRANSIENT_EXEC_GID} as the saved one"
+        ));
+    }
+    if datad_gids
+        .iter()
+        .any(|&g| g != datad_gids[0] || g == TRANSIENT_EXEC_GID)
+    {
+        failures.push(format!(
+            "datad's gids are {datad_gids:?}: its first step must settle on its own group"
+        ));
     }
     let [_, keyd, spawner, datad] = uids;
     if keyd == datad {
