@@ -338,12 +338,18 @@ mod tests {
         initiations(&out)
     }
 
-    #[test]
-    fn one_initiation_per_rekey_timeout_whatever_the_data_plane_asks() {
+    /// An oracle with an identity and one configured peer.
+    fn with_one_peer() -> (Handshakes, PublicKey) {
         let mut hs = Handshakes::new();
         hs.set_identity(Some(identity(1)));
         let peer = *identity(2).public_key();
         hs.upsert_peer(peer, PresharedKey::zero());
+        (hs, peer)
+    }
+
+    #[test]
+    fn one_initiation_per_rekey_timeout_whatever_the_data_plane_asks() {
+        let (mut hs, peer) = with_one_peer();
         let t0 = Instant::now();
         assert_eq!(want(&mut hs, peer, t0), 1);
         let flood: usize = (0..1000)
@@ -357,10 +363,7 @@ mod tests {
 
     #[test]
     fn a_new_identity_or_data_plane_may_initiate_at_once() {
-        let mut hs = Handshakes::new();
-        hs.set_identity(Some(identity(1)));
-        let peer = *identity(2).public_key();
-        hs.upsert_peer(peer, PresharedKey::zero());
+        let (mut hs, peer) = with_one_peer();
         let t0 = Instant::now();
         assert_eq!(want(&mut hs, peer, t0), 1);
         hs.set_identity(Some(identity(4)));

@@ -549,21 +549,24 @@ mod tests {
         assert_eq!(link.queue([big], t0), Err(Misbehaviour::Stalled));
     }
 
+    /// Whether a `WantHandshake` at `at` is served (not dropped by the limits).
+    fn served(link: &mut DatadLink, hs: &mut Handshakes, at: Instant) -> bool {
+        let want = DatadToKeyd::WantHandshake {
+            public_key: PublicKey([9; 32]),
+            retry: false,
+        };
+        !link
+            .on_message(want, hs, at, SystemTime::now())
+            .unwrap()
+            .dropped
+    }
+
     #[test]
     fn handshake_work_is_limited_to_a_share_of_keyd_time() {
         let mut link = DatadLink::new();
         let mut hs = Handshakes::new();
         let t0 = Instant::now();
-        let want = || DatadToKeyd::WantHandshake {
-            public_key: PublicKey([9; 32]),
-            retry: false,
-        };
-        let mut served = |link: &mut DatadLink, at: Instant| {
-            !link
-                .on_message(want(), &mut hs, at, SystemTime::now())
-                .unwrap()
-                .dropped
-        };
+        let mut served = |link: &mut DatadLink, at: Instant| served(link, &mut hs, at);
         assert!(served(&mut link, t0));
         // Slow work (a slow machine, a debug build): one second of it.
         link.charge_work(Duration::from_secs(1));
@@ -579,27 +582,14 @@ mod tests {
         let mut link = DatadLink::new();
         let mut hs = Handshakes::new();
         let t0 = Instant::now();
-        let want = || DatadToKeyd::WantHandshake {
-            public_key: PublicKey([9; 32]),
-            retry: false,
-        };
         let dropped = (0..HANDSHAKE_BURST * 2)
-            .filter(|_| {
-                link.on_message(want(), &mut hs, t0, SystemTime::now())
-                    .unwrap()
-                    .dropped
-            })
+            .filter(|_| !served(&mut link, &mut hs, t0))
             .count();
         assert_eq!(dropped as u64, HANDSHAKE_BURST);
         // One second refills the bucket up to its burst.
         let later = t0 + Duration::from_secs(1);
         let served = (0..HANDSHAKE_BURST * 2)
-            .filter(|_| {
-                !link
-                    .on_message(want(), &mut hs, later, SystemTime::now())
-                    .unwrap()
-                    .dropped
-            })
+            .filter(|_| served(&mut link, &mut hs, later))
             .count();
         assert_eq!(served as u64, HANDSHAKE_BURST);
     }
