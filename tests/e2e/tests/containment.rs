@@ -803,21 +803,34 @@ fn killing_the_monitor_leaves_no_worker_even_a_stopped_one() -> Result<()> {
         socket.display(),
         read_log()
     );
-    let monitor: u32 = read_log()
-        .lines()
-        .find_map(|l| l.strip_prefix("daemon ")?.trim().parse().ok())
-        .with_context(|| {
-            format!(
-                "the wrapper did not print the daemon's pid; log:\n{}",
-                read_log()
-            )
-        })?;
-    // The workers: the monitor's descendants, by role.
-    let mut guard = WorkerGuard(Vec::new());
+    let monitor_pid = || -> Option<u32> {
+        read_log()
+            .lines()
+            .find_map(|l| l.strip_prefix("daemon ")?.trim().parse().ok())
+    };
+    // The wrapper prints the line before the daemon answers, but the log may be read
+    // while the line is half written.
+    wait_until(Duration::from_secs(5), || monitor_pid().is_some());
+    let monitor: u32 = monitor_pid().with_context(|| {
+        format!(
+            "the wrapper did not print the daemon's pid; log:\n{}",
+            read_log()
+        )
+    })?;
+    // The workers: the monitor's descendants, by role. The guard (which kills what it
+    // holds when dropped) is made once they are all there: replacing a guard inside the
+    // loop would kill the workers found by an earlier, incomplete look.
+    let mut found = Vec::new();
     wait_until(Duration::from_secs(10), || {
-        guard = WorkerGuard(descendants_by_role(monitor));
-        guard.0.len() == 3
+        found = descendants_by_role(monitor);
+        // One of each (sorted by role): a data plane between fork and exec still looks
+        // like a second spawner.
+        found
+            .iter()
+            .map(|&(r, _)| r)
+            .eq([Role::Keyd, Role::Spawner, Role::Datad])
     });
+    let guard = WorkerGuard(found);
     ensure!(
         guard.0.len() == 3,
         "expected keyd, spawner and datad under monitor {monitor}, found {:?}",
@@ -833,8 +846,9 @@ fn killing_the_monitor_leaves_no_worker_even_a_stopped_one() -> Result<()> {
     });
     ensure!(
         all_stopped,
-        "the workers did not all stop: {}",
-        describe_left(&guard)
+        "the workers did not all stop: {}; log:\n{}",
+        describe_left(&guard),
+        read_log()
     );
     sigkill(monitor)?;
     let killed = Instant::now();
