@@ -820,19 +820,22 @@ fn killing_the_monitor_leaves_no_worker_even_a_stopped_one() -> Result<()> {
     // The workers: the monitor's descendants, by role. The guard (which kills what it
     // holds when dropped) is made once they are all there: replacing a guard inside the
     // loop would kill the workers found by an earlier, incomplete look.
-    let mut found = Vec::new();
-    wait_until(Duration::from_secs(10), || {
-        found = descendants_by_role(monitor);
-        // One of each (sorted by role): a data plane between fork and exec still looks
-        // like a second spawner.
+    // One of each (sorted by role): a data plane between fork and exec still looks like a
+    // second spawner.
+    let complete = |found: &[(Role, u32)]| {
         found
             .iter()
             .map(|&(r, _)| r)
             .eq([Role::Keyd, Role::Spawner, Role::Datad])
+    };
+    let mut found = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        found = descendants_by_role(monitor);
+        complete(&found)
     });
     let guard = WorkerGuard(found);
     ensure!(
-        guard.0.len() == 3,
+        complete(&guard.0),
         "expected keyd, spawner and datad under monitor {monitor}, found {:?}",
         guard.0
     );
