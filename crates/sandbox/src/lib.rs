@@ -402,9 +402,9 @@ pub fn exec_with_transient_group(command: &mut std::process::Command) {
         return;
     }
     let own = ids.effective;
-    // SAFETY: the closure runs in the forked child before exec and only makes one
-    // async-signal-safe system call on values computed before the fork; it allocates
-    // nothing and touches no lock.
+    // The closure runs in the forked child before exec and makes one async-signal-safe
+    // system call on values computed before the fork; it allocates nothing, takes no lock.
+    // SAFETY: a pre-exec closure must be async-signal-safe, and this one is (see above).
     unsafe {
         command.pre_exec(move || {
             nix::unistd::setresgid(transient, own, own).map_err(std::io::Error::from)

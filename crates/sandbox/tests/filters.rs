@@ -45,9 +45,10 @@ enum Outcome {
 /// (on failure the child reports `errno`).
 fn attempt(role: Role, op: impl Fn() -> bool) -> Outcome {
     let program = policy::compile(role).expect("the filter compiles");
-    // SAFETY: the child runs only the code below: async-signal-safe libc calls, the
-    // filter installation (two system calls on a program built before the fork) and `op`
-    // (one raw system call), then `_exit`; it never returns into the test harness.
+    // The child runs only the code below: async-signal-safe libc calls, the filter
+    // installation (two system calls on a program built before the fork) and `op` (one
+    // raw system call), then `_exit`; it never returns into the test harness.
+    // SAFETY: forking a multi-threaded process is sound when the child does only that.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
