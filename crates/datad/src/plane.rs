@@ -59,9 +59,6 @@ const TUN_SEGMENTS: usize = 256;
 const MAX_KEYD_BACKLOG: usize = 1024;
 /// Peers per stats message, keeping each well under the IPC size limit.
 const STATS_CHUNK: usize = wg_ipc::messages::STATS_PER_MESSAGE;
-/// Most allowed IPs of one peer update: what UAPI accepts for a whole device
-/// (`wg_uapi::Limits::DEFAULT`).
-const MAX_ALLOWED_IPS_PER_PEER: usize = 1 << 20;
 
 /// Handshake load over one-second windows.
 #[derive(Debug, Default)]
@@ -892,7 +889,9 @@ impl Daemon {
                 else {
                     return Err(DatadError::Protocol("keyd (allowed IPs of no peer update)"));
                 };
-                if partial.allowed_ips.len() + allowed_ips.len() > MAX_ALLOWED_IPS_PER_PEER {
+                if partial.allowed_ips.len() + allowed_ips.len()
+                    > wg_wire::constants::MAX_ALLOWED_IPS
+                {
                     return Err(DatadError::Protocol("keyd (too many allowed IPs)"));
                 }
                 partial.allowed_ips.extend(allowed_ips);

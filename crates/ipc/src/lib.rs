@@ -186,18 +186,6 @@ pub fn init_logging(process: &'static str) {
     tracing::debug!("{process} logging at {level}");
 }
 
-/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): what a process
-/// charges for work done on another's behalf, unaffected by time spent waiting for a core.
-pub fn thread_cpu_time() -> std::time::Duration {
-    use nix::time::{ClockId, clock_gettime};
-    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(std::time::Duration::ZERO, |t| {
-        std::time::Duration::new(
-            u64::try_from(t.tv_sec()).unwrap_or(0),
-            u32::try_from(t.tv_nsec()).unwrap_or(0),
-        )
-    })
-}
-
 /// Most crypto helper threads [`default_crypto_threads`] picks: past this, one data-plane
 /// event loop cannot keep them busy.
 const MAX_DEFAULT_CRYPTO_THREADS: usize = 7;

@@ -265,8 +265,8 @@ pub enum KeydToMonitor {
         /// The wanted firewall mark.
         fwmark: u32,
     },
-    /// The data plane broke the protocol (stalled, flooded, lied): kill it and start a new
-    /// one. keyd has already closed its channel to it.
+    /// The data plane broke the protocol (stalled, did not answer, lied): kill it and start
+    /// a new one (floods are not a reason: keyd drops what exceeds its limits). keyd has already closed its channel to it.
     RestartDataPlane {
         /// What it did, for the log.
         reason: Misbehaviour,
@@ -287,8 +287,6 @@ pub enum Misbehaviour {
     /// A message whose content cannot be true (a time beyond the clock's range, more
     /// peers than are configured, an answer to no request).
     Implausible,
-    /// More requests than keyd serves from one data plane.
-    Flood,
 }
 
 impl std::fmt::Display for Misbehaviour {
@@ -297,7 +295,6 @@ impl std::fmt::Display for Misbehaviour {
             Misbehaviour::Stalled => "it stopped reading the key process's messages",
             Misbehaviour::StatsTimeout => "it did not answer a statistics request in time",
             Misbehaviour::Implausible => "it sent a message whose content cannot be true",
-            Misbehaviour::Flood => "it sent more requests than the key process serves",
         })
     }
 }
@@ -369,9 +366,8 @@ pub enum MonitorToSpawner {
     Hello(Hello),
     /// Start a data plane; the fd is its end of a fresh monitor↔datad channel.
     SpawnDatad,
-    /// Kill this data plane (one the spawner started and has not reaped yet, so the pid
-    /// cannot have been reused). The monitor cannot: the data plane runs as another user
-    /// and the monitor keeps no `CAP_KILL`.
+    /// Kill this data plane. The spawner does it because it is the parent: it has not
+    /// reaped the process yet, so the pid cannot have been reused by another.
     KillDatad {
         /// Its process id, as reported in [`SpawnerToMonitor::Spawned`].
         pid: u32,
@@ -480,7 +476,7 @@ mod tests {
     #[test]
     fn the_largest_configuration_uapi_accepts_fits_in_messages() {
         // One peer with UAPI's maximum of allowed IPs, all IPv6 (the longest encoding).
-        let max = wg_uapi_limits_max_allowed_ips();
+        let max = wg_wire::constants::MAX_ALLOWED_IPS;
         let allowed_ips: Vec<IpNet> = (0..max)
             .map(|i| {
                 let a = u128::try_from(i).unwrap() << 64 | u128::MAX >> 64;
@@ -515,12 +511,6 @@ mod tests {
             }
         }
         assert_eq!(back, allowed_ips);
-    }
-
-    /// wg-uapi's documented limit (`Limits::DEFAULT.max_allowed_ips`), kept here so this
-    /// crate does not depend on the UAPI crate.
-    fn wg_uapi_limits_max_allowed_ips() -> usize {
-        1 << 20
     }
 
     #[test]

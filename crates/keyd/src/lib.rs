@@ -16,7 +16,8 @@
 //! and returns finished statistics or the [`wg_ipc::messages::Misbehaviour`] that ends the
 //! data plane. The fuzz target `keyd_datad_messages` drives exactly that.
 //!
-//! **May depend on:** handshake, cookie, wire, ipc, uapi, tokio. No network sockets, no
+//! **May depend on:** handshake, cookie, wire, ipc, uapi, tokio, and nix for the thread's
+//! CPU clock. No network sockets, no
 //! TUN, no router.
 #![forbid(unsafe_code)]
 

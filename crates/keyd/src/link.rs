@@ -148,8 +148,8 @@ impl WorkBudget {
     }
 }
 
-/// keyd's bookkeeping of one data plane.
-#[derive(Debug)]
+/// keyd's bookkeeping of one data plane. Its queue holds encoded session keys, so `Debug`
+/// shows sizes only.
 pub struct DatadLink {
     outbox: VecDeque<Zeroizing<Vec<u8>>>,
     outbox_bytes: usize,
@@ -160,6 +160,17 @@ pub struct DatadLink {
     handshake_budget: Bucket,
     work: WorkBudget,
     max_outbox_bytes: usize,
+}
+
+impl std::fmt::Debug for DatadLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatadLink")
+            .field("queued_messages", &self.outbox.len())
+            .field("queued_bytes", &self.outbox_bytes)
+            .field("waiting_since", &self.waiting_since)
+            .field("stats_pending", &self.stats.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for DatadLink {
@@ -227,11 +238,6 @@ impl DatadLink {
     /// Whether messages wait for datad.
     pub fn has_backlog(&self) -> bool {
         !self.outbox.is_empty()
-    }
-
-    /// The number of messages waiting (for tests and logs).
-    pub fn backlog(&self) -> usize {
-        self.outbox.len()
     }
 
     /// Starts a statistics request unless one is in flight. Returns whether a new one
@@ -528,6 +534,24 @@ mod tests {
         link.sent_front(t0 + STALL_TIMEOUT);
         assert!(!link.has_backlog());
         assert!(link.check_deadlines(t0 + STALL_TIMEOUT * 10).is_ok());
+    }
+
+    #[test]
+    fn queued_session_keys_are_not_debug_printed() {
+        let mut link = DatadLink::new();
+        let keys = KeydToDatad::Session(wg_ipc::messages::SessionKeys {
+            public_key: PublicKey([1; 32]),
+            initiator: true,
+            local_index: 1,
+            remote_index: 2,
+            send: wg_ipc::messages::SecretBytes([0xab; 32]),
+            recv: wg_ipc::messages::SecretBytes([0xcd; 32]),
+            endpoint: None,
+        });
+        link.queue([keys], Instant::now()).unwrap();
+        let shown = format!("{link:?}");
+        assert!(!shown.contains("171") && !shown.contains("205"), "{shown}");
+        assert!(shown.contains("queued_messages: 1"), "{shown}");
     }
 
     #[test]

@@ -85,6 +85,18 @@ async fn datad_writable(datad: Option<&(Channel, DatadLink)>) -> Result<(), IpcE
     }
 }
 
+/// CPU time this thread has used (`CLOCK_THREAD_CPUTIME_ID`): what keyd charges for the
+/// data plane's requests, unaffected by time spent waiting for a core.
+fn thread_cpu_time() -> Duration {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, |t| {
+        Duration::new(
+            u64::try_from(t.tv_sec()).unwrap_or(0),
+            u32::try_from(t.tv_nsec()).unwrap_or(0),
+        )
+    })
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -414,9 +426,9 @@ impl Keyd {
         let Some((_, link)) = &mut self.datad else {
             return Ok(());
         };
-        let cpu_before = wg_ipc::thread_cpu_time();
+        let cpu_before = thread_cpu_time();
         let result = link.on_message(msg, &mut self.handshakes, Instant::now(), SystemTime::now());
-        link.charge_work(wg_ipc::thread_cpu_time().saturating_sub(cpu_before));
+        link.charge_work(thread_cpu_time().saturating_sub(cpu_before));
         match result {
             Ok(outcome) => {
                 if outcome.dropped {

@@ -248,8 +248,8 @@ async fn keyd_died(error: Option<IpcError>, keyd: &Channel, child: &mut Child) -
     MonitorError::KeydDied(message)
 }
 
-/// Has the spawner kill a data plane (the monitor runs as another user without
-/// `CAP_KILL`). Its channel then closes and the usual restart follows.
+/// Has the spawner kill a data plane (its parent, which has not reaped it, so the pid is
+/// still that data plane's). Its channel then closes and the usual restart follows.
 async fn kill_datad(spawner: &Channel, pid: u32) -> Result<(), MonitorError> {
     spawner
         .send(&MonitorToSpawner::KillDatad { pid }, &[])

@@ -37,7 +37,7 @@ impl Limits {
         max_line_len: 4096,
         max_request_bytes: 64 << 20,
         max_peers: 1 << 16,
-        max_allowed_ips: 1 << 20,
+        max_allowed_ips: wg_wire::constants::MAX_ALLOWED_IPS,
     };
 }
 

@@ -1,5 +1,6 @@
 //! Protocol limits and times from the whitepaper's section 6.1, shared by the router (which
-//! enforces the message and age limits per packet) and the timers (which schedule by them).
+//! enforces the message and age limits per packet) and the timers (which schedule by them);
+//! and the configuration limit every process of the daemon agrees on.
 
 use std::time::Duration;
 
@@ -19,3 +20,9 @@ pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REKEY_TIMEOUT_JITTER_MAX: Duration = Duration::from_millis(333);
 /// A keepalive answers received data after this long without sending anything.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most allowed IPs a device holds (all peers together): what UAPI accepts
+/// (`wg_uapi::Limits::DEFAULT`), what keyd sends the data plane in chunks, and what the data
+/// plane takes for one peer. Not from the whitepaper: a bound on memory, several times a
+/// country-sized route list.
+pub const MAX_ALLOWED_IPS: usize = 1 << 20;
