@@ -197,7 +197,7 @@ impl Channel {
     /// it for a failure of the other process. On `Ok(false)` nothing was sent.
     pub fn try_send_encoded(&self, bytes: &[u8]) -> Result<bool, IpcError> {
         if bytes.len() > MAX_MESSAGE_LEN {
-            return Err(IpcError::TooLarge(bytes.len()));
+            return Err(wg_messages::MessageError::TooLarge(bytes.len()).into());
         }
         match &self.transport {
             Transport::Seqpacket(fd) => {
@@ -301,7 +301,7 @@ async fn recv_frame(fd: &AsyncFd<OwnedFd>) -> Result<Frame, IpcError> {
                 }
                 if flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_MESSAGE_LEN {
                     buf.zeroize();
-                    return Err(IpcError::TooLarge(len));
+                    return Err(wg_messages::MessageError::TooLarge(len).into());
                 }
                 if len == 0 && fds.is_empty() {
                     return Err(IpcError::Closed);

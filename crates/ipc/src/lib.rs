@@ -1,32 +1,32 @@
-//! The IPC protocol between the wireguard-rs processes (monitor, keyd, datad).
+//! The OS side of the IPC between the wireguard-rs processes (monitor, keyd, datad): the
+//! channel, descriptor passing and the start of a worker process.
 //!
-//! **Owns:** the message types each pair of processes exchanges ([`messages`]), their
-//! postcard encoding with a strict size limit and no trailing bytes, and two transports
-//! with the same interface ([`Channel`]): a `SOCK_SEQPACKET` socketpair with `SCM_RIGHTS`
-//! fd passing between processes, and an in-memory pair for the in-process mode (tests and
-//! embedding) that still encodes every message, so both modes run the same decoding path.
+//! **Owns:** two transports with the same interface ([`Channel`]): a `SOCK_SEQPACKET`
+//! socketpair with `SCM_RIGHTS` fd passing between processes, and an in-memory pair for the
+//! in-process mode (tests and embedding) that still encodes every message, so both modes run
+//! the same decoding path; recognising a sandboxed peer's `SIGSYS` report; inherited
+//! descriptors; a worker's start-up ([`worker`]), logging and the crypto-thread default.
+//! The messages themselves and their encoding are `wg-messages`' (re-exported here as
+//! [`messages`], [`encode`] and [`decode`]), so code that only speaks the protocol (the
+//! device core, the simulation) does not link any of this.
 //!
 //! **Trusts:** nothing it receives. A peer process may be compromised: every datagram is
 //! size-checked and fully decoded or rejected, and any decode error closes the channel.
 //!
-//! **May depend on:** `wg-wire`, `serde`, `postcard`, `nix` (sockets), `tokio` (readiness),
-//! `zeroize`. The one `unsafe` operation is adopting file descriptors the kernel just
-//! installed for us from `SCM_RIGHTS`.
+//! **May depend on:** `wg-messages`, `wg-sandbox` (syscall names in `SIGSYS` reports and
+//! worker start-up), `nix` (sockets), `tokio` (readiness), `zeroize`, `tracing`. The one
+//! `unsafe` operation is adopting file descriptors the kernel just installed for us from
+//! `SCM_RIGHTS` (and, at start-up, the ones inherited across `exec`).
 #![deny(unsafe_code)]
 
 mod channel;
-pub mod messages;
 pub mod worker;
 
 pub use channel::{Channel, Received, seqpacket_pair};
+pub use wg_messages::{MAX_MESSAGE_LEN, MessageError, PROTOCOL_VERSION, encode, messages};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Version of the message set; both ends send it first and refuse a mismatch.
-pub const PROTOCOL_VERSION: u32 = 2;
-/// Largest encoded message. Bulk data (stats for many peers) is sent in chunks below it.
-pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 /// Most file descriptors one message may carry.
 pub const MAX_FDS: usize = 8;
 
@@ -36,31 +36,12 @@ pub enum IpcError {
     /// The peer process closed its end (it exited or was killed).
     #[error("the other process closed the IPC channel")]
     Closed,
-    /// A message failed to decode: the peer is buggy or compromised.
-    #[error("undecodable IPC message ({0}); closing the channel")]
-    Decode(postcard::Error),
-    /// A message decoded with bytes left over.
-    #[error("IPC message has {0} trailing bytes; closing the channel")]
-    Trailing(usize),
-    /// A message is larger than [`MAX_MESSAGE_LEN`].
-    #[error("IPC message of {0} bytes exceeds the limit of {MAX_MESSAGE_LEN}")]
-    TooLarge(usize),
+    /// A message did not encode, decode or greet as it must (see [`MessageError`]).
+    #[error(transparent)]
+    Message(#[from] MessageError),
     /// Too many descriptors, or ancillary data was truncated.
     #[error("IPC message carried unexpected or truncated file descriptors")]
     BadFds,
-    /// Encoding failed (a bug: every message type is encodable).
-    #[error("could not encode IPC message: {0}")]
-    Encode(postcard::Error),
-    /// The peer speaks another protocol version.
-    #[error(
-        "IPC protocol version mismatch: ours {ours}, theirs {theirs}; install matching binaries"
-    )]
-    Version {
-        /// Our version.
-        ours: u32,
-        /// The peer's version.
-        theirs: u32,
-    },
     /// The socket failed.
     #[error("IPC socket error: {0}")]
     Io(#[from] std::io::Error),
@@ -79,29 +60,9 @@ pub enum IpcError {
 /// with 0xff 0xff, so it cannot be confused with one.
 pub const SIGSYS_REPORT_PREFIX: [u8; 8] = [0xff, 0xff, b'S', b'I', b'G', b'S', b'Y', b'S'];
 
-/// Encodes a message, refusing anything over [`MAX_MESSAGE_LEN`]. The buffer is sized
-/// exactly before the message is written (a growing vector would leave copies of session
-/// keys in the memory it frees); callers zeroize it after sending.
-pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, IpcError> {
-    let len = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
-        .map_err(IpcError::Encode)?;
-    if len > MAX_MESSAGE_LEN {
-        return Err(IpcError::TooLarge(len));
-    }
-    let mut bytes = vec![0u8; len];
-    let written = postcard::to_slice(msg, &mut bytes)
-        .map_err(IpcError::Encode)?
-        .len();
-    bytes.truncate(written);
-    Ok(bytes)
-}
-
-/// Decodes exactly one message: over-long input and trailing bytes are errors
-/// (`postcard::from_bytes` alone would ignore a remainder).
+/// Decodes one received datagram: a `SIGSYS` report from a sandboxed peer becomes
+/// [`IpcError::Seccomp`], anything else must be exactly one message ([`wg_messages::decode`]).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
-    if bytes.len() > MAX_MESSAGE_LEN {
-        return Err(IpcError::TooLarge(bytes.len()));
-    }
     if let Some((prefix, rest)) = bytes.split_first_chunk::<8>()
         && *prefix == SIGSYS_REPORT_PREFIX
         && let Ok(number) = <[u8; 4]>::try_from(rest)
@@ -112,11 +73,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
             name: wg_sandbox::syscall_name(number).unwrap_or("unknown"),
         });
     }
-    let (msg, rest) = postcard::take_from_bytes(bytes).map_err(IpcError::Decode)?;
-    if !rest.is_empty() {
-        return Err(IpcError::Trailing(rest.len()));
-    }
-    Ok(msg)
+    Ok(wg_messages::decode(bytes)?)
 }
 
 /// Environment variable naming the descriptor of a worker's channel to the monitor.
@@ -205,6 +162,27 @@ fn crypto_threads_for(cores: usize) -> u16 {
         .saturating_sub(1)
         .min(MAX_DEFAULT_CRYPTO_THREADS);
     u16::try_from(helpers).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod sigsys_tests {
+    use super::*;
+    use crate::messages::KeydToMonitor;
+
+    #[test]
+    fn sigsys_reports_are_recognised() {
+        let mut report = SIGSYS_REPORT_PREFIX.to_vec();
+        report.extend_from_slice(&41u32.to_le_bytes());
+        match decode::<KeydToMonitor>(&report) {
+            Err(IpcError::Seccomp { number: 41, name }) => {
+                if cfg!(target_arch = "x86_64") {
+                    assert_eq!(name, "socket");
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
 }
 
 #[cfg(test)]

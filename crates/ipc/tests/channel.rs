@@ -66,12 +66,12 @@ async fn garbage_and_oversized_datagrams_are_errors() {
     write(&[0xff, 0xff, 0xff]);
     assert!(matches!(
         chan.recv::<KeydToDatad>().await,
-        Err(IpcError::Decode(_))
+        Err(IpcError::Message(wg_ipc::MessageError::Decode(_)))
     ));
     write(&vec![0u8; MAX_MESSAGE_LEN + 10]);
     assert!(matches!(
         chan.recv::<KeydToDatad>().await,
-        Err(IpcError::TooLarge(_))
+        Err(IpcError::Message(wg_ipc::MessageError::TooLarge(_)))
     ));
     drop(x);
 }

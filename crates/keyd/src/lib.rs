@@ -60,7 +60,7 @@ pub async fn run_worker(
         .await
         .map_err(KeydError::Monitor)?;
     match hello.msg {
-        MonitorToKeyd::Hello(h) => h.check(Role::Monitor).map_err(KeydError::Monitor)?,
+        MonitorToKeyd::Hello(h) => h.check(Role::Monitor).map_err(|e| KeydError::Monitor(e.into()))?,
         _ => return Err(KeydError::Protocol("expected hello")),
     }
     let start = monitor

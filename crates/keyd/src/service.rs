@@ -446,7 +446,7 @@ impl Keyd {
     async fn on_monitor(&mut self, m: Received<MonitorToKeyd>) -> Result<(), KeydError> {
         match m.msg {
             MonitorToKeyd::Hello(hello) => {
-                hello.check(Role::Monitor).map_err(KeydError::Monitor)?
+                hello.check(Role::Monitor).map_err(|e| KeydError::Monitor(e.into()))?
             }
             MonitorToKeyd::Start { .. } => return Err(KeydError::Protocol("second start")),
             MonitorToKeyd::Reconfigured { port, errno } => {

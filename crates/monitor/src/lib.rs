@@ -426,7 +426,7 @@ impl Supervisor {
                 }
                 SpawnerToMonitor::Hello(h) => h
                     .check(Role::Spawner)
-                    .map_err(|e| MonitorError::Ipc("spawner", e))?,
+                    .map_err(|e| MonitorError::Ipc("spawner", e.into()))?,
             }
         };
         let channel = Channel::from_fd(ours)?;
@@ -489,7 +489,7 @@ impl Supervisor {
             KeydToMonitor::Hello(hello) => {
                 return hello
                     .check(Role::Keyd)
-                    .map_err(|e| MonitorError::Ipc("keyd", e));
+                    .map_err(|e| MonitorError::Ipc("keyd", e.into()));
             }
             KeydToMonitor::RestartDataPlane { reason, generation } => {
                 if generation != self.datad_generation {

@@ -68,7 +68,7 @@ pub async fn run(
                     Err(_) => return Ok(()),
                 };
                 match m.msg {
-                    MonitorToSpawner::Hello(h) => h.check(Role::Monitor).map_err(|e| MonitorError::Ipc("monitor", e))?,
+                    MonitorToSpawner::Hello(h) => h.check(Role::Monitor).map_err(|e| MonitorError::Ipc("monitor", e.into()))?,
                     MonitorToSpawner::SpawnDatad => {
                         let Some(fd) = m.fds.into_iter().next() else {
                             return Err(MonitorError::Ipc("monitor", wg_ipc::IpcError::BadFds));
