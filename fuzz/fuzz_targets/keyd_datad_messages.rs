@@ -1,7 +1,8 @@
 //! Fuzzes the key process's handling of a hostile data plane: arbitrary sequences of
 //! `DatadToKeyd` messages fed to keyd's sans-IO link (`wg_keyd::link::DatadLink` and the
 //! handshake oracle), with keyd's own moves (statistics requests, deadline checks) and a
-//! data plane that reads or does not, on a fake clock.
+//! data plane that reads or does not, on a fake clock (and a fixed wall clock and seeded
+//! random number generator).
 //!
 //! Input: chunks of `[control: u8][len: u16 LE][len bytes]`. `control >> 2` advances the
 //! clock by that many 100 ms steps (0–6.3 s); `control & 3` is keyd's move first: 0 none,
@@ -18,9 +19,11 @@
 #![no_main]
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use wg_handshake::LocalIdentity;
 use wg_ipc::messages::{DatadToKeyd, KeydToDatad};
 use wg_keyd::handshakes::Handshakes;
@@ -129,7 +132,9 @@ fn configured(key: &PublicKey) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
-    let wall_start = SystemTime::now();
+    // Fixed clocks and randomness: an input replays the same run.
+    let wall_start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut rng = StdRng::seed_from_u64(0);
     let mut now = start;
     let mut keyd = Keyd::new(now);
     let mut rest = data;
@@ -152,7 +157,10 @@ fuzz_target!(|data: &[u8]| {
         let Ok(msg) = wg_ipc::decode::<DatadToKeyd>(chunk) else {
             continue;
         };
-        match keyd.link.on_message(msg, &mut keyd.handshakes, now, wall) {
+        match keyd
+            .link
+            .on_message(msg, &mut keyd.handshakes, now, wall, &mut rng)
+        {
             Ok(outcome) => {
                 if let Some(answer) = outcome.stats {
                     let asked = keyd

@@ -11,10 +11,19 @@
 //! checked again). Nothing from UAPI clients until their credentials are checked.
 //!
 //! Both cores are sans-IO and driven by the event loop in `service`: feed
-//! [`link::DatadLink::on_message`] a decoded `DatadToKeyd`, the oracle, `now` and the wall
-//! clock; it queues the answers ([`link::DatadLink::front`]/[`link::DatadLink::sent_front`])
-//! and returns finished statistics or the [`wg_ipc::messages::Misbehaviour`] that ends the
-//! data plane. The fuzz target `keyd_datad_messages` drives exactly that.
+//! [`link::DatadLink::on_message`] a decoded `DatadToKeyd`, the oracle, `now`, the wall
+//! clock and a random number generator; it queues the answers
+//! ([`link::DatadLink::front`]/[`link::DatadLink::sent_front`]) and returns finished
+//! statistics or the [`wg_ipc::messages::Misbehaviour`] that ends the data plane. The fuzz
+//! target `keyd_datad_messages` drives exactly that.
+//!
+//! The oracle reads no clock and no OS randomness itself:
+//! [`handshakes::Handshakes::on_datad`] takes `now` (the protocol's timers: one initiation
+//! per `REKEY_TIMEOUT`, flood and cookie ages), `wall` (the TAI64N timestamp of the
+//! initiations it makes) and `rng` (ephemeral keys, receiver indices) as arguments, and
+//! says what it did ([`handshakes::Answer`]) or why it did nothing
+//! ([`handshakes::Refusal`]). The service seeds one `StdRng` from the OS at start; tests,
+//! the simulation and the fuzz target `keyd_oracle` pass seeded ones and fixed clocks.
 //!
 //! **May depend on:** handshake, cookie, wire, ipc, uapi, tokio, and nix for the thread's
 //! CPU clock. No network sockets, no
@@ -60,7 +69,9 @@ pub async fn run_worker(
         .await
         .map_err(KeydError::Monitor)?;
     match hello.msg {
-        MonitorToKeyd::Hello(h) => h.check(Role::Monitor).map_err(|e| KeydError::Monitor(e.into()))?,
+        MonitorToKeyd::Hello(h) => h
+            .check(Role::Monitor)
+            .map_err(|e| KeydError::Monitor(e.into()))?,
         _ => return Err(KeydError::Protocol("expected hello")),
     }
     let start = monitor

@@ -26,7 +26,9 @@ use wg_uapi::PeerRuntime;
 use wg_wire::PublicKey;
 use zeroize::Zeroizing;
 
-use crate::handshakes::Handshakes;
+use rand::CryptoRng;
+
+use crate::handshakes::{Answer, Handshakes, Refusal};
 
 /// A statistics request must be answered completely within this time.
 pub const STATS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -298,13 +300,16 @@ impl DatadLink {
     }
 
     /// Handles one message from datad: checks it, lets the handshake oracle answer what
-    /// is its to answer (within the rate limit), and queues the answers.
-    pub fn on_message(
+    /// is its to answer (within the rate limit), and queues the answers. `wall` and `rng`
+    /// go to the oracle (the timestamp of initiations; ephemeral keys and indices). What
+    /// the oracle refuses is only logged: a refusal sends nothing and costs datad nothing.
+    pub fn on_message<R: CryptoRng + ?Sized>(
         &mut self,
         msg: DatadToKeyd,
         handshakes: &mut Handshakes,
         now: Instant,
         wall: SystemTime,
+        rng: &mut R,
     ) -> Result<Outcome, Misbehaviour> {
         let mut outcome = Outcome::default();
         match msg {
@@ -318,7 +323,7 @@ impl DatadLink {
             DatadToKeyd::Handshake { .. } | DatadToKeyd::WantHandshake { .. } => {
                 if self.work.available(now) && self.handshake_budget.take(now) {
                     let mut out = Vec::new();
-                    handshakes.on_datad(msg, now, &mut out);
+                    refused(handshakes.on_datad(msg, now, wall, rng, &mut out));
                     self.queue(out, now)?;
                 } else {
                     outcome.dropped = true;
@@ -329,7 +334,7 @@ impl DatadLink {
             | DatadToKeyd::ZeroKeys { .. }
             | DatadToKeyd::RetiredIndices { .. } => {
                 let mut out = Vec::new();
-                handshakes.on_datad(msg, now, &mut out);
+                refused(handshakes.on_datad(msg, now, wall, rng, &mut out));
                 self.queue(out, now)?;
             }
         }
@@ -371,6 +376,15 @@ impl DatadLink {
     }
 }
 
+/// Logs a refusal of the handshake oracle (which logs the details it has, such as the
+/// source address, itself). An honest data plane meets some too: a late response, a
+/// cookie reply for an index since retired.
+fn refused(result: Result<Answer, Refusal>) {
+    if let Err(refusal) = result {
+        tracing::trace!("request of the data plane refused: {refusal}");
+    }
+}
+
 /// A handshake time from datad, if it can be true: nanoseconds below one second, and not
 /// after keyd's clock (with slack for a clock set meanwhile).
 fn plausible_time(secs: u64, nanos: u32, wall: SystemTime) -> Result<SystemTime, Misbehaviour> {
@@ -392,6 +406,8 @@ fn plausible_time(secs: u64, nanos: u32, wall: SystemTime) -> Result<SystemTime,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
 
     fn stats(key: u8, last_handshake: Option<(u64, u32)>) -> PeerStats {
         PeerStats {
@@ -415,7 +431,8 @@ mod tests {
             peers,
             done,
         };
-        link.on_message(msg, &mut hs, Instant::now(), SystemTime::now())
+        let mut rng = StdRng::seed_from_u64(1);
+        link.on_message(msg, &mut hs, Instant::now(), SystemTime::now(), &mut rng)
     }
 
     #[test]
@@ -579,8 +596,9 @@ mod tests {
             public_key: PublicKey([9; 32]),
             retry: false,
         };
+        let mut rng = StdRng::seed_from_u64(1);
         !link
-            .on_message(want, hs, at, SystemTime::now())
+            .on_message(want, hs, at, SystemTime::now(), &mut rng)
             .unwrap()
             .dropped
     }

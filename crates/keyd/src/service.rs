@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::time::{Duration, Instant, SystemTime};
 
+use rand::rngs::StdRng;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use wg_handshake::LocalIdentity;
@@ -53,6 +54,9 @@ fn identity_of(key: &SecretKey) -> LocalIdentity {
 struct Keyd {
     config: DeviceConfig,
     handshakes: Handshakes,
+    /// The oracle's randomness (ephemeral keys, receiver indices), seeded from the OS once
+    /// at start.
+    rng: StdRng,
     /// The data plane's channel and keyd's bookkeeping of it; `None` between giving up on
     /// one (or losing it) and the monitor's restart.
     datad: Option<(Channel, DatadLink)>,
@@ -115,6 +119,7 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
             ..DeviceConfig::default()
         },
         handshakes: Handshakes::new(),
+        rng: rand::make_rng(),
         datad: None,
         monitor: startup.monitor,
         datad_generation: 0,
@@ -427,7 +432,13 @@ impl Keyd {
             return Ok(());
         };
         let cpu_before = thread_cpu_time();
-        let result = link.on_message(msg, &mut self.handshakes, Instant::now(), SystemTime::now());
+        let result = link.on_message(
+            msg,
+            &mut self.handshakes,
+            Instant::now(),
+            SystemTime::now(),
+            &mut self.rng,
+        );
         link.charge_work(thread_cpu_time().saturating_sub(cpu_before));
         match result {
             Ok(outcome) => {
@@ -445,9 +456,9 @@ impl Keyd {
 
     async fn on_monitor(&mut self, m: Received<MonitorToKeyd>) -> Result<(), KeydError> {
         match m.msg {
-            MonitorToKeyd::Hello(hello) => {
-                hello.check(Role::Monitor).map_err(|e| KeydError::Monitor(e.into()))?
-            }
+            MonitorToKeyd::Hello(hello) => hello
+                .check(Role::Monitor)
+                .map_err(|e| KeydError::Monitor(e.into()))?,
             MonitorToKeyd::Start { .. } => return Err(KeydError::Protocol("second start")),
             MonitorToKeyd::Reconfigured { port, errno } => {
                 let Some((mut applied, reply)) = self.pending_set.take() else {
