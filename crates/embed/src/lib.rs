@@ -7,13 +7,16 @@
 //! separation: everything shares one address space. Use the `wireguard-rs` launcher
 //! wherever processes are available.
 //!
-//! **Owns:** the wiring only. **Trusts:** its caller for the descriptors.
-//! **May depend on:** keyd, datad, monitor (sockets), ipc, tun, tokio.
+//! **Owns:** the wiring only: keyd's requests are decided by the monitor's own code
+//! ([`wg_monitor::sockets::SocketOwner::handle_reconfigure`]); this crate only sends what
+//! it decided. Where it differs from the monitor on purpose (no data-plane restart, no
+//! second look at the device) a comment says why. **Trusts:** its caller for the
+//! descriptors. **May depend on:** keyd, datad, monitor (sockets), ipc, tun, tokio.
 #![forbid(unsafe_code)]
 
 use std::os::unix::net::UnixListener;
 
-use wg_ipc::messages::{DatadToMonitor, KeydToMonitor, MonitorToKeyd};
+use wg_ipc::messages::{DatadToMonitor, KeydToMonitor, Role};
 use wg_ipc::{Channel, Received};
 use wg_monitor::sockets::{SocketOwner, UdpSockets};
 use wg_tun::Tun;
@@ -81,24 +84,24 @@ pub async fn run(
         tokio::select! {
             m = monitor_keyd.recv::<KeydToMonitor>() => match m {
                 Ok(Received { msg: KeydToMonitor::Reconfigure { port, fwmark }, .. }) => {
-                    let (port, errno) = match owner.reconfigure(port, fwmark) {
-                        Ok(rebound) => {
-                            if rebound {
-                                let (msg, fds) = owner.announcement();
-                                if let Err(e) = monitor_datad.send(&msg, &fds).await {
-                                    tracing::warn!("could not hand new sockets to the data plane: {e}");
-                                }
-                            }
-                            (owner.sockets.port, 0)
-                        }
-                        Err(errno) => (owner.sockets.port, errno),
-                    };
-                    let reply = MonitorToKeyd::Reconfigured { port, errno };
-                    if let Err(e) = monitor_keyd.send(&reply, &[]).await {
+                    // The monitor's own decision; only the sending is done here.
+                    let outcome = owner.handle_reconfigure(port, fwmark);
+                    if let Some((msg, fds)) = &outcome.announce
+                        && let Err(e) = monitor_datad.send(msg, fds).await
+                    {
+                        // The data plane's channel is gone: its next receive stops the tunnel.
+                        tracing::warn!("could not hand new sockets to the data plane: {e}");
+                    }
+                    if let Err(e) = monitor_keyd.send(&outcome.reply, &[]).await {
                         break Err(EmbedError::Keyd(e.to_string()));
                     }
                 }
-                Ok(Received { msg: KeydToMonitor::Hello(_), .. }) => {}
+                // As the monitor: a Hello of another protocol version is fatal.
+                Ok(Received { msg: KeydToMonitor::Hello(hello), .. }) => {
+                    if let Err(e) = hello.check(Role::Keyd) {
+                        break Err(EmbedError::Keyd(format!("bad hello: {e}")));
+                    }
+                }
                 // In one process there is nothing to restart: the tunnel stops with the reason.
                 Ok(Received { msg: KeydToMonitor::RestartDataPlane { reason, .. }, .. }) => {
                     break Err(EmbedError::Datad(format!("the key process gave up on the data plane: {reason}")));
@@ -106,6 +109,8 @@ pub async fn run(
                 Err(e) => break Err(EmbedError::Keyd(e.to_string())),
             },
             m = monitor_datad.recv::<DatadToMonitor>() => match m {
+                // Believed as it is (the monitor checks the device first): in one process the
+                // data plane is no less trusted than this code, and it owns the TUN here.
                 Ok(Received { msg: DatadToMonitor::InterfaceGone, .. }) => break Ok(Stopped::InterfaceGone),
                 Ok(Received { msg: DatadToMonitor::Hello(_), .. }) => {}
                 Err(e) => break Err(EmbedError::Datad(e.to_string())),

@@ -5,7 +5,9 @@
 //! **Owns:** the TUN device and UDP sockets (it hands duplicates to the data plane and
 //! keeps its own to restart it), the UAPI listener until keyd has it, the worker
 //! processes, and the table of privileged requests: [`KeydToMonitor::Reconfigure`] (new
-//! listen port, firewall mark) and nothing else.
+//! listen port, firewall mark) and nothing else. Its decision is sans-IO
+//! ([`sockets::SocketOwner::handle_reconfigure`]) and shared with `wg-embed`, which runs
+//! the same request table in one process.
 //!
 //! **Trusts:** its command line and environment (it runs as the administrator who started
 //! it). Worker messages are checked against the table; a worker that breaks protocol is
@@ -514,30 +516,16 @@ impl Supervisor {
             .map_err(|e| MonitorError::Ipc("keyd", e))
     }
 
+    /// Applies keyd's `Reconfigure` ([`sockets::SocketOwner::handle_reconfigure`], shared
+    /// with `wg-embed`) and sends what it decided to the data plane; returns keyd's answer.
     async fn reconfigure(&mut self, port: u16, fwmark: u32, datad: &DataPlane) -> MonitorToKeyd {
-        match self.sockets.reconfigure(port, fwmark) {
-            Ok(rebound) => {
-                if rebound {
-                    let (msg, fds) = self.sockets.announcement();
-                    if let Err(e) = datad.channel.send(&msg, &fds).await {
-                        tracing::warn!("could not hand new sockets to the data plane: {e}");
-                    }
-                }
-                MonitorToKeyd::Reconfigured {
-                    port: self.sockets.sockets.port,
-                    errno: 0,
-                }
-            }
-            Err(errno) => {
-                tracing::warn!(
-                    "cannot apply port {port} / fwmark {fwmark}: errno {errno}; keeping port {}",
-                    self.sockets.sockets.port
-                );
-                MonitorToKeyd::Reconfigured {
-                    port: self.sockets.sockets.port,
-                    errno,
-                }
-            }
+        let outcome = self.sockets.handle_reconfigure(port, fwmark);
+        if let Some((msg, fds)) = &outcome.announce
+            && let Err(e) = datad.channel.send(msg, fds).await
+        {
+            // A lost data plane is restarted with the new sockets.
+            tracing::warn!("could not hand new sockets to the data plane: {e}");
         }
+        outcome.reply
     }
 }

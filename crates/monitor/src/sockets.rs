@@ -1,10 +1,14 @@
 //! The UDP sockets: one IPv4 and (where the host has IPv6) one IPv6 socket on the same port,
-//! as wireguard-go binds them, with an optional firewall mark.
+//! as wireguard-go binds them, with an optional firewall mark; and keyd's `Reconfigure`
+//! request on them, decided without I/O ([`SocketOwner::handle_reconfigure`]) for both the
+//! monitor and the in-process mode (`wg-embed`).
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use wg_ipc::messages::{MonitorToDatad, MonitorToKeyd};
 
 /// The bound sockets of the listen port.
 #[derive(Debug)]
@@ -135,7 +139,12 @@ impl SocketOwner {
     /// only re-marks the current sockets. On failure nothing changed and the errno says why
     /// (EADDRINUSE for a taken port).
     pub fn reconfigure(&mut self, port: u16, fwmark: u32) -> Result<bool, i32> {
-        let errno = |e: io::Error| e.raw_os_error().unwrap_or(nix::errno::Errno::EIO as i32);
+        // Never 0, which keyd would take for success.
+        let errno = |e: io::Error| {
+            e.raw_os_error()
+                .filter(|&n| n > 0)
+                .unwrap_or(nix::errno::Errno::EIO as i32)
+        };
         if port != self.sockets.port {
             let new = bind(port, fwmark, self.offload).map_err(errno)?;
             tracing::info!("listening on port {}", new.port);
@@ -152,25 +161,55 @@ impl SocketOwner {
     }
 
     /// The message announcing the current sockets to the data plane, and their fds.
-    pub fn announcement(
-        &self,
-    ) -> (
-        wg_ipc::messages::MonitorToDatad,
-        Vec<std::os::fd::BorrowedFd<'_>>,
-    ) {
-        use std::os::fd::AsFd;
+    pub fn announcement(&self) -> (MonitorToDatad, Vec<BorrowedFd<'_>>) {
         let mut fds = vec![self.sockets.v4.as_fd()];
         if let Some(v6) = &self.sockets.v6 {
             fds.push(v6.as_fd());
         }
         (
-            wg_ipc::messages::MonitorToDatad::Sockets {
+            MonitorToDatad::Sockets {
                 listen_port: self.sockets.port,
                 has_ipv6: self.sockets.v6.is_some(),
             },
             fds,
         )
     }
+
+    /// keyd's `KeydToMonitor::Reconfigure { port, fwmark }`: applies it
+    /// ([`SocketOwner::reconfigure`]), logs a failure, and says what to send. The caller
+    /// (the monitor, or `wg-embed` in one process) sends [`Reconfiguration::announce`] to
+    /// the data plane first, then [`Reconfiguration::reply`] to keyd.
+    pub fn handle_reconfigure(&mut self, port: u16, fwmark: u32) -> Reconfiguration<'_> {
+        let result = self.reconfigure(port, fwmark);
+        let errno = match result {
+            Ok(_) => 0,
+            Err(errno) => {
+                tracing::warn!(
+                    "cannot apply port {port} / fwmark {fwmark}: errno {errno}; keeping port {}",
+                    self.sockets.port
+                );
+                errno
+            }
+        };
+        Reconfiguration {
+            reply: MonitorToKeyd::Reconfigured {
+                port: self.sockets.port,
+                errno,
+            },
+            announce: (result == Ok(true)).then(|| self.announcement()),
+        }
+    }
+}
+
+/// What one `Reconfigure` request comes to ([`SocketOwner::handle_reconfigure`]).
+#[derive(Debug)]
+pub struct Reconfiguration<'a> {
+    /// keyd's answer, `MonitorToKeyd::Reconfigured`: the port in use afterwards, and 0 or
+    /// the errno of the failure (then nothing changed).
+    pub reply: MonitorToKeyd,
+    /// The new sockets for the data plane (message and descriptors), when the port
+    /// changed; `None` when the sockets stayed (same port, or failure).
+    pub announce: Option<(MonitorToDatad, Vec<BorrowedFd<'a>>)>,
 }
 
 #[cfg(test)]
@@ -221,6 +260,88 @@ mod tests {
         assert_eq!(plain.offload, off);
         let gro = nix::sys::socket::getsockopt(&plain.v4, nix::sys::socket::sockopt::UdpGroSegment);
         assert_eq!(gro.ok(), Some(false));
+    }
+
+    fn owner() -> SocketOwner {
+        SocketOwner {
+            sockets: bind(0, 0, UdpOffload::default()).unwrap(),
+            fwmark: 0,
+            offload: UdpOffload::default(),
+        }
+    }
+
+    /// The port and errno of a `Reconfigured` reply.
+    fn answer(r: &Reconfiguration<'_>) -> (u16, i32) {
+        match r.reply {
+            MonitorToKeyd::Reconfigured { port, errno } => (port, errno),
+            ref other => panic!("not a Reconfigured reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_same_port_is_neither_rebound_nor_announced() {
+        let mut owner = owner();
+        let port = owner.sockets.port;
+        let v4 = owner.sockets.v4.local_addr().unwrap();
+        let r = owner.handle_reconfigure(port, 0);
+        assert_eq!(answer(&r), (port, 0));
+        assert!(r.announce.is_none());
+        assert_eq!(owner.sockets.v4.local_addr().unwrap(), v4);
+    }
+
+    #[test]
+    fn a_new_port_is_announced_with_the_new_sockets() {
+        let mut owner = owner();
+        let old = owner.sockets.port;
+        let r = owner.handle_reconfigure(0, 0);
+        let (port, errno) = answer(&r);
+        assert_eq!(errno, 0);
+        assert_ne!(port, old);
+        let Some((
+            MonitorToDatad::Sockets {
+                listen_port,
+                has_ipv6,
+            },
+            fds,
+        )) = &r.announce
+        else {
+            panic!("no socket announcement: {:?}", r.announce);
+        };
+        assert_eq!(*listen_port, port);
+        assert_eq!(fds.len(), 1 + usize::from(*has_ipv6));
+        let announced = UdpSocket::from(fds[0].try_clone_to_owned().unwrap());
+        assert_eq!(announced.local_addr().unwrap().port(), port);
+        drop(r);
+        assert_eq!(owner.sockets.port, port);
+    }
+
+    #[test]
+    fn a_failure_passes_the_errno_through_and_keeps_the_port() {
+        let taken = bind(0, 0, UdpOffload::default()).unwrap();
+        let mut owner = owner();
+        let old = owner.sockets.port;
+        let r = owner.handle_reconfigure(taken.port, 0);
+        assert_eq!(answer(&r), (old, nix::errno::Errno::EADDRINUSE as i32));
+        assert!(r.announce.is_none());
+        assert_eq!(owner.sockets.port, old);
+    }
+
+    #[test]
+    fn a_new_mark_on_the_same_port_is_never_announced() {
+        // SO_MARK needs CAP_NET_ADMIN: with it the mark is applied, without it EPERM is
+        // passed through; the sockets stay either way.
+        let mut owner = owner();
+        let port = owner.sockets.port;
+        let r = owner.handle_reconfigure(port, 7);
+        let (answered, errno) = answer(&r);
+        assert_eq!(answered, port);
+        assert!(r.announce.is_none());
+        assert!(
+            errno == 0 || errno == nix::errno::Errno::EPERM as i32,
+            "errno {errno}"
+        );
+        drop(r);
+        assert_eq!(owner.fwmark, if errno == 0 { 7 } else { 0 });
     }
 
     #[test]

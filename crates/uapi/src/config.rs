@@ -769,6 +769,7 @@ mod tests {
         assert!(!d.is_empty());
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn apply_reports_recreated_peers() {
         let old = base();
@@ -797,6 +798,7 @@ mod tests {
         assert!(applied.diff.peers_changed[0].endpoint);
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn from_config_reproduces_the_config() {
         let target = base();

@@ -195,7 +195,8 @@ pub enum UapiError {
         /// The port that failed.
         port: u16,
     },
-    /// A `get` answer reported an error (client side).
+    /// A `get` answer reported an error (client side, feature `client`).
+    #[cfg(feature = "client")]
     #[error("the device answered errno={errno}")]
     Remote {
         /// The number after `errno=`, as received.
@@ -256,12 +257,13 @@ impl UapiError {
             UapiError::UnknownOperation
             | UapiError::IncompleteGet
             | UapiError::Closed
-            | UapiError::Remote { .. }
             | UapiError::InvalidInterfaceName
             | UapiError::SocketInUse { .. }
             | UapiError::Socket { .. }
             | UapiError::PeerRefused { .. }
             | UapiError::PeerCredentials(_) => None,
+            #[cfg(feature = "client")]
+            UapiError::Remote { .. } => None,
         }
     }
 }

@@ -1,17 +1,25 @@
-//! The `get` answer: serialization exactly as wireguard-go writes it, and a parser for it
-//! (for clients and tests).
+//! The `get` answer: serialization exactly as wireguard-go writes it, and (feature
+//! `client`) a parser for it, for tests, fuzzing and tools.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+#[cfg(feature = "client")]
+use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use wg_wire::{PresharedKey, PublicKey};
+#[cfg(feature = "client")]
+use wg_wire::PresharedKey;
+use wg_wire::PublicKey;
 use zeroize::Zeroizing;
 
 use crate::config::{DeviceConfig, PeerConfig};
-use crate::error::UapiError;
-use crate::keys::{SecretKey, decode_key_hex, psk_is_zero, push_key_hex};
-use crate::protocol::{Limits, parse_decimal, parse_endpoint, parse_prefix};
+use crate::keys::push_key_hex;
+#[cfg(feature = "client")]
+use crate::{
+    error::UapiError,
+    keys::{SecretKey, decode_key_hex, psk_is_zero},
+    protocol::{Limits, parse_decimal, parse_endpoint, parse_prefix},
+};
 
 /// What the data plane knows about a peer at the time of a `get`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,6 +105,7 @@ fn write_peer(o: &mut String, peer: &PeerConfig, runtime: &PeerRuntime) {
 }
 
 /// A parsed `get` answer.
+#[cfg(feature = "client")]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GetResponse {
     /// The configuration shown; each peer's `endpoint` is the one the answer showed.
@@ -108,6 +117,7 @@ pub struct GetResponse {
 
 /// Parses a `get` answer (what [`write_get`] or wireguard-go writes). Unknown keys are
 /// skipped, as `wg(8)` does; a non-zero `errno` is [`UapiError::Remote`].
+#[cfg(feature = "client")]
 pub fn parse_get_response(text: &[u8], limits: &Limits) -> Result<GetResponse, UapiError> {
     let mut response = GetResponse::default();
     let mut line_no = 0usize;
@@ -236,6 +246,7 @@ pub fn parse_get_response(text: &[u8], limits: &Limits) -> Result<GetResponse, U
     }
 }
 
+#[cfg(feature = "client")]
 fn parse_errno(value: &[u8]) -> Option<i64> {
     let (negative, digits) = match value.strip_prefix(b"-") {
         Some(digits) => (true, digits),
@@ -245,6 +256,7 @@ fn parse_errno(value: &[u8]) -> Option<i64> {
     Some(if negative { -n } else { n })
 }
 
+#[cfg(feature = "client")]
 fn handshake_time(secs: u64, nanos: u32) -> Option<SystemTime> {
     if secs == 0 && nanos == 0 {
         return None;
@@ -367,6 +379,7 @@ mod tests {
         assert_eq!(text.capacity(), capacity);
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn get_answer_parses_back() {
         let config = two_peers();
@@ -382,6 +395,7 @@ mod tests {
         assert_eq!(parsed.runtime, vec![runtime, runtime]);
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn get_answer_errors() {
         let l = Limits::DEFAULT;

@@ -19,6 +19,12 @@
 //! `tracing`, `tokio` (socket I/O only) and `nix` (umask, SO_PEERCRED, euid). No
 //! Curve25519 code: the caller derives our public key (see [`apply`]).
 //!
+//! **Feature `client`** (off by default): the client side, `write_set`,
+//! `SetRequest::from_config`, `parse_get_response` and `GetResponse`, for tests,
+//! fuzzing and tools. wg-keyd, which holds the private key, depends on this crate and must
+//! not ship code it does not need; this crate's own tests turn the feature on through a
+//! dev-dependency on itself, so a plain `cargo test` runs all of them.
+//!
 //! # Errors on the wire
 //!
 //! A failed request is answered `errno=-N` followed by the empty line: wireguard-go's
@@ -67,11 +73,15 @@ pub use config::{
     Applied, ConfigDiff, DeviceConfig, PeerConfig, PeerDiff, apply, apply_detailed, diff,
 };
 pub use error::{Errno, KeyName, Section, UapiError};
-pub use get::{GetResponse, PeerRuntime, parse_get_response, write_get};
+#[cfg(feature = "client")]
+pub use get::{GetResponse, parse_get_response};
+pub use get::{PeerRuntime, write_get};
 pub use keys::SecretKey;
+#[cfg(feature = "client")]
+pub use protocol::write_set;
 pub use protocol::{
     Limits, ParseOptions, PeerChange, Request, Response, ScopeResolver, SetParser, SetRequest,
-    parse_request, parse_request_with, write_set,
+    parse_request, parse_request_with,
 };
 pub use server::{
     DEFAULT_SOCKET_DIR, SecretBufReader, SocketFileGuard, bind_listener, bind_listener_in,

@@ -1,5 +1,6 @@
 //! The request side of the protocol, sans I/O: limits, typed requests, a line-by-line
-//! `set` parser, whole-text parsing, request serialization and responses.
+//! `set` parser, whole-text parsing, responses, and (feature `client`) request
+//! serialization.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -8,7 +9,9 @@ use wg_wire::{PresharedKey, PublicKey};
 use zeroize::Zeroizing;
 
 use crate::error::{Errno, KeyName, Section, UapiError};
-use crate::keys::{SecretKey, decode_key_hex, push_key_hex};
+#[cfg(feature = "client")]
+use crate::keys::push_key_hex;
+use crate::keys::{SecretKey, decode_key_hex};
 
 /// Bounds on what a client may send, so that no client can make the server buffer or
 /// allocate without limit.
@@ -530,7 +533,9 @@ pub fn parse_request_with(text: &[u8], options: &ParseOptions) -> Result<Request
 }
 
 /// Serializes a request the way `wg(8)` does: `set=1`, device keys, one section per peer,
-/// the empty line. The text holds keys, so it zeroizes on drop.
+/// the empty line. The text holds keys, so it zeroizes on drop. Client side: only with the
+/// `client` feature.
+#[cfg(feature = "client")]
 pub fn write_set(request: &SetRequest) -> Zeroizing<String> {
     let mut capacity = 160 + request.peers.len() * 400;
     for peer in &request.peers {
@@ -588,9 +593,11 @@ pub fn write_set(request: &SetRequest) -> Zeroizing<String> {
     out
 }
 
+#[cfg(feature = "client")]
 impl SetRequest {
     /// The request that turns any device into `config` (`wg setconf` semantics:
-    /// `replace_peers=true`, then every peer with all its fields).
+    /// `replace_peers=true`, then every peer with all its fields). Client side: only with
+    /// the `client` feature.
     pub fn from_config(config: &crate::DeviceConfig) -> Self {
         Self {
             private_key: Some(
@@ -623,7 +630,7 @@ impl SetRequest {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::keys::psk_is_zero;
+    use crate::keys::{psk_is_zero, push_key_hex};
 
     const K1: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
     const K2: &str = "B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2";
@@ -1044,6 +1051,7 @@ mod tests {
         ));
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn write_set_round_trips() {
         let s = set(&format!(
