@@ -18,7 +18,6 @@
 mod batch;
 mod crypto;
 mod plane;
-mod ratelimit;
 mod udp;
 
 use std::net::UdpSocket;
@@ -44,6 +43,9 @@ pub enum DatadError {
     /// The monitor sent something that does not belong in this phase.
     #[error("protocol violation from {0}; stopping")]
     Protocol(&'static str),
+    /// The key process broke the protocol the device core speaks with it.
+    #[error(transparent)]
+    Device(#[from] wg_device::DeviceError),
     /// Setting up the sockets or runtime failed.
     #[error("I/O setup failed: {0}")]
     Io(#[from] std::io::Error),

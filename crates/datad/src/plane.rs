@@ -2,50 +2,22 @@
 //! key process, the monitor and the earliest timer, and feeds each event to the sans-IO
 //! router and timers.
 
-use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::num::NonZeroU16;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
-use wg_cookie::{CookieChecker, Verdict};
-use wg_ipc::messages::{
-    DatadToKeyd, DatadToMonitor, Hello, KeydToDatad, MonitorToDatad, PeerStats, PeerUpdate, Role,
-    SessionKeys,
-};
-use wg_ipc::{Channel, IpcError, Received};
-use wg_router::{HEADROOM, InboundKind, NewSession, Outbound, PeerId, Router};
-use wg_timers::{PeerTimers, TimerAction};
+use wg_device::{Device, Received, Transmit};
+use wg_ipc::messages::{DatadToKeyd, DatadToMonitor, Hello, KeydToDatad, MonitorToDatad, Role};
+use wg_ipc::{Channel, IpcError, Received as IpcReceived};
+use wg_router::{HEADROOM, Outbound, PeerId};
 use wg_tun::AsyncTun;
-use wg_wire::{
-    CookieReply, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_TRANSPORT,
-    PublicKey, SessionKey, message_type,
-};
+use wg_wire::{MESSAGE_TRANSPORT, message_type};
 
 use crate::batch::{MAX_PACKET, OutBatch, SLOT};
 use crate::crypto::CryptoPool;
-use crate::ratelimit::RateLimiter;
 use crate::udp;
 use crate::{DatadError, Exit, Startup};
-/// Handshake messages per second above which we consider ourselves under load and demand
-/// cookies (MAC2). wireguard-go measures its queue depth instead; a rate over a one-second
-/// window is the same signal without a queue of our own.
-const UNDER_LOAD_RATE: u32 = 128;
-/// Once under load, stay so for this long (wireguard-go: 1 s).
-const UNDER_LOAD_AFTER: Duration = Duration::from_secs(1);
-/// Up to this many peers the earliest timer deadline is recomputed exactly every time.
-const EXACT_DEADLINE_PEERS: usize = 64;
-/// With more peers, how stale the cached earliest deadline may get while events arrive.
-const DEADLINE_RESCAN: Duration = Duration::from_millis(50);
-
-/// The earliest timer deadline, cached for interfaces with many peers.
-#[derive(Debug, Default)]
-struct DeadlineCache {
-    earliest: Option<Instant>,
-    scanned_at: Option<Instant>,
-    events_since_scan: bool,
-}
 
 /// UDP runs (each up to 64 datagrams) received per wakeup before the loop looks at its
 /// other sources again.
@@ -54,50 +26,6 @@ const BATCH: usize = 16;
 const TUN_READS: usize = 64;
 /// Segments sent per wakeup from the TUN side before the loop looks elsewhere.
 const TUN_SEGMENTS: usize = 256;
-/// Handshake messages waiting for keyd beyond which new ones are dropped (wireguard-go's
-/// handshake queue holds 1024 as well).
-const MAX_KEYD_BACKLOG: usize = 1024;
-/// Peers per stats message, keeping each well under the IPC size limit.
-const STATS_CHUNK: usize = wg_ipc::messages::STATS_PER_MESSAGE;
-
-/// Handshake load over one-second windows.
-#[derive(Debug, Default)]
-struct LoadMeter {
-    window_start: Option<Instant>,
-    count: u32,
-    under_load_until: Option<Instant>,
-}
-
-impl LoadMeter {
-    fn record(&mut self, now: Instant) {
-        match self.window_start {
-            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
-                self.count += 1;
-            }
-            _ => {
-                self.window_start = Some(now);
-                self.count = 1;
-            }
-        }
-        if self.count > UNDER_LOAD_RATE {
-            self.under_load_until = Some(now + UNDER_LOAD_AFTER);
-        }
-    }
-
-    fn under_load(&self, now: Instant) -> bool {
-        self.under_load_until.is_some_and(|until| now < until)
-    }
-}
-
-/// What the data plane keeps per peer besides the router's state.
-#[derive(Debug)]
-struct PeerSlot {
-    public_key: PublicKey,
-    timers: PeerTimers,
-    /// Sender index of the last handshake message we sent: a cookie reply must name it.
-    last_handshake_index: Option<u32>,
-}
-
 /// Everything the event loop waits on.
 struct Io {
     tun: AsyncTun,
@@ -112,22 +40,17 @@ enum Event {
     Tun(std::io::Result<usize>),
     /// A UDP socket became readable.
     Udp(Family, std::io::Result<()>),
-    Keyd(Result<Received<KeydToDatad>, IpcError>),
+    Keyd(Result<IpcReceived<KeydToDatad>, IpcError>),
     /// keyd's socket can take the queued messages again.
     KeydWritable(Result<(), IpcError>),
-    Monitor(Result<Received<MonitorToDatad>, IpcError>),
+    Monitor(Result<IpcReceived<MonitorToDatad>, IpcError>),
     Timer,
 }
 
 struct Daemon {
     io: Io,
-    router: Router,
-    by_key: HashMap<PublicKey, PeerId>,
-    slots: HashMap<PeerId, PeerSlot>,
-    by_handshake_index: HashMap<u32, PeerId>,
-    checker: Option<CookieChecker>,
-    limiter: RateLimiter,
-    load: LoadMeter,
+    /// The protocol state machine: everything this loop decides, it decides.
+    device: Device,
     /// One TUN read: with a virtio-net header, a super-packet of up to 64 KiB.
     tun_read: Vec<u8>,
     /// Whether TUN packets carry a virtio-net header (and may be super-packets).
@@ -150,14 +73,6 @@ struct Daemon {
     rx_cmsg: Vec<u8>,
     /// Decrypted TCP segments coalesced before the TUN write (virtio-net header only).
     gro: wg_offload::Gro,
-    /// Messages for keyd not yet taken by its socket: the loop never waits on keyd (which
-    /// may itself be waiting for us to read), it keeps serving and sends when keyd reads.
-    to_keyd: VecDeque<DatadToKeyd>,
-    /// A peer update whose allowed IPs are still arriving in chunks: applied whole once the
-    /// last chunk is in, so routing never sees half of it.
-    partial_peer: Option<PeerUpdate>,
-    rng: rand::rngs::StdRng,
-    deadline_cache: DeadlineCache,
 }
 
 /// A sealed packet of the outbound batch.
@@ -185,7 +100,7 @@ async fn keyd_writable(keyd: &Channel, waiting: bool) -> Result<(), IpcError> {
     }
 }
 
-async fn recv_monitor(monitor: Option<&Channel>) -> Result<Received<MonitorToDatad>, IpcError> {
+async fn recv_monitor(monitor: Option<&Channel>) -> Result<IpcReceived<MonitorToDatad>, IpcError> {
     match monitor {
         Some(m) => m.recv().await,
         None => std::future::pending().await,
@@ -195,13 +110,6 @@ async fn recv_monitor(monitor: Option<&Channel>) -> Result<Received<MonitorToDat
 fn to_tokio(socket: std::net::UdpSocket) -> std::io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket)
-}
-
-/// Wall-clock time of an `Instant` in the past, as Unix seconds and nanoseconds.
-fn unix_time(at: Instant, now: Instant) -> Option<(u64, u32)> {
-    let wall = SystemTime::now().checked_sub(now.saturating_duration_since(at))?;
-    let since = wall.duration_since(UNIX_EPOCH).ok()?;
-    Some((since.as_secs(), since.subsec_nanos()))
 }
 
 /// Test builds only (feature `test-hooks`): with `WG_RS_TEST_LIE_INTERFACE_GONE=PATH`, where
@@ -262,15 +170,12 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
             .await
             .map_err(DatadError::Monitor)?;
     }
+    // The router starts with the MTU the TUN device is created with; the monitor reports
+    // the real one (`MonitorToDatad::Mtu`) right after the start and on every change.
+    let device = Device::new(rand::make_rng());
     let mut daemon = Daemon {
         io,
-        router: Router::new(),
-        by_key: HashMap::new(),
-        slots: HashMap::new(),
-        by_handshake_index: HashMap::new(),
-        checker: None,
-        limiter: RateLimiter::default(),
-        load: LoadMeter::default(),
+        device,
         tun_read: vec![0; wg_tun::VNET_HDR_LEN + MAX_PACKET],
         tun_vnet,
         out: OutBatch::new(),
@@ -284,10 +189,6 @@ pub async fn serve(startup: Startup) -> Result<Exit, DatadError> {
         rx_buf: vec![0; MAX_PACKET],
         rx_cmsg: udp::gro_cmsg_buffer(),
         gro: wg_offload::Gro::new(),
-        to_keyd: VecDeque::new(),
-        partial_peer: None,
-        rng: rand::make_rng(),
-        deadline_cache: DeadlineCache::default(),
     };
     daemon.run().await
 }
@@ -303,13 +204,13 @@ impl Daemon {
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         loop {
-            if let Some(deadline) = self.next_deadline(Instant::now())
+            if let Some(deadline) = self.device.poll_timeout(Instant::now())
                 && armed.is_none_or(|at| deadline < at)
             {
                 timer.as_mut().reset(deadline.into());
                 armed = Some(deadline);
             }
-            let keyd_backlog = !self.to_keyd.is_empty();
+            let keyd_backlog = self.device.keyd_backlog() > 0;
             let event = {
                 let io = &self.io;
                 tokio::select! {
@@ -323,10 +224,7 @@ impl Daemon {
                 }
             };
             let now = Instant::now();
-            self.deadline_cache.events_since_scan = true;
             if let Event::Timer = event {
-                // Timers fired: the cached earliest deadline is consumed.
-                self.deadline_cache.scanned_at = None;
                 armed = None;
             }
             match event {
@@ -346,15 +244,17 @@ impl Daemon {
                     // ICMP errors surface here (ECONNREFUSED and friends); not fatal.
                     tracing::debug!("UDP receive error: {e}");
                 }
-                Event::Keyd(Ok(m)) => self.on_keyd(m.msg, now).await?,
+                Event::Keyd(Ok(m)) => self.on_keyd(m.msg, now)?,
                 Event::Keyd(Err(e)) | Event::KeydWritable(Err(e)) => {
                     return Err(DatadError::Keyd(e));
                 }
                 Event::KeydWritable(Ok(())) => {}
                 Event::Monitor(Ok(m)) => self.on_monitor(m)?,
                 Event::Monitor(Err(e)) => return Err(DatadError::Monitor(e)),
-                Event::Timer => self.on_timers(now).await,
+                Event::Timer => self.device.handle_timeout(now),
             }
+            self.send_transmits().await;
+            self.log_events();
             self.flush_to_keyd()?;
         }
     }
@@ -422,22 +322,14 @@ impl Daemon {
         self.seal_jobs.clear();
         self.routes.clear();
         for slot in 0..self.out.len() {
-            let (job, route) = match self.router.route_outbound(self.out.plaintext(slot), now) {
+            let (job, route) = match self.device.route_outbound(self.out.plaintext(slot), now) {
                 Outbound::Send {
                     peer,
                     endpoint,
                     job,
-                    rekey,
-                } => {
-                    if rekey {
-                        self.want_handshake(peer, now);
-                    }
-                    (Some(job), Some((peer, endpoint)))
-                }
-                Outbound::Staged { peer } => {
-                    self.want_handshake(peer, now);
-                    (None, None)
-                }
+                    ..
+                } => (Some(job), Some((peer, endpoint))),
+                Outbound::Staged { .. } => (None, None),
                 Outbound::Dropped(reason) => {
                     tracing::trace!("outbound packet dropped: {reason}");
                     (None, None)
@@ -534,7 +426,7 @@ impl Daemon {
                 }
                 for i in start..end {
                     if let Some(sealed) = self.sealed.get(i).copied() {
-                        self.sent_transport(sealed.peer, sealed.len, true, now);
+                        self.device.sent_transport(sealed.peer, sealed.len, now);
                     }
                 }
             }
@@ -580,7 +472,7 @@ impl Daemon {
         jobs.clear();
         for datagram in run.chunks(stride) {
             let job = if message_type(datagram) == Ok(MESSAGE_TRANSPORT) {
-                self.router
+                self.device
                     .plan_inbound(datagram, now)
                     .map_err(|reason| tracing::trace!("transport from {src} dropped: {reason}"))
                     .ok()
@@ -596,9 +488,11 @@ impl Daemon {
             .run(run, stride, &jobs, &mut lens, |job, d| job.open(d).ok());
         for ((datagram, job), opened) in run.chunks_mut(stride).zip(&jobs).zip(&lens) {
             if message_type(datagram) != Ok(MESSAGE_TRANSPORT) {
-                self.on_datagram(datagram, src, now).await;
+                if let Err(why) = self.device.handle_datagram(datagram, src, now) {
+                    tracing::trace!("datagram from {src} dropped: {why}");
+                }
             } else if let (Some(job), Some(n)) = (job, *opened) {
-                self.on_transport(job, datagram, n, src, now).await;
+                self.on_transport(job, datagram, n, src, now);
             } else if job.is_some() {
                 tracing::trace!("transport from {src} failed authentication");
             }
@@ -606,6 +500,8 @@ impl Daemon {
         jobs.clear();
         self.open_jobs = jobs;
         self.crypto_lens = lens;
+        // Cookie replies and staged packets the run released go out before the next run.
+        self.send_transmits().await;
     }
 
     /// Writes the coalesced packets to the TUN device.
@@ -618,58 +514,40 @@ impl Daemon {
         });
     }
 
-    /// The earliest timer deadline of any peer. With few peers it is computed exactly
-    /// each time; with many, the scan happens at most every [`DEADLINE_RESCAN`] while
-    /// events keep arriving (so a timer armed by an event fires at most that late), and
-    /// never on the per-packet path.
-    fn next_deadline(&mut self, now: Instant) -> Option<Instant> {
-        let scan = |slots: &HashMap<PeerId, PeerSlot>| {
-            slots
-                .values()
-                .filter_map(|s| s.timers.next_deadline())
-                .min()
-        };
-        if self.slots.len() <= EXACT_DEADLINE_PEERS {
-            return scan(&self.slots);
-        }
-        let cache = &mut self.deadline_cache;
-        if cache.scanned_at.is_none_or(|t| now >= t + DEADLINE_RESCAN) {
-            cache.earliest = scan(&self.slots);
-            cache.scanned_at = Some(now);
-            cache.events_since_scan = false;
-        }
-        let rescan = cache
-            .events_since_scan
-            .then(|| cache.scanned_at.map(|t| t + DEADLINE_RESCAN))
-            .flatten();
-        [cache.earliest, rescan].into_iter().flatten().min()
-    }
-
     /// Hands keyd what it can take now; the rest waits for its socket to drain.
+    /// keyd may itself be waiting for us to read: the loop never waits on it, it keeps
+    /// serving and sends the rest when keyd's socket has room.
     fn flush_to_keyd(&mut self) -> Result<(), DatadError> {
-        let retired: Vec<u32> = self.router.drain_retired_indices().collect();
-        if !retired.is_empty() {
-            self.to_keyd
-                .push_back(DatadToKeyd::RetiredIndices { indices: retired });
-        }
-        while let Some(msg) = self.to_keyd.front() {
+        while let Some(msg) = self.device.keyd_front() {
             if !self.io.keyd.try_send(msg).map_err(DatadError::Keyd)? {
                 break;
             }
-            self.to_keyd.pop_front();
+            self.device.keyd_sent();
         }
         Ok(())
     }
 
-    /// Queues a handshake message for keyd, unless keyd is that far behind: then it is
-    /// dropped, as wireguard-go drops what its full handshake queue cannot take (the
-    /// initiator retries), so a flood costs bounded memory.
-    fn handshake_to_keyd(&mut self, msg: DatadToKeyd) {
-        if self.to_keyd.len() >= MAX_KEYD_BACKLOG {
-            tracing::debug!("key process busy: handshake message dropped");
-            return;
+    /// Sends the datagrams the device made itself (handshakes, keepalives, staged data,
+    /// cookie replies).
+    async fn send_transmits(&mut self) {
+        while let Some(Transmit {
+            destination,
+            peer,
+            bytes,
+            ..
+        }) = self.device.poll_transmit()
+        {
+            if Self::send_to(&self.io, destination, &bytes).await {
+                self.device.transmitted(peer, bytes.len());
+            }
         }
-        self.to_keyd.push_back(msg);
+    }
+
+    /// What the device did, at debug level.
+    fn log_events(&mut self) {
+        while let Some(event) = self.device.poll_event() {
+            tracing::debug!("{event}");
+        }
     }
 
     /// Sends one datagram; drops it (with a debug log) if the family has no socket.
@@ -697,80 +575,8 @@ impl Daemon {
         }
     }
 
-    /// Asks keyd for an initiation if the timers allow one now.
-    fn want_handshake(&mut self, peer: PeerId, now: Instant) {
-        if let Some(slot) = self.slots.get_mut(&peer)
-            && slot.timers.want_handshake(now)
-        {
-            self.to_keyd.push_back(DatadToKeyd::WantHandshake {
-                public_key: slot.public_key,
-                retry: false,
-            });
-        }
-    }
-
-    /// Bookkeeping after a transport packet went out.
-    fn sent_transport(&mut self, peer: PeerId, len: usize, data: bool, now: Instant) {
-        self.router.count_tx(peer, len);
-        if let Some(slot) = self.slots.get_mut(&peer) {
-            if data {
-                slot.timers.data_sent(now, &mut self.rng);
-            }
-            slot.timers.authenticated_packet_sent(now);
-            slot.timers.authenticated_packet_traversal(now);
-        }
-    }
-
-    async fn on_datagram(&mut self, datagram: &mut [u8], src: SocketAddr, now: Instant) {
-        let len = datagram.len();
-        match message_type(datagram) {
-            Ok(MESSAGE_INITIATION | MESSAGE_RESPONSE) => {
-                let Some(checker) = &mut self.checker else {
-                    tracing::trace!("handshake from {src} dropped: no private key configured");
-                    return;
-                };
-                let under_load = self.load.under_load(now);
-                match checker.check(datagram, src, now, under_load) {
-                    Verdict::Drop => tracing::trace!("handshake from {src}: invalid MAC1"),
-                    Verdict::SendCookie => {
-                        match checker.create_reply(datagram, src, now, &mut self.rng) {
-                            Ok(reply) => {
-                                Self::send_to(&self.io, src, &reply.to_bytes()).await;
-                            }
-                            Err(e) => tracing::trace!("no cookie reply: {e}"),
-                        }
-                    }
-                    Verdict::Accept => {
-                        if under_load && !self.limiter.allow(src.ip(), now) {
-                            tracing::trace!("handshake from {src} rate-limited");
-                            return;
-                        }
-                        self.load.record(now);
-                        self.handshake_to_keyd(DatadToKeyd::Handshake {
-                            message: datagram.to_vec(),
-                            source: src,
-                        });
-                    }
-                }
-            }
-            Ok(MESSAGE_COOKIE_REPLY) => {
-                let Ok(reply) = CookieReply::parse(datagram) else {
-                    return;
-                };
-                if self.by_handshake_index.contains_key(&reply.receiver_index) {
-                    self.handshake_to_keyd(DatadToKeyd::CookieReply {
-                        message: datagram.to_vec(),
-                    });
-                }
-            }
-            // Decrypted in batches by `on_run`.
-            Ok(MESSAGE_TRANSPORT) => {}
-            _ => tracing::trace!("{len}-byte datagram from {src} is not WireGuard"),
-        }
-    }
-
     /// Completes a transport message that `job` decrypted in place (`n` plaintext bytes).
-    async fn on_transport(
+    fn on_transport(
         &mut self,
         job: &wg_router::OpenJob,
         datagram: &[u8],
@@ -778,42 +584,17 @@ impl Daemon {
         src: SocketAddr,
         now: Instant,
     ) {
-        let len = datagram.len();
-        let plaintext = datagram.get(HEADROOM..HEADROOM + n).unwrap_or_default();
-        let inbound = match self.router.finish_inbound(job, plaintext, len, src, now) {
-            Ok(inbound) => inbound,
-            Err(reason) => {
-                tracing::trace!("transport from {src} dropped: {reason}");
-                return;
-            }
-        };
-        let peer = inbound.peer;
-        if let Some(slot) = self.slots.get_mut(&peer) {
-            slot.timers.authenticated_packet_received(now);
-            slot.timers.authenticated_packet_traversal(now);
-            if inbound.handshake_complete {
-                slot.timers.handshake_complete(now);
-            }
-            match inbound.kind {
-                InboundKind::Data { .. } => slot.timers.data_received(now),
-                InboundKind::Refused(reason) => {
-                    // wireguard-go counts it as data received before refusing it.
-                    slot.timers.data_received(now);
-                    tracing::debug!("transport from {src}: inner packet dropped: {reason}");
+        match self.device.handle_transport(job, datagram, n, src, now) {
+            Ok(Received::Data { len, .. }) => {
+                if let Some(packet) = datagram.get(HEADROOM..HEADROOM + len) {
+                    self.write_to_tun(packet);
                 }
-                InboundKind::Keepalive => {}
             }
-        }
-        if let InboundKind::Data { len: inner } = inbound.kind
-            && let Some(packet) = plaintext.get(..inner)
-        {
-            self.write_to_tun(packet);
-        }
-        if inbound.handshake_complete {
-            self.send_staged(peer, now).await;
-        }
-        if inbound.rekey {
-            self.want_handshake(peer, now);
+            Ok(Received::Refused { reason, .. }) => {
+                tracing::debug!("transport from {src}: inner packet dropped: {reason}");
+            }
+            Ok(_) => {}
+            Err(why) => tracing::trace!("transport from {src} dropped: {why}"),
         }
     }
 
@@ -830,302 +611,13 @@ impl Daemon {
         }
     }
 
-    async fn send_staged(&mut self, peer: PeerId, now: Instant) {
-        let mut out = Vec::new();
-        self.router.flush_staged(peer, now, &mut out);
-        for staged in out {
-            if Self::send_to(&self.io, staged.endpoint, &staged.message).await {
-                self.sent_transport(peer, staged.message.len(), true, now);
-            }
-        }
+    fn on_keyd(&mut self, msg: KeydToDatad, now: Instant) -> Result<(), DatadError> {
+        self.device
+            .handle_keyd(msg, now, SystemTime::now())
+            .map_err(DatadError::Device)
     }
 
-    /// Sends a keepalive. Like every send it keeps the session fresh: a keypair due for
-    /// rekeying, or none at all, asks for a handshake (wireguard-go's keepKeyFreshSending).
-    async fn send_keepalive(&mut self, peer: PeerId, now: Instant) {
-        match self.router.keepalive(peer, now) {
-            Outbound::Send {
-                endpoint,
-                job,
-                rekey,
-                ..
-            } => {
-                let mut buf = vec![0u8; job.message_len()];
-                if job.seal(&mut buf).is_ok() && Self::send_to(&self.io, endpoint, &buf).await {
-                    self.sent_transport(peer, buf.len(), false, now);
-                }
-                if rekey {
-                    self.want_handshake(peer, now);
-                }
-            }
-            Outbound::Staged { .. } | Outbound::Dropped(wg_router::DropReason::Expired) => {
-                self.want_handshake(peer, now);
-            }
-            Outbound::Dropped(_) => {}
-        }
-    }
-
-    async fn on_keyd(&mut self, msg: KeydToDatad, now: Instant) -> Result<(), DatadError> {
-        match msg {
-            KeydToDatad::Hello(hello) => hello
-                .check(Role::Keyd)
-                .map_err(|_| DatadError::Protocol("keyd (bad hello)"))?,
-            KeydToDatad::Interface { public_key } => {
-                self.checker = public_key.as_ref().map(CookieChecker::new);
-            }
-            KeydToDatad::Peer(update) if update.more_allowed_ips => {
-                self.partial_peer = Some(update);
-            }
-            KeydToDatad::Peer(update) => self.upsert_peer(update, now),
-            KeydToDatad::AllowedIps {
-                public_key,
-                allowed_ips,
-                more,
-            } => {
-                let Some(partial) = self
-                    .partial_peer
-                    .as_mut()
-                    .filter(|p| p.public_key == public_key)
-                else {
-                    return Err(DatadError::Protocol("keyd (allowed IPs of no peer update)"));
-                };
-                if partial.allowed_ips.len() + allowed_ips.len()
-                    > wg_wire::constants::MAX_ALLOWED_IPS
-                {
-                    return Err(DatadError::Protocol("keyd (too many allowed IPs)"));
-                }
-                partial.allowed_ips.extend(allowed_ips);
-                if !more && let Some(update) = self.partial_peer.take() {
-                    self.upsert_peer(update, now);
-                }
-            }
-            KeydToDatad::ExpireSessions => {
-                self.router.expire_current_keypairs();
-                for slot in self.slots.values_mut() {
-                    slot.timers.forget_handshake_rate_limit();
-                }
-            }
-            KeydToDatad::RemovePeer { public_key } => self.remove_peer(&public_key),
-            KeydToDatad::ClearPeers => {
-                let keys: Vec<PublicKey> = self.by_key.keys().copied().collect();
-                for key in keys {
-                    self.remove_peer(&key);
-                }
-            }
-            KeydToDatad::Session(keys) => self.install_session(keys, now).await,
-            KeydToDatad::SendHandshake {
-                public_key,
-                message,
-                endpoint,
-            } => {
-                self.send_handshake(public_key, &message, endpoint, now)
-                    .await
-            }
-            KeydToDatad::StatsRequest { request } => self.answer_stats(request, now),
-        }
-        Ok(())
-    }
-
-    fn upsert_peer(&mut self, update: PeerUpdate, now: Instant) {
-        let interval = NonZeroU16::new(update.persistent_keepalive);
-        let existing = self.by_key.get(&update.public_key).copied();
-        let peer = match existing {
-            Some(peer) => peer,
-            None => {
-                let peer = self.router.add_peer();
-                self.by_key.insert(update.public_key, peer);
-                let mut timers = PeerTimers::new(None);
-                timers.start(now);
-                self.slots.insert(
-                    peer,
-                    PeerSlot {
-                        public_key: update.public_key,
-                        timers,
-                        last_handshake_index: None,
-                    },
-                );
-                peer
-            }
-        };
-        if let Some(endpoint) = update.endpoint {
-            self.router.set_endpoint(peer, endpoint);
-        }
-        // A new peer has no prefixes; clearing scans the whole table, which adding
-        // thousands of peers at once must not pay for each of them.
-        if existing.is_some() {
-            self.router.clear_allowed_ips(peer);
-        }
-        for net in update.allowed_ips {
-            let _ = self.router.insert_allowed_ip(peer, net);
-        }
-        if let Some(slot) = self.slots.get_mut(&peer)
-            && slot.timers.persistent_keepalive() != interval
-        {
-            slot.timers.set_persistent_keepalive(interval, now);
-        }
-    }
-
-    fn remove_peer(&mut self, public_key: &PublicKey) {
-        if let Some(peer) = self.by_key.remove(public_key) {
-            self.router.remove_peer(peer);
-            if let Some(slot) = self.slots.remove(&peer)
-                && let Some(index) = slot.last_handshake_index
-            {
-                self.by_handshake_index.remove(&index);
-            }
-        }
-    }
-
-    async fn install_session(&mut self, keys: SessionKeys, now: Instant) {
-        let Some(&peer) = self.by_key.get(&keys.public_key) else {
-            return;
-        };
-        if let Some(endpoint) = keys.endpoint {
-            self.router.set_endpoint(peer, endpoint);
-        }
-        let session = NewSession {
-            initiator: keys.initiator,
-            local_index: keys.local_index,
-            remote_index: keys.remote_index,
-            send: SessionKey::from_bytes(keys.send.0),
-            recv: SessionKey::from_bytes(keys.recv.0),
-        };
-        if self.router.add_session(peer, session, now).is_err() {
-            return;
-        }
-        // The handshake message that made this session authenticated as this peer's:
-        // count it as received, as wireguard-go does (a response for an initiator, an
-        // initiation for a responder).
-        let received = if keys.initiator {
-            wg_wire::RESPONSE_LEN
-        } else {
-            wg_wire::INITIATION_LEN
-        };
-        self.router.count_rx(peer, received);
-        if let Some(slot) = self.slots.get_mut(&peer) {
-            slot.timers.session_derived(now);
-            slot.timers.authenticated_packet_received(now);
-            slot.timers.authenticated_packet_traversal(now);
-            if keys.initiator {
-                slot.timers.handshake_complete(now);
-            }
-        }
-        if keys.initiator {
-            // The initiator speaks first so the responder can confirm the keypair: staged
-            // data if there is any, else a keepalive (as wireguard-go and the kernel do).
-            if self.router.staged_len(peer) == 0 {
-                self.send_keepalive(peer, now).await;
-            } else {
-                self.send_staged(peer, now).await;
-            }
-        }
-    }
-
-    async fn send_handshake(
-        &mut self,
-        public_key: PublicKey,
-        message: &[u8],
-        endpoint: Option<SocketAddr>,
-        now: Instant,
-    ) {
-        let Some(&peer) = self.by_key.get(&public_key) else {
-            return;
-        };
-        if let Some(endpoint) = endpoint {
-            self.router.set_endpoint(peer, endpoint);
-        }
-        let Some(endpoint) = self.router.stats(peer).and_then(|s| s.endpoint) else {
-            tracing::debug!("no endpoint for peer {public_key:?}; handshake not sent");
-            return;
-        };
-        let sender_index = message
-            .get(4..8)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_le_bytes);
-        if !Self::send_to(&self.io, endpoint, message).await {
-            return;
-        }
-        self.router.count_tx(peer, message.len());
-        if let Some(slot) = self.slots.get_mut(&peer) {
-            if message_type(message) == Ok(MESSAGE_INITIATION) {
-                slot.timers.handshake_initiated(now, &mut self.rng);
-            } else {
-                slot.timers.handshake_response_sent(now);
-            }
-            slot.timers.authenticated_packet_sent(now);
-            slot.timers.authenticated_packet_traversal(now);
-            if let Some(old) = slot.last_handshake_index.take() {
-                self.by_handshake_index.remove(&old);
-            }
-            if let Some(index) = sender_index {
-                slot.last_handshake_index = Some(index);
-                self.by_handshake_index.insert(index, peer);
-            }
-        }
-    }
-
-    fn answer_stats(&mut self, request: u32, now: Instant) {
-        let peers: Vec<PeerStats> = self
-            .slots
-            .iter()
-            .filter_map(|(&peer, slot)| {
-                let s = self.router.stats(peer)?;
-                Some(PeerStats {
-                    public_key: slot.public_key,
-                    endpoint: s.endpoint,
-                    last_handshake: s.last_handshake.and_then(|at| unix_time(at, now)),
-                    rx_bytes: s.rx_bytes,
-                    tx_bytes: s.tx_bytes,
-                })
-            })
-            .collect();
-        let mut chunks = peers.chunks(STATS_CHUNK).peekable();
-        if chunks.peek().is_none() {
-            self.to_keyd.push_back(DatadToKeyd::Stats {
-                request,
-                peers: Vec::new(),
-                done: true,
-            });
-        }
-        while let Some(chunk) = chunks.next() {
-            self.to_keyd.push_back(DatadToKeyd::Stats {
-                request,
-                peers: chunk.to_vec(),
-                done: chunks.peek().is_none(),
-            });
-        }
-    }
-
-    async fn on_timers(&mut self, now: Instant) {
-        let due: Vec<PeerId> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.timers.next_deadline().is_some_and(|d| d <= now))
-            .map(|(&p, _)| p)
-            .collect();
-        for peer in due {
-            while let Some((public_key, action)) = self
-                .slots
-                .get_mut(&peer)
-                .and_then(|slot| Some((slot.public_key, slot.timers.poll(now)?)))
-            {
-                match action {
-                    TimerAction::SendInitiation { retry } => {
-                        self.to_keyd
-                            .push_back(DatadToKeyd::WantHandshake { public_key, retry });
-                    }
-                    TimerAction::SendKeepalive => self.send_keepalive(peer, now).await,
-                    TimerAction::GiveUp => self.router.clear_staged(peer),
-                    TimerAction::ZeroKeyMaterial => {
-                        self.router.clear_keypairs(peer);
-                        self.to_keyd.push_back(DatadToKeyd::ZeroKeys { public_key });
-                    }
-                }
-            }
-        }
-    }
-
-    fn on_monitor(&mut self, m: Received<MonitorToDatad>) -> Result<(), DatadError> {
+    fn on_monitor(&mut self, m: IpcReceived<MonitorToDatad>) -> Result<(), DatadError> {
         match m.msg {
             MonitorToDatad::Hello(hello) => hello
                 .check(Role::Monitor)
@@ -1143,6 +635,13 @@ impl Daemon {
                 } else {
                     None
                 };
+                Ok(())
+            }
+            MonitorToDatad::Mtu { mtu } => {
+                // The TUN driver's range; anything else is a monitor bug, kept out anyway.
+                let mtu = mtu.clamp(wg_tun::MIN_MTU, wg_tun::MAX_MTU);
+                self.device
+                    .set_mtu(usize::try_from(mtu).unwrap_or(wg_router::DEFAULT_MTU));
                 Ok(())
             }
             MonitorToDatad::Start { .. } => Err(DatadError::Protocol("monitor (second start)")),

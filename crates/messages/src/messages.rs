@@ -351,6 +351,12 @@ pub enum MonitorToDatad {
         /// Whether an IPv6 socket is included.
         has_ipv6: bool,
     },
+    /// The TUN device's MTU, sent after `Start` and whenever it changes (`wg-quick` sets it
+    /// after the daemon starts): transport padding must not exceed it.
+    Mtu {
+        /// The MTU in bytes.
+        mtu: u32,
+    },
 }
 
 /// datad → monitor.

@@ -268,7 +268,11 @@ pub struct Inbound {
     pub kind: InboundKind,
     /// This packet confirmed a responder keypair: the handshake is now complete.
     pub handshake_complete: bool,
-    /// We initiated the current keypair and it is nearly too old: start a handshake.
+    /// We initiated the current keypair and it is older than `REJECT_AFTER_TIME -
+    /// KEEPALIVE_TIMEOUT - REKEY_TIMEOUT`: the peer, its responder, will not rekey it, so we
+    /// should before it expires. A fact, true for every packet past that age; asking for the
+    /// handshake once per session is the timers' rule
+    /// (`wg_timers::PeerTimers::want_last_minute_handshake`).
     pub rekey: bool,
 }
 
@@ -288,8 +292,6 @@ struct PeerEntry {
     rx_bytes: u64,
     tx_bytes: u64,
     last_handshake: Option<Instant>,
-    /// Set once the receive-side rekey was requested for the current keypair.
-    sent_last_minute_handshake: bool,
 }
 
 /// Traffic counters and handshake time of one peer, for `wg show`.
@@ -370,7 +372,6 @@ impl Router {
                 rx_bytes: 0,
                 tx_bytes: 0,
                 last_handshake: None,
-                sent_last_minute_handshake: false,
             },
         );
         id
@@ -469,7 +470,6 @@ impl Router {
         if session.initiator {
             p.last_handshake = Some(now);
         }
-        p.sent_last_minute_handshake = false;
         let before = self.retired.len();
         p.keypairs.install(keypair, &mut self.retired);
         self.by_index.insert(session.local_index, peer);
@@ -691,18 +691,13 @@ impl Router {
         }
         p.endpoint = Some(source);
         p.rx_bytes = p.rx_bytes.saturating_add(datagram_len as u64);
-        let rekey = match &p.keypairs.current {
-            Some(k)
-                if k.initiator
-                    && !p.sent_last_minute_handshake
-                    && now.saturating_duration_since(k.created)
-                        >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT =>
-            {
-                p.sent_last_minute_handshake = true;
-                true
-            }
-            _ => false,
-        };
+        // A fact about the keypair only: whether to act on it, once per handshake, is the
+        // timers' rule (`PeerTimers::want_last_minute_handshake`), which owns it alone.
+        let rekey = p.keypairs.current.as_ref().is_some_and(|k| {
+            k.initiator
+                && now.saturating_duration_since(k.created)
+                    >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+        });
 
         // Cryptokey routing's inbound rule, checked last: the packet authenticated, so
         // the session events above stand even if its content is refused.
