@@ -690,12 +690,15 @@ impl Device {
     /// handshakes given up on, key material erased.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.deadlines.fired();
-        let due: Vec<PeerId> = self
+        let mut due: Vec<PeerId> = self
             .slots
             .iter()
             .filter(|(_, s)| s.timers.next_deadline().is_some_and(|d| d <= now))
             .map(|(&p, _)| p)
             .collect();
+        // In peer order, not the map's: the same inputs make the same outputs (a
+        // simulation replays a run from its seed).
+        due.sort_unstable();
         for peer in due {
             while let Some((public_key, action)) = self
                 .slots

@@ -1,18 +1,20 @@
-//! A deterministic, virtual-time simulation of two WireGuard peers built from the sans-IO
-//! crates (`wg-handshake`, `wg-cookie`, `wg-router`, `wg-timers`), in the manner of
-//! quinn-proto's `Pair::step`: no sockets, no threads, no real clock.
+//! A deterministic, virtual-time simulation of WireGuard interfaces built from the real
+//! sans-IO cores, in the manner of quinn-proto's `Pair::step`: no sockets, no threads, no
+//! real clock.
 //!
-//! **Owns:** a [`Node`] per peer that wires the crates exactly as the daemon does (the data
-//! plane's event handling of `crates/datad/src/plane.rs` and the key process's handshake
-//! oracle of `crates/keyd/src/handshakes.rs`, with the IPC between them replaced by direct
-//! calls in the same order), a lossy, jittery, duplicating, reordering [`Network`], and a
-//! [`Sim`] that advances a virtual clock from event to event.
+//! **Owns:** the glue only. A [`Node`] is the data-plane core the daemon's datad drives
+//! (`wg-device`) and the handshake oracle its keyd drives (`wg-keyd`'s `Handshakes`), joined
+//! by a synchronous message pump where the daemon has IPC; a lossy, jittery, duplicating,
+//! reordering [`Network`]; and a [`Sim`] of two nodes that advances a virtual clock from
+//! event to event. No protocol logic lives here: a bug the simulation finds is fixed once,
+//! in the crate the daemon runs.
 //!
 //! **Trusts:** the crates it drives; it exists to test them together. Test-only: it is not
 //! published and nothing but tests may depend on it.
 //!
-//! **May depend on:** `wg-wire`, `wg-cookie`, `wg-handshake`, `wg-router`, `wg-timers`,
-//! `ipnet`, `rand` (seeded `StdRng` only), `zeroize`, `thiserror`.
+//! **May depend on:** `wg-device`, `wg-keyd` (its oracle), `wg-messages`, `wg-wire`,
+//! `wg-cookie`, `wg-handshake` (keys, and forging messages in tests), `wg-router`,
+//! `wg-timers`, `ipnet`, `rand` (seeded `StdRng` only), `zeroize`, `thiserror`.
 //!
 //! # Determinism
 //! Every random choice (keys, indices, ephemerals, jitter, loss) comes from `StdRng`s seeded

@@ -1,18 +1,17 @@
-//! One simulated WireGuard peer with one remote peer.
+//! One simulated WireGuard interface: glue between the real data-plane core
+//! ([`wg_device::Device`]) and the real handshake oracle ([`wg_keyd::handshakes::Handshakes`]),
+//! the two halves the daemon runs in datad and keyd.
 //!
-//! A [`Node`] is the daemon's two workers folded into one value: the data plane's handling
-//! of TUN packets, datagrams and timers (`crates/datad/src/plane.rs`) and the key process's
-//! handshake oracle (`crates/keyd/src/handshakes.rs`). Where the daemon sends an IPC message
-//! from one to the other, the node calls the receiving side's code directly, in the same
-//! order, so the simulation exercises the same calls into the sans-IO crates with the same
-//! arguments. Each method below names the daemon function it follows.
+//! Where the daemon sends an IPC message from one process to the other, the node hands it
+//! over in a synchronous pump ([`Node::pump`]): after every input, each message the device
+//! queued for keyd goes to the oracle, and each answer back to the device, until both are
+//! quiet. Nothing of either half is copied here: this file configures them, feeds them
+//! inputs, moves their outputs into the network and keeps a log of what happened.
 //!
-//! Deliberate differences from the daemon:
-//! - the IPC round trip is synchronous: keyd's answer to a request is handled before the
-//!   next input, where the daemon may interleave other packets;
-//! - "under load" is a flag ([`Node::set_under_load`]) instead of datad's `LoadMeter`, and
-//!   the per-source handshake rate limiter is left out (one honest peer never trips it);
-//! - one remote peer, so peer lookups by public key or index reduce to a comparison.
+//! Deliberate differences from the daemon: the IPC round trip is synchronous (keyd's answer
+//! is handled before the next input, where the daemon may interleave other packets), and
+//! keyd's data-plane budgets (`wg_keyd::link`) are left out (they bound a hostile data
+//! plane; this one is honest).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -22,16 +21,16 @@ use std::time::{Duration, Instant};
 use ipnet::{IpNet, Ipv4Net};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use wg_cookie::{CookieChecker, CookieError, MacSigner, Verdict};
-use wg_handshake::{HandshakeError, IndexTable, LocalIdentity, Peer, Role, Session, Tai64N};
-use wg_router::{
-    DropReason, HEADROOM, InboundKind, NewSession, Outbound, PeerId, Router, TAILROOM,
+use wg_cookie::CookieError;
+use wg_device::{
+    DatadToKeyd, Device, Discard, Encapsulated, Event as DeviceEvent, KeydToDatad, Received,
 };
-use wg_timers::{PeerTimers, TimerAction};
-use wg_wire::{
-    CookieReply, KEY_LEN, MAC_LEN, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
-    MESSAGE_TRANSPORT, PresharedKey, PublicKey, Response, WireError, message_type,
-};
+use wg_handshake::{HandshakeError, LocalIdentity, Peer};
+use wg_keyd::handshakes::{Answer, Handshakes, Refusal};
+use wg_messages::messages::PeerUpdate;
+use wg_router::{DropReason, HEADROOM, PeerId, Router, TAILROOM};
+use wg_timers::PeerTimers;
+use wg_wire::{KEY_LEN, PresharedKey, PublicKey, WireError};
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
@@ -58,7 +57,7 @@ pub struct NodeConfig {
     pub remote_endpoint: Option<SocketAddr>,
     /// The persistent keepalive interval configured for the remote peer.
     pub persistent_keepalive: Option<NonZeroU16>,
-    /// Seed of the node's RNG (indices, ephemeral keys, jitter, cookie secrets).
+    /// Seed of the node's RNGs (indices, ephemeral keys, jitter, cookie secrets).
     pub rng_seed: u64,
 }
 
@@ -101,6 +100,39 @@ pub enum Rejection {
     /// The router dropped a transport message.
     #[error("transport message dropped: {0}")]
     Transport(#[from] DropReason),
+    /// The device core dropped it for a reason the variants above do not name (no private
+    /// key, rate-limited, key process busy).
+    #[error("dropped by the data plane: {0}")]
+    Device(Discard),
+    /// The key process refused it for a reason the variants above do not name.
+    #[error("refused by the key process: {0}")]
+    Oracle(Refusal),
+}
+
+impl From<Discard> for Rejection {
+    fn from(d: Discard) -> Self {
+        match d {
+            Discard::Malformed(e) => Self::Malformed(e),
+            Discard::InvalidMac1 => Self::InvalidMac1,
+            Discard::Cookie(e) => Self::Cookie(e),
+            Discard::UnknownIndex => Self::UnknownIndex,
+            Discard::Transport(r) => Self::Transport(r),
+            other => Self::Device(other),
+        }
+    }
+}
+
+impl From<Refusal> for Rejection {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Malformed(e) => Self::Malformed(e),
+            Refusal::Handshake(e) => Self::Handshake(e),
+            Refusal::UnknownPeer => Self::UnknownPeer,
+            Refusal::UnknownIndex => Self::UnknownIndex,
+            Refusal::Cookie(e) => Self::Cookie(e),
+            other => Self::Oracle(other),
+        }
+    }
 }
 
 /// What a node did with a received datagram.
@@ -256,30 +288,19 @@ pub struct Counters {
     pub rejected: usize,
 }
 
-/// One WireGuard peer with one remote peer: handshake, cookies, router and timers.
+/// A WireGuard interface: the data-plane core and the handshake oracle, with its peers.
 pub struct Node {
     name: &'static str,
     clock: Clock,
     endpoint: SocketAddr,
     inner: Ipv4Addr,
+    /// The first peer: the one [`Node::send_ip`] sends to and the one-peer accessors show.
+    remote: PublicKey,
     remote_inner: Ipv4Addr,
-
-    // The key process's side (`Handshakes`).
-    identity: LocalIdentity,
-    noise: Peer,
-    macs: MacSigner,
-    indices: IndexTable<PublicKey>,
-
-    // The data plane's side (`Daemon` and its `PeerSlot`).
-    checker: CookieChecker,
-    router: Router,
-    peer: PeerId,
-    timers: PeerTimers,
-    /// Sender index of the last handshake message we sent: a cookie reply must name it.
-    last_handshake_index: Option<u32>,
-    under_load: bool,
-
-    rng: StdRng,
+    device: Device,
+    oracle: Handshakes,
+    /// keyd's RNG (indices, ephemeral keys); the device has its own.
+    keyd_rng: StdRng,
     outbox: Vec<Datagram>,
     events: Vec<Event>,
     delivered: HashMap<u64, u32>,
@@ -290,61 +311,79 @@ impl std::fmt::Debug for Node {
         f.debug_struct("Node")
             .field("name", &self.name)
             .field("endpoint", &self.endpoint)
-            .field("noise", &self.noise)
-            .field("timers", &self.timers)
+            .field("device", &self.device)
+            .field("oracle", &self.oracle)
             .field("outbox", &self.outbox.len())
             .field("events", &self.events.len())
             .finish_non_exhaustive()
     }
 }
 
-/// Whether the MAC2 field of a handshake message is non-zero.
-fn has_mac2(message: &[u8]) -> bool {
-    message
-        .len()
-        .checked_sub(MAC_LEN)
-        .and_then(|at| message.get(at..))
-        .is_some_and(|mac2| mac2.iter().any(|&b| b != 0))
-}
-
 impl Node {
     /// A node configured as `wg set` would leave it: identity, one peer with its allowed IP
-    /// and endpoint, timers started at `now` (datad's `upsert_peer`).
+    /// and endpoint, timers started at `now`. Configuration travels as keyd sends it.
     pub fn new(config: NodeConfig, clock: Clock, now: Instant) -> Result<Self, DropReason> {
         let identity = LocalIdentity::from_private_bytes(config.private_key);
-        let noise = Peer::new(&identity, config.remote_public, config.psk);
-        let mut router = Router::new();
-        let peer = router.add_peer();
-        if let Some(endpoint) = config.remote_endpoint {
-            router.set_endpoint(peer, endpoint);
-        }
-        router.insert_allowed_ip(peer, IpNet::V4(Ipv4Net::from(config.remote_inner)))?;
-        let mut timers = PeerTimers::new(None);
-        timers.start(now);
-        if config.persistent_keepalive.is_some() {
-            timers.set_persistent_keepalive(config.persistent_keepalive, now);
-        }
-        Ok(Self {
+        let public_key = *identity.public_key();
+        let mut seeds = StdRng::seed_from_u64(config.rng_seed);
+        let device = Device::new(StdRng::from_rng(&mut seeds));
+        let mut oracle = Handshakes::new();
+        oracle.set_identity(Some(identity));
+        let mut node = Self {
             name: config.name,
             clock,
             endpoint: config.endpoint,
             inner: config.inner,
+            remote: config.remote_public,
             remote_inner: config.remote_inner,
-            checker: CookieChecker::new(identity.public_key()),
-            macs: MacSigner::new(&config.remote_public),
-            identity,
-            noise,
-            indices: IndexTable::new(),
-            router,
-            peer,
-            timers,
-            last_handshake_index: None,
-            under_load: false,
-            rng: StdRng::seed_from_u64(config.rng_seed),
+            device,
+            oracle,
+            keyd_rng: StdRng::from_rng(&mut seeds),
             outbox: Vec::new(),
             events: Vec::new(),
             delivered: HashMap::new(),
-        })
+        };
+        node.deliver_from_keyd(
+            KeydToDatad::Interface {
+                public_key: Some(public_key),
+            },
+            now,
+        );
+        node.add_peer(
+            config.remote_public,
+            config.psk,
+            config.remote_inner,
+            config.remote_endpoint,
+            config.persistent_keepalive,
+            now,
+        )?;
+        Ok(node)
+    }
+
+    /// Configures one more peer (keyd's `upsert_peer`, then the `Peer` update it sends the
+    /// data plane), with `allowed` as its only allowed IP.
+    pub fn add_peer(
+        &mut self,
+        public_key: PublicKey,
+        psk: PresharedKey,
+        allowed: Ipv4Addr,
+        endpoint: Option<SocketAddr>,
+        persistent_keepalive: Option<NonZeroU16>,
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        self.oracle.upsert_peer(public_key, psk);
+        let update = PeerUpdate {
+            public_key,
+            endpoint,
+            allowed_ips: vec![IpNet::V4(Ipv4Net::from(allowed))],
+            persistent_keepalive: persistent_keepalive.map_or(0, NonZeroU16::get),
+            more_allowed_ips: false,
+        };
+        self.deliver_from_keyd(KeydToDatad::Peer(update), now);
+        match self.device.peer_id(&public_key) {
+            Some(_) => Ok(()),
+            None => Err(DropReason::UnknownPeer),
+        }
     }
 
     // ----- inspection -----
@@ -359,39 +398,69 @@ impl Node {
         self.endpoint
     }
 
+    /// Moves the node to another UDP address (it roams): what it sends from now on comes
+    /// from there, and datagrams still addressed to the old one no longer reach it.
+    pub fn set_endpoint(&mut self, endpoint: SocketAddr) {
+        self.endpoint = endpoint;
+    }
+
     /// The node's static public key.
-    pub fn public_key(&self) -> &PublicKey {
-        self.identity.public_key()
+    pub fn public_key(&self) -> PublicKey {
+        self.oracle.public_key().unwrap_or(self.remote)
+    }
+
+    /// The data-plane core.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The data-plane core, mutable: to put it under load, say.
+    pub fn device_mut(&mut self) -> &mut Device {
+        &mut self.device
     }
 
     /// The router (keypairs, staging, counters).
     pub fn router(&self) -> &Router {
-        &self.router
+        self.device.router()
     }
 
-    /// The remote peer's id in the router.
+    /// The first remote peer's id in the router.
     pub fn peer_id(&self) -> PeerId {
-        self.peer
+        self.peer_of(&self.remote)
     }
 
-    /// The remote peer's timers.
+    /// The id of the peer with `public_key`.
+    #[allow(clippy::expect_used)] // the node configures its peers and never removes one
+    pub fn peer_of(&self, public_key: &PublicKey) -> PeerId {
+        self.device
+            .peer_id(public_key)
+            .expect("a node's peers are configured at construction and never removed")
+    }
+
+    /// The first remote peer's timers.
+    #[allow(clippy::expect_used)] // the node configures its peers and never removes one
     pub fn timers(&self) -> &PeerTimers {
-        &self.timers
+        self.device
+            .timers(self.peer_id())
+            .expect("a node's peers are configured at construction and never removed")
     }
 
-    /// The remote peer's handshake state.
+    /// The first remote peer's handshake state, as keyd holds it.
+    #[allow(clippy::expect_used)] // the node configures its peers and never removes one
     pub fn handshake(&self) -> &Peer {
-        &self.noise
+        self.oracle
+            .peer(&self.remote)
+            .expect("a node's peers are configured at construction and never removed")
     }
 
-    /// Receiver indices the key-process side holds (pending initiations and sessions).
+    /// Receiver indices keyd holds (pending initiations and sessions).
     pub fn live_indices(&self) -> usize {
-        self.indices.len()
+        self.oracle.live_indices()
     }
 
-    /// Whether the router has a keypair it may send with at `now`.
+    /// Whether the router has a keypair it may send to the first peer with at `now`.
     pub fn can_send(&self, now: Instant) -> bool {
-        self.router.can_send(self.peer, now)
+        self.router().can_send(self.peer_id(), now)
     }
 
     /// Everything the node did, in order.
@@ -454,20 +523,21 @@ impl Node {
         self.delivered.get(&payload_id).copied().unwrap_or(0)
     }
 
-    /// Whether the node answers handshake messages without a valid MAC2 with cookie replies.
-    pub fn under_load(&self) -> bool {
-        self.under_load
+    /// Whether the node answers handshake messages without a valid MAC2 with cookie replies
+    /// right now (its load meter, or [`set_under_load`](Self::set_under_load)).
+    pub fn under_load(&self, now: Instant) -> bool {
+        self.device.under_load(now)
     }
 
-    /// Puts the node under load or takes it off. The daemon decides this from its rate of
-    /// handshake messages (`LoadMeter`); the simulation sets it directly.
+    /// Forces the node under load (every handshake message must carry MAC2) or lets its
+    /// load meter decide again.
     pub fn set_under_load(&mut self, under_load: bool) {
-        self.under_load = under_load;
+        self.device.set_always_under_load(under_load);
     }
 
-    /// When the node's timers next want [`poll_timers`](Self::poll_timers).
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.next_deadline()
+    /// When the node next wants [`poll_timers`](Self::poll_timers).
+    pub fn next_deadline(&mut self, now: Instant) -> Option<Instant> {
+        self.device.poll_timeout(now)
     }
 
     /// Takes the datagrams waiting to be sent.
@@ -478,101 +548,100 @@ impl Node {
     // ----- inputs -----
 
     /// The application sends an IP packet carrying `payload_id` from this node's tunnel
-    /// address to the peer's (datad's `on_tun_packet`).
+    /// address to the first peer's.
     pub fn send_ip(&mut self, payload_id: u64, now: Instant) -> SendOutcome {
-        let packet = inner_packet(self.inner, self.remote_inner, payload_id);
+        self.send_ip_to(self.remote_inner, payload_id, now)
+    }
+
+    /// The application sends an IP packet carrying `payload_id` to tunnel address `to`.
+    pub fn send_ip_to(&mut self, to: Ipv4Addr, payload_id: u64, now: Instant) -> SendOutcome {
+        let packet = inner_packet(self.inner, to, payload_id);
         self.send_raw_ip(&packet, now)
     }
 
-    /// The application sends an arbitrary IP packet (datad's `on_tun_packet`): the router
-    /// routes it by its destination, whatever its source.
+    /// The application sends an arbitrary IP packet: the router routes it by its
+    /// destination, whatever its source.
     pub fn send_raw_ip(&mut self, packet: &[u8], now: Instant) -> SendOutcome {
         let id = payload_id(packet);
-        let mut buf = vec![0u8; HEADROOM + packet.len() + TAILROOM];
-        buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
-        let outcome = match self.router.route_outbound(packet, now) {
-            Outbound::Send {
-                endpoint,
-                job,
-                rekey,
-                ..
-            } => {
-                let outcome = match job.seal(&mut buf) {
-                    Ok(n) => {
-                        buf.truncate(n);
-                        self.transmit(endpoint, buf);
-                        self.sent_transport(n, true, now);
-                        self.record(now, EventKind::DataSent { payload_id: id });
-                        SendOutcome::Sent
-                    }
-                    Err(reason) => SendOutcome::Dropped(reason),
-                };
-                if rekey {
-                    self.want_handshake(now);
-                }
-                outcome
+        let mut buf = vec![0u8; HEADROOM + packet.len() + 16 + TAILROOM];
+        let outcome = match self.device.encapsulate(packet, &mut buf, now) {
+            Encapsulated::Send { endpoint, len, .. } => {
+                buf.truncate(len);
+                self.transmit(endpoint, buf);
+                self.record(now, EventKind::DataSent { payload_id: id });
+                SendOutcome::Sent
             }
-            Outbound::Staged { .. } => {
+            Encapsulated::Staged { .. } => {
                 self.record(now, EventKind::DataStaged { payload_id: id });
-                self.want_handshake(now);
                 SendOutcome::Staged
             }
-            Outbound::Dropped(reason) => SendOutcome::Dropped(reason),
+            Encapsulated::Dropped(reason) => {
+                let kind = EventKind::DataDropped {
+                    payload_id: id,
+                    reason,
+                };
+                self.record(now, kind);
+                SendOutcome::Dropped(reason)
+            }
         };
-        if let SendOutcome::Dropped(reason) = outcome {
-            let kind = EventKind::DataDropped {
-                payload_id: id,
-                reason,
-            };
-            self.record(now, kind);
-        }
-        self.after_event();
+        self.pump(now);
         outcome
     }
 
-    /// A datagram arrived from `from` (datad's `on_datagram`).
+    /// A datagram arrived from `from`.
     pub fn receive(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) -> Receipt {
-        let receipt = match message_type(datagram) {
-            Ok(kind @ (MESSAGE_INITIATION | MESSAGE_RESPONSE)) => {
-                self.on_handshake_message(kind, datagram, from, now)
+        let mut bytes = datagram.to_vec();
+        let received = self.device.handle_datagram(&mut bytes, from, now);
+        let answer = self.pump(now);
+        let receipt = match received {
+            Ok(Received::Data { len, .. }) => {
+                let id = bytes.get(HEADROOM..HEADROOM + len).and_then(payload_id);
+                if let Some(id) = id {
+                    *self.delivered.entry(id).or_default() += 1;
+                }
+                self.record(now, EventKind::Delivered { payload_id: id });
+                Receipt::Data { payload_id: id }
             }
-            Ok(MESSAGE_COOKIE_REPLY) => self.on_cookie_reply(datagram, now),
-            Ok(MESSAGE_TRANSPORT) => self.on_transport(datagram, from, now),
-            Ok(other) => Receipt::Rejected(Rejection::Malformed(WireError::UnknownType(other))),
-            Err(e) => Receipt::Rejected(e.into()),
+            Ok(Received::Keepalive { .. }) => {
+                self.record(now, EventKind::KeepaliveReceived);
+                Receipt::Keepalive
+            }
+            Ok(Received::Refused { reason, .. }) => Receipt::Rejected(reason.into()),
+            Ok(Received::CookieReplySent) => {
+                self.record(now, EventKind::CookieReplySent);
+                Receipt::CookieReplySent
+            }
+            // A handshake message or cookie reply is keyd's to judge: its answer decides.
+            Ok(Received::HandshakeToKeyd { under_load }) => {
+                self.record(now, EventKind::HandshakeAccepted { under_load });
+                self.keyd_receipt(answer, now)
+            }
+            Ok(Received::CookieReplyToKeyd) => self.keyd_receipt(answer, now),
+            Err(discard) => Receipt::Rejected(discard.into()),
         };
         if let Receipt::Rejected(why) = receipt {
             self.record(now, EventKind::Rejected(why));
         }
-        self.after_event();
         receipt
     }
 
-    /// Runs every timer due at `now` (datad's `on_timers`).
-    pub fn poll_timers(&mut self, now: Instant) {
-        while let Some(action) = self.timers.poll(now) {
-            match action {
-                // datad asks keyd (`WantHandshake`); keyd makes the initiation and hands it
-                // back (`SendHandshake`).
-                TimerAction::SendInitiation { retry } => self.initiate(now, retry),
-                TimerAction::SendKeepalive => self.send_keepalive(now),
-                TimerAction::GiveUp => {
-                    let staged_dropped = self.router.staged_len(self.peer);
-                    self.router.clear_staged(self.peer);
-                    self.record(now, EventKind::GaveUp { staged_dropped });
-                }
-                TimerAction::ZeroKeyMaterial => {
-                    self.router.clear_keypairs(self.peer);
-                    // keyd's `ZeroKeys`.
-                    if let Some(index) = self.noise.pending_local_index() {
-                        self.indices.remove(index);
-                    }
-                    self.noise.clear();
-                    self.record(now, EventKind::KeysZeroed);
-                }
+    fn keyd_receipt(&mut self, answer: Option<Result<Answer, Refusal>>, now: Instant) -> Receipt {
+        match answer {
+            Some(Ok(Answer::Responded)) => Receipt::InitiationAnswered,
+            Some(Ok(Answer::Completed)) => Receipt::ResponseConsumed,
+            Some(Ok(Answer::CookieConsumed)) => {
+                self.record(now, EventKind::CookieReplyConsumed);
+                Receipt::CookieReplyConsumed
             }
+            Some(Err(refusal)) => Receipt::Rejected(refusal.into()),
+            other => unreachable!("keyd answers the datagram it was handed, not with {other:?}"),
         }
-        self.after_event();
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn poll_timers(&mut self, now: Instant) {
+        self.device.handle_timeout(now);
+        self.pump(now);
     }
 
     /// Uses up `n` send counters of the current keypair without sending anything, as if `n`
@@ -580,14 +649,64 @@ impl Node {
     /// window without paying for `n` encryptions). Returns how many were used: fewer than
     /// `n` only without a usable keypair.
     pub fn skip_send_counters(&mut self, n: u64, now: Instant) -> u64 {
+        let peer = self.peer_id();
+        let router = self.device.router_mut();
         let mut used = 0;
-        while used < n && matches!(self.router.keepalive(self.peer, now), Outbound::Send { .. }) {
+        while used < n
+            && matches!(
+                router.keepalive(peer, now),
+                wg_router::Outbound::Send { .. }
+            )
+        {
             used += 1;
         }
         used
     }
 
-    // ----- data plane -----
+    // ----- the message pump between the two halves -----
+
+    /// Hands every message the device queued for keyd to the oracle and every answer back,
+    /// until both are quiet; then moves the device's datagrams to the outbox and its events
+    /// to the log. Returns keyd's verdict on the first handshake message or cookie reply
+    /// among them (the one the input that started the pump carried).
+    fn pump(&mut self, now: Instant) -> Option<Result<Answer, Refusal>> {
+        let wall = self.clock.wall(now);
+        let mut first = None;
+        while let Some(msg) = self.device.poll_keyd() {
+            let from_network = matches!(
+                msg,
+                DatadToKeyd::Handshake { .. } | DatadToKeyd::CookieReply { .. }
+            );
+            let mut answers = Vec::new();
+            let verdict = self
+                .oracle
+                .on_datad(msg, now, wall, &mut self.keyd_rng, &mut answers);
+            if from_network && first.is_none() {
+                first = Some(verdict);
+            }
+            for answer in answers {
+                self.deliver_from_keyd(answer, now);
+            }
+        }
+        while let Some(transmit) = self.device.poll_transmit() {
+            self.device.transmitted(transmit.peer, transmit.bytes.len());
+            self.transmit(transmit.destination, transmit.bytes);
+        }
+        while let Some(event) = self.device.poll_event() {
+            if let Some(kind) = EventKind::from_device(event) {
+                self.record(now, kind);
+            }
+        }
+        first
+    }
+
+    /// One message from keyd to the device. keyd's messages to its own data plane are
+    /// well-formed by construction; a violation is a bug the simulation must not hide.
+    fn deliver_from_keyd(&mut self, msg: KeydToDatad, now: Instant) {
+        if let Err(e) = self.device.handle_keyd(msg, now, self.clock.wall(now)) {
+            unreachable!("the key process broke protocol with its own data plane: {e}");
+        }
+    }
 
     fn record(&mut self, now: Instant, kind: EventKind) {
         self.events.push(Event {
@@ -603,339 +722,26 @@ impl Node {
             bytes,
         });
     }
+}
 
-    /// What datad does after every event (`flush_to_keyd`): hand the router's retired
-    /// indices to keyd, which frees those no handshake of ours still waits on.
-    fn after_event(&mut self) {
-        let retired: Vec<u32> = self.router.drain_retired_indices().collect();
-        for index in retired {
-            let pending = self.indices.get(index).is_some()
-                && self.noise.pending_local_index() == Some(index);
-            if !pending {
-                self.indices.remove(index);
+impl EventKind {
+    /// The simulation's record of something the device core did, if it keeps one.
+    fn from_device(event: DeviceEvent) -> Option<Self> {
+        Some(match event {
+            DeviceEvent::InitiationSent {
+                retry, with_mac2, ..
+            } => Self::InitiationSent { retry, with_mac2 },
+            DeviceEvent::ResponseSent { .. } => Self::ResponseSent,
+            DeviceEvent::SessionInstalled { initiator, .. } => Self::SessionInstalled { initiator },
+            DeviceEvent::HandshakeConfirmed { .. } => Self::HandshakeConfirmed,
+            DeviceEvent::StagedSent { count, .. } => Self::StagedSent { count },
+            DeviceEvent::KeepaliveSent { .. } => Self::KeepaliveSent,
+            DeviceEvent::KeepaliveSkipped { reason, .. } => Self::KeepaliveSkipped { reason },
+            DeviceEvent::GaveUp { staged_dropped, .. } => Self::GaveUp { staged_dropped },
+            DeviceEvent::KeysZeroed { .. } => Self::KeysZeroed,
+            DeviceEvent::HandshakeWanted { .. } | DeviceEvent::HandshakeNotSent { .. } => {
+                return None;
             }
-        }
-    }
-
-    /// datad's `want_handshake`: asks keyd for an initiation if the timers allow one now.
-    fn want_handshake(&mut self, now: Instant) {
-        if self.timers.want_handshake(now) {
-            self.initiate(now, false);
-        }
-    }
-
-    /// datad's `sent_transport`: bookkeeping after a transport packet went out.
-    fn sent_transport(&mut self, len: usize, data: bool, now: Instant) {
-        self.router.count_tx(self.peer, len);
-        if data {
-            self.timers.data_sent(now, &mut self.rng);
-        }
-        self.timers.authenticated_packet_sent(now);
-        self.timers.authenticated_packet_traversal(now);
-    }
-
-    /// datad's `on_datagram` for initiations and responses: MAC checks, cookie replies
-    /// under load, then keyd.
-    fn on_handshake_message(
-        &mut self,
-        kind: u32,
-        datagram: &[u8],
-        from: SocketAddr,
-        now: Instant,
-    ) -> Receipt {
-        let under_load = self.under_load;
-        match self.checker.check(datagram, from, now, under_load) {
-            Verdict::Drop => Receipt::Rejected(Rejection::InvalidMac1),
-            Verdict::SendCookie => {
-                match self
-                    .checker
-                    .create_reply(datagram, from, now, &mut self.rng)
-                {
-                    Ok(reply) => {
-                        self.transmit(from, reply.to_bytes().to_vec());
-                        self.record(now, EventKind::CookieReplySent);
-                        Receipt::CookieReplySent
-                    }
-                    Err(e) => Receipt::Rejected(e.into()),
-                }
-            }
-            Verdict::Accept => {
-                // datad also applies a per-source rate limiter here when under load; one
-                // peer at a handful of handshakes a minute never reaches it.
-                self.record(now, EventKind::HandshakeAccepted { under_load });
-                if kind == MESSAGE_INITIATION {
-                    self.respond(datagram, from, now)
-                } else {
-                    self.complete(datagram, from, now)
-                }
-            }
-        }
-    }
-
-    /// datad's cookie-reply branch of `on_datagram`, then keyd's `consume_cookie`.
-    fn on_cookie_reply(&mut self, datagram: &[u8], now: Instant) -> Receipt {
-        let reply = match CookieReply::parse(datagram) {
-            Ok(reply) => reply,
-            Err(e) => return Receipt::Rejected(e.into()),
-        };
-        if self.last_handshake_index != Some(reply.receiver_index)
-            || self.indices.get(reply.receiver_index).is_none()
-        {
-            return Receipt::Rejected(Rejection::UnknownIndex);
-        }
-        match self.macs.consume_cookie_reply(&reply, now) {
-            Ok(()) => {
-                self.record(now, EventKind::CookieReplyConsumed);
-                Receipt::CookieReplyConsumed
-            }
-            Err(e) => Receipt::Rejected(e.into()),
-        }
-    }
-
-    /// datad's `on_transport`.
-    fn on_transport(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) -> Receipt {
-        let mut buf = datagram.to_vec();
-        let job = match self.router.plan_inbound(&buf, now) {
-            Ok(job) => job,
-            Err(reason) => return Receipt::Rejected(reason.into()),
-        };
-        let n = match job.open(&mut buf) {
-            Ok(n) => n,
-            Err(reason) => return Receipt::Rejected(reason.into()),
-        };
-        let plaintext = buf.get(HEADROOM..HEADROOM + n).unwrap_or_default();
-        let inbound = match self
-            .router
-            .finish_inbound(&job, plaintext, datagram.len(), from, now)
-        {
-            Ok(inbound) => inbound,
-            Err(reason) => return Receipt::Rejected(reason.into()),
-        };
-        self.timers.authenticated_packet_received(now);
-        self.timers.authenticated_packet_traversal(now);
-        if inbound.handshake_complete {
-            self.timers.handshake_complete(now);
-            self.record(now, EventKind::HandshakeConfirmed);
-        }
-        let receipt = match inbound.kind {
-            InboundKind::Data { len } => {
-                self.timers.data_received(now);
-                let id = plaintext.get(..len).and_then(payload_id);
-                if let Some(id) = id {
-                    *self.delivered.entry(id).or_default() += 1;
-                }
-                self.record(now, EventKind::Delivered { payload_id: id });
-                Receipt::Data { payload_id: id }
-            }
-            InboundKind::Keepalive => {
-                self.record(now, EventKind::KeepaliveReceived);
-                Receipt::Keepalive
-            }
-            InboundKind::Refused(reason) => {
-                self.timers.data_received(now);
-                Receipt::Rejected(reason.into())
-            }
-        };
-        if inbound.handshake_complete {
-            self.send_staged(now);
-        }
-        if inbound.rekey {
-            self.want_handshake(now);
-        }
-        receipt
-    }
-
-    /// datad's `send_staged`.
-    fn send_staged(&mut self, now: Instant) {
-        let mut out = Vec::new();
-        self.router.flush_staged(self.peer, now, &mut out);
-        let count = out.len();
-        for staged in out {
-            let len = staged.message.len();
-            self.transmit(staged.endpoint, staged.message);
-            self.sent_transport(len, true, now);
-        }
-        if count > 0 {
-            self.record(now, EventKind::StagedSent { count });
-        }
-    }
-
-    /// datad's `send_keepalive`: like every send it keeps the session fresh, so the
-    /// router's `rekey` flag, or having no keypair at all, asks for a handshake.
-    fn send_keepalive(&mut self, now: Instant) {
-        match self.router.keepalive(self.peer, now) {
-            Outbound::Send {
-                endpoint,
-                job,
-                rekey,
-                ..
-            } => {
-                let mut buf = vec![0u8; job.message_len()];
-                if job.seal(&mut buf).is_ok() {
-                    let len = buf.len();
-                    self.transmit(endpoint, buf);
-                    self.sent_transport(len, false, now);
-                    self.record(now, EventKind::KeepaliveSent);
-                }
-                if rekey {
-                    self.want_handshake(now);
-                }
-            }
-            Outbound::Dropped(reason) => {
-                self.record(now, EventKind::KeepaliveSkipped { reason });
-                if reason == DropReason::Expired {
-                    self.want_handshake(now);
-                }
-            }
-            Outbound::Staged { .. } => self.want_handshake(now),
-        }
-    }
-
-    /// datad's `install_session` (keys from keyd's `Session` message).
-    fn install_session(&mut self, session: Session, endpoint: Option<SocketAddr>, now: Instant) {
-        if let Some(endpoint) = endpoint {
-            self.router.set_endpoint(self.peer, endpoint);
-        }
-        let initiator = session.role == Role::Initiator;
-        let keys = NewSession {
-            initiator,
-            local_index: session.local_index,
-            remote_index: session.remote_index,
-            send: session.send,
-            recv: session.recv,
-        };
-        if self.router.add_session(self.peer, keys, now).is_err() {
-            return;
-        }
-        self.timers.session_derived(now);
-        self.timers.authenticated_packet_received(now);
-        self.timers.authenticated_packet_traversal(now);
-        if initiator {
-            self.timers.handshake_complete(now);
-        }
-        self.record(now, EventKind::SessionInstalled { initiator });
-        if initiator {
-            // The initiator speaks first so the responder can confirm the keypair.
-            if self.router.staged_len(self.peer) == 0 {
-                self.send_keepalive(now);
-            } else {
-                self.send_staged(now);
-            }
-        }
-    }
-
-    /// datad's `send_handshake` (keyd's `SendHandshake`). Returns whether it went out.
-    fn send_handshake(
-        &mut self,
-        message: &[u8],
-        endpoint: Option<SocketAddr>,
-        now: Instant,
-    ) -> bool {
-        if let Some(endpoint) = endpoint {
-            self.router.set_endpoint(self.peer, endpoint);
-        }
-        let Some(endpoint) = self.router.stats(self.peer).and_then(|s| s.endpoint) else {
-            return false;
-        };
-        let sender_index = message
-            .get(4..8)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_le_bytes);
-        self.transmit(endpoint, message.to_vec());
-        self.router.count_tx(self.peer, message.len());
-        if message_type(message) == Ok(MESSAGE_INITIATION) {
-            self.timers.handshake_initiated(now, &mut self.rng);
-        } else {
-            self.timers.handshake_response_sent(now);
-        }
-        self.timers.authenticated_packet_sent(now);
-        self.timers.authenticated_packet_traversal(now);
-        self.last_handshake_index = sender_index;
-        true
-    }
-
-    // ----- key process -----
-
-    /// keyd's `initiate`, then datad's `send_handshake`.
-    fn initiate(&mut self, now: Instant, retry: bool) {
-        if let Some(old) = self.noise.pending_local_index() {
-            self.indices.remove(old);
-        }
-        let remote = *self.noise.remote_public();
-        let index = self.indices.insert(&mut self.rng, remote);
-        let timestamp = Tai64N::from_system_time(self.clock.wall(now));
-        match self.noise.create_initiation(
-            &self.identity,
-            index,
-            timestamp,
-            &mut self.macs,
-            now,
-            &mut self.rng,
-        ) {
-            Ok(message) => {
-                if self.send_handshake(&message, None, now) {
-                    let with_mac2 = has_mac2(&message);
-                    self.record(now, EventKind::InitiationSent { retry, with_mac2 });
-                }
-            }
-            Err(_) => {
-                self.indices.remove(index);
-            }
-        }
-    }
-
-    /// keyd's `respond`, then datad's `install_session` and `send_handshake`.
-    fn respond(&mut self, message: &[u8], from: SocketAddr, now: Instant) -> Receipt {
-        let incoming = match self.identity.open_initiation(message) {
-            Ok(incoming) => incoming,
-            Err(e) => return Receipt::Rejected(e.into()),
-        };
-        let remote = *incoming.remote_static();
-        if &remote != self.noise.remote_public() {
-            return Receipt::Rejected(Rejection::UnknownPeer);
-        }
-        let superseded = self.noise.pending_local_index();
-        if let Err(e) = self.noise.consume_initiation(&self.identity, incoming, now) {
-            return Receipt::Rejected(e.into());
-        }
-        if let Some(old) = superseded {
-            self.indices.remove(old);
-        }
-        let index = self.indices.insert(&mut self.rng, remote);
-        match self
-            .noise
-            .create_response(index, &mut self.macs, now, &mut self.rng)
-        {
-            Ok((response, session)) => {
-                // Keys first: the initiator's first packet may follow the response closely.
-                self.install_session(session, Some(from), now);
-                if self.send_handshake(&response, Some(from), now) {
-                    self.record(now, EventKind::ResponseSent);
-                }
-                Receipt::InitiationAnswered
-            }
-            Err(e) => {
-                self.indices.remove(index);
-                Receipt::Rejected(e.into())
-            }
-        }
-    }
-
-    /// keyd's `complete`, then datad's `install_session`.
-    fn complete(&mut self, message: &[u8], from: SocketAddr, now: Instant) -> Receipt {
-        let response = match Response::parse(message) {
-            Ok(response) => response,
-            Err(e) => return Receipt::Rejected(e.into()),
-        };
-        if self.indices.get(response.receiver_index).is_none() {
-            return Receipt::Rejected(Rejection::UnknownIndex);
-        }
-        match self.noise.consume_response(&self.identity, message) {
-            Ok(session) => {
-                self.install_session(session, Some(from), now);
-                Receipt::ResponseConsumed
-            }
-            Err(e) => Receipt::Rejected(e.into()),
-        }
+        })
     }
 }

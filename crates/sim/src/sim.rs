@@ -346,11 +346,12 @@ impl Sim {
     }
 
     /// When something next happens: a delivery, a timer or an application event.
-    pub fn next_event(&self) -> Option<Instant> {
+    pub fn next_event(&mut self) -> Option<Instant> {
+        let now = self.now;
         [
             self.net.next_delivery(),
-            self.a.next_deadline(),
-            self.b.next_deadline(),
+            self.a.next_deadline(now),
+            self.b.next_deadline(now),
             self.app.peek().map(|e| e.at),
         ]
         .into_iter()
