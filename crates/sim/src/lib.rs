@@ -38,10 +38,12 @@ mod clock;
 mod network;
 mod node;
 mod packet;
+mod record;
 mod sim;
 
 pub use clock::Clock;
 pub use network::{Capture, Datagram, LinkConditions, Network, NetworkStats};
-pub use node::{Counters, Event, EventKind, Node, NodeConfig, Receipt, Rejection, SendOutcome};
+pub use node::{Node, NodeConfig};
 pub use packet::{INNER_PACKET_LEN, inner_packet, payload_id};
+pub use record::{Counters, Event, EventKind, Receipt, Rejection, SendOutcome};
 pub use sim::{Side, Sim, SimConfig};

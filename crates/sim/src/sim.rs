@@ -14,7 +14,8 @@ use zeroize::Zeroizing;
 
 use crate::clock::Clock;
 use crate::network::{Datagram, LinkConditions, Network};
-use crate::node::{Node, NodeConfig, Receipt, SendOutcome};
+use crate::node::{Node, NodeConfig};
+use crate::record::{Receipt, SendOutcome};
 
 /// One of the two peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
