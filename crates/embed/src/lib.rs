@@ -9,15 +9,21 @@
 //!
 //! **Owns:** the wiring only: keyd's requests are decided by the monitor's own code
 //! ([`wg_monitor::sockets::SocketOwner::handle_reconfigure`]); this crate only sends what
-//! it decided. Where it differs from the monitor on purpose (no data-plane restart, no
-//! second look at the device) a comment says why. **Trusts:** its caller for the
-//! descriptors. **May depend on:** keyd, datad, monitor (sockets), ipc, tun, tokio.
+//! it decided, and the TUN's MTU is watched as the monitor watches it
+//! ([`wg_monitor::mtu::MtuWatch`]: told to the data plane at its start and on every change,
+//! read every second). Where it differs from the monitor on purpose (no data-plane
+//! restart, no second look at the device) a comment says why. **Trusts:** its caller for
+//! the descriptors. **May depend on:** keyd, datad, monitor (sockets, mtu), ipc, tun,
+//! tokio.
 #![forbid(unsafe_code)]
 
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
+use std::time::Duration;
 
-use wg_ipc::messages::{DatadToMonitor, KeydToMonitor, Role};
+use wg_ipc::messages::{DatadToMonitor, KeydToMonitor, MonitorToDatad, Role};
 use wg_ipc::{Channel, Received};
+use wg_monitor::mtu::MtuWatch;
 use wg_monitor::sockets::{SocketOwner, UdpSockets};
 use wg_tun::Tun;
 
@@ -42,6 +48,17 @@ pub enum Stopped {
     InterfaceGone,
 }
 
+/// How often the TUN's MTU is read (as the monitor's poll).
+const MTU_POLL: Duration = Duration::from_secs(1);
+
+/// Tells the data plane the TUN's MTU. A failure means its channel is gone: its task ends
+/// and the loop stops with its result.
+async fn send_mtu(datad: &Channel, mtu: u32) {
+    if let Err(e) = datad.send(&MonitorToDatad::Mtu { mtu }, &[]).await {
+        tracing::warn!("could not tell the data plane the MTU {mtu}: {e}");
+    }
+}
+
 /// Runs the whole daemon in this process until the interface goes away or a part fails.
 /// Must be called inside a tokio runtime with I/O and time enabled.
 pub async fn run(
@@ -54,8 +71,10 @@ pub async fn run(
     let (monitor_keyd, keyd_monitor) = Channel::memory_pair();
     let (monitor_datad, datad_monitor) = Channel::memory_pair();
 
+    // The data plane gets a duplicate (the same open device): `tun` stays here, to read the
+    // MTU from.
     let datad_startup = wg_datad::Startup {
-        tun: tun.into_fd(),
+        tun: tun.as_fd().try_clone_to_owned()?,
         udp4: sockets.v4.try_clone()?,
         udp6: sockets.v6.as_ref().map(|s| s.try_clone()).transpose()?,
         udp_gso: sockets.offload.gso,
@@ -79,6 +98,13 @@ pub async fn run(
     };
     let mut keyd = tokio::spawn(wg_keyd::serve(keyd_startup));
     let mut datad = tokio::spawn(wg_datad::serve(datad_startup));
+    let mut mtu = MtuWatch::default();
+    // The data plane starts from the MTU the device was created with; as the monitor after
+    // `Start`, tell it the current one (queued: it reads the channel once it runs).
+    if let Some(value) = mtu.on_start(tun.mtu()) {
+        send_mtu(&monitor_datad, value).await;
+    }
+    let mut poll = tokio::time::interval(MTU_POLL);
 
     let result = loop {
         tokio::select! {
@@ -115,6 +141,12 @@ pub async fn run(
                 Ok(Received { msg: DatadToMonitor::Hello(_), .. }) => {}
                 Err(e) => break Err(EmbedError::Datad(e.to_string())),
             },
+            _ = poll.tick() => {
+                if let Some(value) = mtu.on_poll(tun.mtu()) {
+                    tracing::info!("the MTU of {} is now {value}", tun.name());
+                    send_mtu(&monitor_datad, value).await;
+                }
+            }
             r = &mut keyd => break Err(EmbedError::Keyd(match r {
                 Ok(Ok(())) => "stopped".to_owned(),
                 Ok(Err(e)) => e.to_string(),

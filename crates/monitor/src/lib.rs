@@ -4,10 +4,11 @@
 //!
 //! **Owns:** the TUN device and UDP sockets (it hands duplicates to the data plane and
 //! keeps its own to restart it), the UAPI listener until keyd has it, the worker
-//! processes, and the table of privileged requests: [`KeydToMonitor::Reconfigure`] (new
-//! listen port, firewall mark) and nothing else. Its decision is sans-IO
-//! ([`sockets::SocketOwner::handle_reconfigure`]) and shared with `wg-embed`, which runs
-//! the same request table in one process.
+//! processes, the watch of the TUN's MTU (told to every data plane after its start and on
+//! every change, [`mtu::MtuWatch`]), and the table of privileged requests:
+//! [`KeydToMonitor::Reconfigure`] (new listen port, firewall mark) and nothing else. Its
+//! decision is sans-IO ([`sockets::SocketOwner::handle_reconfigure`]) and shared with
+//! `wg-embed`, which runs the same request table (and the same MTU watch) in one process.
 //!
 //! **Trusts:** its command line and environment (it runs as the administrator who started
 //! it). Worker messages are checked against the table; a worker that breaks protocol is
@@ -17,6 +18,7 @@
 //! handshake, router or keyd/datad logic: the launcher binary holds no key code.
 #![forbid(unsafe_code)]
 
+pub mod mtu;
 pub mod sockets;
 pub mod spawner;
 
@@ -43,7 +45,7 @@ pub const KEYD_BINARY: &str = "wireguard-rs-keyd";
 pub const DATAD_BINARY: &str = "wireguard-rs-datad";
 /// Packagers may set this at build time to their libexec directory.
 pub const BUILD_LIBEXEC_DIR: Option<&str> = option_env!("WIREGUARD_RS_LIBEXEC_DIR");
-/// How often the interface's existence is checked.
+/// How often the interface's existence, its MTU and the UAPI socket file are checked.
 const INTERFACE_POLL: Duration = Duration::from_secs(1);
 /// More data-plane deaths than this within [`RESTART_WINDOW`] is a crash loop: give up.
 const MAX_RESTARTS: usize = 5;
@@ -178,6 +180,7 @@ pub struct Supervisor {
     /// Restarts so far: which data plane keyd's requests are about.
     datad_generation: u32,
     socket_file: Option<SocketFile>,
+    mtu: mtu::MtuWatch,
 }
 
 /// The UAPI socket file as it was at start-up: its path and inode.
@@ -259,6 +262,17 @@ async fn kill_datad(spawner: &Channel, pid: u32) -> Result<(), MonitorError> {
         .map_err(|e| MonitorError::Ipc("spawner", e))
 }
 
+/// Tells the data plane the TUN's MTU. A failure means the data plane is gone: its channel
+/// closes, it is restarted, and the new one is told the MTU after its `Start`.
+async fn send_mtu(datad: &DataPlane, mtu: u32) {
+    if let Err(e) = datad.channel.send(&MonitorToDatad::Mtu { mtu }, &[]).await {
+        tracing::warn!(
+            "could not tell the data plane (pid {}) the MTU {mtu}: {e}",
+            datad.pid
+        );
+    }
+}
+
 /// The data plane as the monitor sees it: a channel, and a pid the spawner reported.
 struct DataPlane {
     channel: Channel,
@@ -284,6 +298,7 @@ impl Supervisor {
             restarts: Vec::new(),
             datad_generation: 0,
             socket_file: prepared.socket_file.and_then(SocketFile::watch),
+            mtu: mtu::MtuWatch::default(),
         }
     }
 
@@ -390,6 +405,10 @@ impl Supervisor {
                     if self.socket_file.as_ref().is_some_and(SocketFile::is_gone) {
                         return Ok(Stopped::SocketGone);
                     }
+                    if let Some(mtu) = self.mtu.on_poll(self.tun.mtu()) {
+                        tracing::info!("the MTU of {} is now {mtu}", self.interface);
+                        send_mtu(&datad, mtu).await;
+                    }
                 }
                 _ = sigterm.recv() => return Ok(Stopped::Signal),
                 _ = sigint.recv() => return Ok(Stopped::Signal),
@@ -455,7 +474,13 @@ impl Supervisor {
             .await
             .map_err(|e| MonitorError::Ipc("datad", e))?;
         tracing::info!("data plane started (pid {pid})");
-        Ok(DataPlane { channel, pid })
+        let datad = DataPlane { channel, pid };
+        // Every data plane, restarted ones too, starts from the MTU the device was created
+        // with: tell it the current one.
+        if let Some(mtu) = self.mtu.on_start(self.tun.mtu()) {
+            send_mtu(&datad, mtu).await;
+        }
+        Ok(datad)
     }
 
     async fn restart_datad(

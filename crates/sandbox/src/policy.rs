@@ -12,8 +12,11 @@
 //! - monitor: new UDP sockets (`socket` for `AF_INET`/`AF_INET6` only, `bind`, and only
 //!   the socket options it sets), `socketpair` for `AF_UNIX` (a restarted data plane's
 //!   channel), children (`wait4`, `waitid`, `pidfd_open`; `kill` and
-//!   `pidfd_send_signal` with `SIGKILL` only), `statx` (watching its socket file) and
-//!   `unlink` (the file at exit). No `exec*`: it never starts a program after start-up;
+//!   `pidfd_send_signal` with `SIGKILL` only), `statx` (watching its socket file),
+//!   `unlink` (the file at exit), and `ioctl` `TUNGETIFF` (the TUN's deletion check) and
+//!   `SIOCGIFMTU` (reading the TUN's MTU, on a throwaway `AF_INET` datagram socket, which
+//!   the `socket` rule above already allows): it reads the MTU, it never sets it. No
+//!   `exec*`: it never starts a program after start-up;
 //! - spawner: what `fork`+`exec` of a data plane needs, and what the data plane's own
 //!   start needs until it installs its own filter (filters survive `exec`; see
 //!   [`rules`]).
@@ -267,10 +270,16 @@ fn monitor(r: &mut Rules) -> Result<(), SandboxError> {
         &[(0, int(libc::AF_INET)), (0, int(libc::AF_INET6))],
     )?;
     allow_if(r, libc::SYS_socketpair, &[(0, int(libc::AF_UNIX))])?;
+    // Non-blocking descriptors, the TUN's deletion check, and reading its MTU for the data
+    // plane (`wg_tun::Tun::mtu`, every poll): never `SIOCSIFMTU` or any other `SIOCSIF*`.
     allow_if(
         r,
         libc::SYS_ioctl,
-        &[(1, u64::from(libc::FIONBIO as u32)), (1, TUNGETIFF)],
+        &[
+            (1, u64::from(libc::FIONBIO as u32)),
+            (1, TUNGETIFF),
+            (1, u64::from(libc::SIOCGIFMTU as u32)),
+        ],
     )?;
     // The listen sockets as `wg_monitor::sockets` makes them (again on every port change)
     // and re-marks them: the mark, 7 MiB buffers (the *FORCE options, or the capped plain

@@ -387,6 +387,79 @@ fn the_monitor_sets_only_its_own_socket_options() {
     });
 }
 
+/// `struct ifreq` naming `name`, the rest zero.
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: `ifreq` is plain data (a name and a union of integers and addresses), for
+    // which all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
+/// `ioctl(fd, request, &mut req)`.
+fn ifreq_ioctl(fd: RawFd, request: libc::c_ulong, req: &mut libc::ifreq) -> bool {
+    // SAFETY: `req` is a valid, exclusively borrowed `ifreq` for the call, the size every
+    // `SIOC*IF*` request reads and writes.
+    unsafe { libc::ioctl(fd, request as _, std::ptr::from_mut(req)) == 0 }
+}
+
+#[test]
+fn the_monitor_reads_the_mtu_but_changes_no_link_setting() {
+    let role = Role::Monitor;
+    // What `wg_tun::Tun::mtu` does on every poll: a throwaway AF_INET datagram socket,
+    // SIOCGIFMTU on it, close. (`lo` exists in every namespace.)
+    succeeds(role, "socket + SIOCGIFMTU + close", || {
+        // SAFETY: plain socket creation; the descriptor is closed below.
+        let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if s < 0 {
+            return false;
+        }
+        let read = ifreq_ioctl(s, libc::SIOCGIFMTU, &mut ifreq("lo"));
+        // SAFETY: closes the descriptor opened above, which nothing else uses.
+        let closed = unsafe { libc::close(s) } == 0;
+        read && closed
+    });
+    // The requests that change an interface stay forbidden. They name an interface that
+    // does not exist, so that even a filter that let them through would change nothing.
+    let udp = UdpSocket::bind(("127.0.0.1", 0)).expect("a UDP socket");
+    let fd = udp.as_raw_fd();
+    let absent = "wgnosuchif0";
+    for (request, what) in [
+        (libc::SIOCSIFMTU, "SIOCSIFMTU"),
+        (libc::SIOCSIFFLAGS, "SIOCSIFFLAGS"),
+        (libc::SIOCSIFNAME, "SIOCSIFNAME"),
+        (libc::SIOCSIFADDR, "SIOCSIFADDR"),
+        (libc::SIOCSIFHWADDR, "SIOCSIFHWADDR"),
+        // Nor reads it does not need.
+        (libc::SIOCGIFFLAGS, "SIOCGIFFLAGS"),
+        (libc::SIOCGIFINDEX, "SIOCGIFINDEX"),
+    ] {
+        refused(role, what, || {
+            let mut req = ifreq(absent);
+            req.ifr_ifru.ifru_mtu = 1281;
+            ifreq_ioctl(fd, request, &mut req)
+        });
+    }
+    // SIOCGIFMTU passes the filter on any descriptor; here the kernel says ENODEV.
+    assert_eq!(
+        attempt(role, || ifreq_ioctl(
+            fd,
+            libc::SIOCGIFMTU,
+            &mut ifreq(absent)
+        )),
+        Outcome::Failed(libc::ENODEV),
+        "Monitor: SIOCGIFMTU on an absent interface"
+    );
+    // The other roles never read it.
+    for role in [Role::Keyd, Role::Datad, Role::Spawner] {
+        refused(role, "SIOCGIFMTU", || {
+            ifreq_ioctl(fd, libc::SIOCGIFMTU, &mut ifreq("lo"))
+        });
+    }
+}
+
 #[test]
 fn keyd_reads_only_the_peer_credentials() {
     let role = Role::Keyd;
