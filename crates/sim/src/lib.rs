@@ -40,6 +40,7 @@ mod node;
 mod packet;
 mod record;
 mod sim;
+mod star;
 
 pub use clock::Clock;
 pub use network::{Capture, Datagram, LinkConditions, Network, NetworkStats};
@@ -47,3 +48,4 @@ pub use node::{Node, NodeConfig};
 pub use packet::{INNER_PACKET_LEN, inner_packet, payload_id};
 pub use record::{Counters, Event, EventKind, Receipt, Rejection, SendOutcome};
 pub use sim::{Side, Sim, SimConfig};
+pub use star::{Star, StarConfig};

@@ -243,7 +243,7 @@ impl Sim {
 
     /// The UDP address of a peer.
     pub fn endpoint(&self, side: Side) -> SocketAddr {
-        side.endpoint()
+        self.node(side).endpoint()
     }
 
     /// The network.

@@ -90,3 +90,81 @@ fn cookie_replies_under_load() {
         Receipt::Rejected(Rejection::UnknownIndex)
     );
 }
+
+/// A forged initiation to `to`: garbage that only its MAC1 makes look right (anyone who
+/// knows the responder's public key can compute MAC1).
+fn forged_initiation(to: &wg_wire::PublicKey, seed: u64, now: std::time::Instant) -> Vec<u8> {
+    let mut message = vec![0u8; wg_wire::INITIATION_LEN];
+    message[..4].copy_from_slice(&wg_wire::MESSAGE_INITIATION.to_le_bytes());
+    for (i, b) in message.iter_mut().enumerate().skip(4) {
+        *b = (seed.wrapping_mul(31).wrapping_add(i as u64) % 251) as u8;
+    }
+    wg_cookie::MacSigner::new(to)
+        .sign(&mut message, now)
+        .unwrap();
+    message
+}
+
+#[test]
+fn a_handshake_flood_puts_the_responder_under_load_by_itself_and_the_honest_peer_gets_through() {
+    let mut sim = Sim::new(SimConfig::default());
+    let b_key = sim.node(Side::B).public_key();
+    let b = sim.endpoint(Side::B);
+    // 400 forged initiations a second from 400 addresses, for 20 s: the responder's own
+    // load meter (over 128 a second) must make it ask for cookies; nothing tells it to.
+    let flood = |sim: &mut Sim, from_ms: u64, to_ms: u64| {
+        for t in (from_ms..to_ms).step_by(2) {
+            sim.run_until(ms(t));
+            let now = sim.now();
+            let from: std::net::SocketAddr =
+                format!("198.18.{}.{}:4000", (t / 2) % 200, (t / 2) % 250 + 1)
+                    .parse()
+                    .unwrap();
+            let datagram = wg_sim::Datagram {
+                from,
+                to: b,
+                bytes: forged_initiation(&b_key, t, now),
+            };
+            sim.inject(Side::B, &datagram);
+        }
+    };
+    flood(&mut sim, 0, 1000);
+    assert!(
+        sim.node(Side::B).under_load(sim.now()),
+        "400/s did not count as load"
+    );
+    // The honest peer starts a handshake in the middle of the flood.
+    let id = sim.send(Side::A);
+    flood(&mut sim, 1000, 20_000);
+    sim.run_for(secs(1));
+
+    let a = sim.node(Side::A);
+    let bn = sim.node(Side::B);
+    // B answered A's first initiation with a cookie, A's retry carried MAC2 and completed.
+    assert!(
+        a.count(|e| matches!(e, EventKind::CookieReplyConsumed)) >= 1,
+        "{:?}",
+        a.events()
+    );
+    assert!(
+        a.count(|e| matches!(
+            e,
+            EventKind::InitiationSent {
+                with_mac2: true,
+                ..
+            }
+        )) >= 1
+    );
+    assert_eq!(a.count(is_initiator_session), 1);
+    assert_eq!(bn.delivered_count(id), 1);
+    // Under load, the forgeries cost B a cookie reply each (no Diffie-Hellman): its key
+    // process saw only those that came while the meter had not yet tripped, far from all
+    // 10,000.
+    let reached_keyd = bn.count(|e| matches!(e, EventKind::HandshakeAccepted { .. }));
+    let cookies = bn.count(|e| matches!(e, EventKind::CookieReplySent));
+    assert!(cookies > 5_000, "only {cookies} cookie replies");
+    assert!(
+        reached_keyd < 2_500,
+        "{reached_keyd} forged initiations reached keyd"
+    );
+}
