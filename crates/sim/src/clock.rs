@@ -43,3 +43,14 @@ impl Clock {
         self.wall_start + self.elapsed(now)
     }
 }
+
+/// A private key drawn from the run's seeded RNG (the simulations' keys are as
+/// deterministic as the rest of a run).
+pub(crate) fn private_key(
+    rng: &mut rand::rngs::StdRng,
+) -> zeroize::Zeroizing<[u8; wg_wire::KEY_LEN]> {
+    use rand::Rng;
+    let mut bytes = zeroize::Zeroizing::new([0u8; wg_wire::KEY_LEN]);
+    rng.fill_bytes(&mut bytes[..]);
+    bytes
+}

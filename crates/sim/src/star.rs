@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wg_handshake::LocalIdentity;
-use wg_wire::{KEY_LEN, PresharedKey};
-use zeroize::Zeroizing;
+use wg_wire::PresharedKey;
 
 use crate::clock::Clock;
 use crate::network::{LinkConditions, Network};
@@ -80,11 +79,7 @@ impl Star {
         let start = Instant::now();
         let clock = Clock::new(start);
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let mut key = || {
-            let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-            rng.fill_bytes(&mut bytes[..]);
-            bytes
-        };
+        let mut key = || crate::clock::private_key(&mut rng);
         let hub_key = key();
         let spoke_keys: Vec<_> = (0..config.spokes).map(|_| key()).collect();
         let hub_public = *LocalIdentity::from_private_bytes(hub_key.clone()).public_key();
