@@ -1,18 +1,19 @@
 //! The data plane: moves packets between the TUN device and the UDP sockets.
 //!
-//! **Owns:** the TUN and UDP descriptors it is handed, the [`wg_router::Router`] (allowed
-//! IPs, transport keypairs, replay windows), one [`wg_timers::PeerTimers`] per peer, the
-//! responder's cookie secret and every MAC1/MAC2 check, the batches of the data path
-//! (TUN super-packets split and coalesced with `wg-offload`, UDP runs sent with
-//! `UDP_SEGMENT` and received with `UDP_GRO`) and the crypto helper threads. Handshake messages reach the key
-//! process only after passing those checks (and, under load, a per-source rate limit).
+//! **Owns:** the I/O around the protocol core: the TUN and UDP descriptors it is handed,
+//! the event loop (one tokio task waiting on TUN, UDP, keyd, the monitor and one timer),
+//! the batches of the data path (TUN super-packets split and coalesced with `wg-offload`,
+//! UDP runs sent with `UDP_SEGMENT` and received with `UDP_GRO`) and the crypto helper
+//! threads. Every decision (routing, keypairs, timers, cookies, the load meter, what to
+//! ask keyd) is [`wg_device::Device`]'s: this crate feeds it per packet and drains what it
+//! queues, and adds no logic of its own.
 //!
 //! **Trusts:** nothing from the network; the key process for configuration and session
-//! keys; the monitor for descriptors. It never receives a static private key or a PSK, and
-//! it must not depend on `wg-handshake` (enforced in `deny.toml`).
+//! keys; the monitor for descriptors and the MTU. It never receives a static private key
+//! or a PSK, and it must not depend on `wg-handshake` (enforced in `deny.toml`).
 //!
-//! **May depend on:** wire, cookie, router, timers, ipc, tun, offload, tokio, nix (the
-//! batched UDP calls), rayon (the crypto helper threads).
+//! **May depend on:** device, wire, router (job types), ipc, tun, offload, tokio, nix (the
+//! batched UDP calls), rayon (the crypto helper threads), rand (seeding the device).
 #![forbid(unsafe_code)]
 
 mod batch;
