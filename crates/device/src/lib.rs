@@ -607,7 +607,23 @@ impl Device {
     ) -> Result<Received, Discard> {
         self.deadlines.touch();
         match message_type(datagram)? {
-            MESSAGE_INITIATION | MESSAGE_RESPONSE => self.handle_handshake(datagram, source, now),
+            kind @ (MESSAGE_INITIATION | MESSAGE_RESPONSE) => {
+                // Length first: the MAC check cannot find MAC1 in a message of another
+                // length and would blame the key.
+                let (name, expected) = if kind == MESSAGE_INITIATION {
+                    ("handshake initiation", wg_wire::INITIATION_LEN)
+                } else {
+                    ("handshake response", wg_wire::RESPONSE_LEN)
+                };
+                if datagram.len() != expected {
+                    return Err(Discard::Malformed(WireError::WrongLength {
+                        kind: name,
+                        expected,
+                        got: datagram.len(),
+                    }));
+                }
+                self.handle_handshake(datagram, source, now)
+            }
             MESSAGE_COOKIE_REPLY => {
                 let reply = CookieReply::parse(datagram)?;
                 if !self.by_handshake_index.contains_key(&reply.receiver_index) {

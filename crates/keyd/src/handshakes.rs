@@ -16,9 +16,10 @@ use std::time::{Instant, SystemTime};
 
 use rand::CryptoRng;
 use wg_cookie::{CookieError, MacSigner};
-use wg_handshake::{
-    HandshakeError, IndexTable, LocalIdentity, Peer, Role as HsRole, Session, Tai64N,
-};
+use wg_handshake::{IndexTable, Role as HsRole, Session, Tai64N};
+// The oracle's inputs and outputs name these: its callers (the service, the simulation,
+// the device core's tests) use them from here, so only keyd links the handshake crate.
+pub use wg_handshake::{HandshakeError, LocalIdentity, Peer};
 use wg_ipc::messages::{DatadToKeyd, KeydToDatad, PeerUpdate, SecretBytes, SessionKeys};
 use wg_wire::constants::REKEY_TIMEOUT;
 use wg_wire::{
