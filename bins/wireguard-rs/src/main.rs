@@ -107,13 +107,13 @@ impl Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.spawner {
-        wg_ipc::init_logging("spawner");
+        wg_ipc::worker::init_logging("spawner");
         // The monitor passes the data plane's user as `--user`.
         let options = cli.options(cli.user.clone().unwrap_or_else(|| cli.datad_user()));
         return run_spawner(&cli, &options);
     }
     let options = cli.options(String::new());
-    wg_ipc::init_logging("wireguard-rs");
+    wg_ipc::worker::init_logging("wireguard-rs");
     if options.enabled && wg_sandbox::running_as_root() {
         match wg_sandbox::check_worker_users(
             &cli.keyd_user(),
@@ -197,7 +197,7 @@ fn main() -> ExitCode {
         udp_offload,
         crypto_threads: cli
             .crypto_threads
-            .unwrap_or_else(wg_ipc::default_crypto_threads),
+            .unwrap_or_else(wg_ipc::worker::default_crypto_threads),
         worker_dir: wg_monitor::worker_dir(cli.libexec_dir.as_deref()),
         keyd_args: cli.options(cli.keyd_user()).to_worker_args(),
         datad_args: cli.options(cli.datad_user()).to_worker_args(),

@@ -78,7 +78,7 @@ pub async fn run(
         udp4: sockets.v4.try_clone()?,
         udp6: sockets.v6.as_ref().map(|s| s.try_clone()).transpose()?,
         udp_gso: sockets.offload.gso,
-        crypto_threads: usize::from(wg_ipc::default_crypto_threads()),
+        crypto_threads: usize::from(wg_ipc::worker::default_crypto_threads()),
         keyd: datad_to_keyd,
         monitor: Some(datad_monitor),
         lockdown: None,
