@@ -1,6 +1,7 @@
 //! The data plane's event loop: one task that waits on the TUN device, the UDP sockets, the
-//! key process, the monitor and the earliest timer, and feeds each event to the sans-IO
-//! router and timers.
+//! key process, the monitor and the earliest timer, feeds each event to the sans-IO device
+//! core (`wg-device`) and carries out what it queues. The batching, offloads and crypto
+//! threads are here; every decision is the core's.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ const BATCH: usize = 16;
 const TUN_READS: usize = 64;
 /// Segments sent per wakeup from the TUN side before the loop looks elsewhere.
 const TUN_SEGMENTS: usize = 256;
+
 /// Everything the event loop waits on.
 struct Io {
     tun: AsyncTun,
@@ -49,7 +51,7 @@ enum Event {
 
 struct Daemon {
     io: Io,
-    /// The protocol state machine: everything this loop decides, it decides.
+    /// The protocol state machine: every decision about a packet, a peer or keyd is its.
     device: Device,
     /// One TUN read: with a virtio-net header, a super-packet of up to 64 KiB.
     tun_read: Vec<u8>,
