@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
-use wg_device::{Device, Received, Transmit};
+use wg_device::{Device, Importance, Received, Transmit};
 use wg_ipc::messages::{DatadToKeyd, DatadToMonitor, Hello, KeydToDatad, MonitorToDatad, Role};
 use wg_ipc::{Channel, IpcError, Received as IpcReceived};
 use wg_router::{HEADROOM, Outbound, PeerId};
@@ -491,7 +491,7 @@ impl Daemon {
         for ((datagram, job), opened) in run.chunks_mut(stride).zip(&jobs).zip(&lens) {
             if message_type(datagram) != Ok(MESSAGE_TRANSPORT) {
                 if let Err(why) = self.device.handle_datagram(datagram, src, now) {
-                    tracing::trace!("datagram from {src} dropped: {why}");
+                    tracing::debug!("handshake message from {src} dropped: {why}");
                 }
             } else if let (Some(job), Some(n)) = (job, *opened) {
                 self.on_transport(job, datagram, n, src, now);
@@ -545,10 +545,15 @@ impl Daemon {
         }
     }
 
-    /// What the device did, at debug level.
+    /// What the device did: the handshake story at info (wireguard-go's verbose), routine
+    /// chatter at debug, what the configuration may fix as a warning.
     fn log_events(&mut self) {
         while let Some(event) = self.device.poll_event() {
-            tracing::debug!("{event}");
+            match event.importance() {
+                Importance::Routine => tracing::debug!("{event}"),
+                Importance::Story => tracing::info!("{event}"),
+                Importance::Problem => tracing::warn!("{event}"),
+            }
         }
     }
 

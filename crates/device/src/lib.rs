@@ -188,6 +188,13 @@ pub enum Event {
         /// How many.
         count: usize,
     },
+    /// An authenticated packet came from a new address: the peer's endpoint is now that.
+    EndpointChanged {
+        /// The peer.
+        peer: PublicKey,
+        /// Its new endpoint.
+        endpoint: SocketAddr,
+    },
     /// A keepalive was queued.
     KeepaliveSent {
         /// The peer.
@@ -213,6 +220,38 @@ pub enum Event {
         /// The peer.
         peer: PublicKey,
     },
+}
+
+/// How much an operator cares about an [`Event`]: what a driver maps to its log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Importance {
+    /// Routine, per-peer chatter (keepalives, staged flushes): debug.
+    Routine,
+    /// The handshake story an operator reads (sent, retried, completed, endpoint changes,
+    /// keys erased): wireguard-go logs these at its verbose level, info here.
+    Story,
+    /// Something is wrong that the configuration may fix (a handshake given up, a peer
+    /// without an endpoint): a warning.
+    Problem,
+}
+
+impl Event {
+    /// How much an operator cares about this event.
+    pub fn importance(&self) -> Importance {
+        match self {
+            Self::HandshakeWanted { .. }
+            | Self::StagedSent { .. }
+            | Self::KeepaliveSent { .. }
+            | Self::KeepaliveSkipped { .. } => Importance::Routine,
+            Self::InitiationSent { .. }
+            | Self::ResponseSent { .. }
+            | Self::SessionInstalled { .. }
+            | Self::HandshakeConfirmed { .. }
+            | Self::EndpointChanged { .. }
+            | Self::KeysZeroed { .. } => Importance::Story,
+            Self::HandshakeNotSent { .. } | Self::GaveUp { .. } => Importance::Problem,
+        }
+    }
 }
 
 impl std::fmt::Display for Event {
@@ -251,6 +290,9 @@ impl std::fmt::Display for Event {
                     f,
                     "{peer:?}: sent {count} packets that waited for the session"
                 )
+            }
+            Self::EndpointChanged { peer, endpoint } => {
+                write!(f, "{peer:?}: endpoint is now {endpoint}")
             }
             Self::KeepaliveSent { peer } => write!(f, "{peer:?}: sending keepalive"),
             Self::KeepaliveSkipped { peer, reason } => {
@@ -584,6 +626,12 @@ impl Device {
         };
         let last_minute = inbound.rekey && slot.timers.want_last_minute_handshake(now);
         let public_key = slot.public_key;
+        if inbound.endpoint_changed {
+            self.record(Event::EndpointChanged {
+                peer: public_key,
+                endpoint: source,
+            });
+        }
         if inbound.handshake_complete {
             self.record(Event::HandshakeConfirmed { peer: public_key });
             self.send_staged(peer, now);

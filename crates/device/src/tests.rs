@@ -1682,3 +1682,38 @@ fn padding_never_goes_past_the_mtu() {
     let small = ipv4(A_INNER, B_INNER, 1250, 4);
     assert_eq!(w.seal(A, &small).len(), 1264 + 32);
 }
+
+#[test]
+fn a_packet_from_a_new_address_moves_the_endpoint_and_says_so_once() {
+    let mut w = World::established();
+    let moved: SocketAddr = "203.0.113.9:4444".parse().unwrap();
+    let endpoint_changes = |w: &World| {
+        w.events_of(B)
+            .into_iter()
+            .filter(|(_, e)| matches!(e, Event::EndpointChanged { .. }))
+            .count()
+    };
+    let before = endpoint_changes(&w);
+    // A roams: its next packets come from `moved`.
+    for tag in 0..3 {
+        let bytes = w.seal(A, &a_to_b(tag));
+        let now = w.now;
+        let (result, _) = w.b.receive(&bytes, moved, now);
+        assert!(matches!(result, Ok(Received::Data { .. })), "{result:?}");
+        w.settle();
+    }
+    assert_eq!(
+        endpoint_changes(&w),
+        before + 1,
+        "one change, not one per packet"
+    );
+    assert!(w.has_event(
+        B,
+        Event::EndpointChanged {
+            peer: World::peer_of(B),
+            endpoint: moved,
+        }
+    ));
+    let peer = w.peer_id(B);
+    assert_eq!(w.b.dev.router().stats(peer).unwrap().endpoint, Some(moved));
+}

@@ -274,6 +274,9 @@ pub struct Inbound {
     /// handshake once per session is the timers' rule
     /// (`wg_timers::PeerTimers::want_last_minute_handshake`).
     pub rekey: bool,
+    /// The packet came from another address than the peer's endpoint, which is now this
+    /// one (the peer roamed, or its first packet told us where it is).
+    pub endpoint_changed: bool,
 }
 
 /// A staged packet sealed and ready to go.
@@ -689,6 +692,7 @@ impl Router {
             }
             p.last_handshake = Some(now);
         }
+        let endpoint_changed = p.endpoint != Some(source);
         p.endpoint = Some(source);
         p.rx_bytes = p.rx_bytes.saturating_add(datagram_len as u64);
         // A fact about the keypair only: whether to act on it, once per handshake, is the
@@ -719,6 +723,7 @@ impl Router {
             kind,
             handshake_complete,
             rekey,
+            endpoint_changed,
         })
     }
 

@@ -271,7 +271,9 @@ impl EventKind {
             DeviceEvent::KeepaliveSkipped { reason, .. } => Self::KeepaliveSkipped { reason },
             DeviceEvent::GaveUp { staged_dropped, .. } => Self::GaveUp { staged_dropped },
             DeviceEvent::KeysZeroed { .. } => Self::KeysZeroed,
-            DeviceEvent::HandshakeWanted { .. } | DeviceEvent::HandshakeNotSent { .. } => {
+            DeviceEvent::HandshakeWanted { .. }
+            | DeviceEvent::HandshakeNotSent { .. }
+            | DeviceEvent::EndpointChanged { .. } => {
                 return None;
             }
         })

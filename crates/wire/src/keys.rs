@@ -8,7 +8,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// Length of every WireGuard key (Curve25519 points and scalars, symmetric keys).
 pub const KEY_LEN: usize = 32;
 
-/// A Curve25519 public key: a peer's identity. Public, so `Debug` shows a short prefix.
+/// A Curve25519 public key: a peer's identity. Public, so `Debug` and [`PublicKey::short`]
+/// show it abbreviated the way wireguard-go's logs do (`peer(AbCd…wXyZ)`: the first four
+/// and the last four significant characters of the base64 that `wg show` prints).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PublicKey(pub [u8; KEY_LEN]);
@@ -17,6 +19,37 @@ impl PublicKey {
     /// The key's 32 bytes.
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
+    }
+
+    /// The key in base64, as `wg show` and configuration files write it.
+    pub fn to_base64(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(self.0)
+    }
+
+    /// For logs: `peer(AbCd…wXyZ)`, characters 0-3 and 39-42 of [`PublicKey::to_base64`]
+    /// (wireguard-go's format), enough to match a line against `wg show`.
+    pub fn short(&self) -> ShortKey {
+        ShortKey(*self)
+    }
+}
+
+/// A public key abbreviated for logs; see [`PublicKey::short`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ShortKey(PublicKey);
+
+impl fmt::Display for ShortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let full = self.0.to_base64();
+        let head = full.get(0..4).unwrap_or_default();
+        let tail = full.get(39..43).unwrap_or_default();
+        write!(f, "peer({head}…{tail})")
+    }
+}
+
+impl fmt::Debug for ShortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -28,8 +61,7 @@ impl From<[u8; KEY_LEN]> for PublicKey {
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, ..] = self.0;
-        write!(f, "PublicKey({a:02x}{b:02x}{c:02x}{d:02x}…)")
+        fmt::Display::fmt(&self.short(), f)
     }
 }
 
@@ -99,6 +131,21 @@ secret_key!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_keys_print_as_wg_show_and_wireguard_go_logs_do() {
+        // A key as `wg show` prints it, and its bytes (decoded independently, in Python).
+        let key = PublicKey([
+            197, 50, 1, 3, 154, 219, 161, 75, 231, 31, 136, 109, 161, 216, 219, 233, 238, 189, 237,
+            8, 203, 17, 27, 117, 52, 0, 120, 153, 154, 169, 240, 56,
+        ]);
+        assert_eq!(
+            key.to_base64(),
+            "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+        );
+        assert_eq!(key.short().to_string(), "peer(xTIB…p8Dg)");
+        assert_eq!(format!("{key:?}"), "peer(xTIB…p8Dg)");
+    }
 
     #[test]
     fn debug_never_shows_secret_bytes() {

@@ -16,7 +16,7 @@ pub mod constants;
 mod keys;
 mod message;
 
-pub use keys::{KEY_LEN, PresharedKey, PublicKey, SessionKey};
+pub use keys::{KEY_LEN, PresharedKey, PublicKey, SessionKey, ShortKey};
 pub use message::{
     COOKIE_REPLY_LEN, CookieReply, INITIATION_LEN, Initiation, MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_TRANSPORT, Message, RESPONSE_LEN, Response,
