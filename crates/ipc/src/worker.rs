@@ -1,8 +1,10 @@
-//! The start of a worker process (keyd, datad), shared so both begin the same way: logging,
-//! die with the parent, adopt the channel to the monitor, close everything else, start a
+//! The start of a worker process (keyd, datad), shared so both begin the same way: answer
+//! `--version`, ignore the stop signals (only the monitor reacts to them), logging, die
+//! with the parent, adopt the channel to the monitor, close everything else, start a
 //! single-threaded runtime, and hand the work a sandbox step to run once its descriptors
 //! are in place and before it reads untrusted input. Also what every process starts with:
-//! its logging ([`init_logging`]) and the data plane's default number of crypto threads
+//! its logging ([`init_logging`]: `LOG_LEVEL`, each line tagged with the interface named in
+//! [`INTERFACE_ENV`] and the process) and the data plane's default number of crypto threads
 //! ([`default_crypto_threads`], which the monitor passes on in datad's start message).
 
 use std::fmt::{Debug, Display};
@@ -17,29 +19,42 @@ use crate::{Channel, IPC_FD_ENV, SIGSYS_REPORT_PREFIX, inherited_fd};
 /// A step a worker runs right before it starts serving: its sandbox.
 pub type Lockdown = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
-/// Runs a worker: `binary` names it in messages, `role` picks its sandbox, and `serve`
-/// does the work with the monitor channel and the sandbox step.
-pub fn main<F, Fut, T, E>(binary: &'static str, role: Role, serve: F) -> ExitCode
+/// Runs a worker: `binary` names it in messages, `role` picks its sandbox, `version` is
+/// what `BINARY --version` prints after the name, and `serve` does the work with the
+/// monitor channel and the sandbox step.
+pub fn main<F, Fut, T, E>(binary: &'static str, role: Role, version: &str, serve: F) -> ExitCode
 where
     F: FnOnce(Channel, Lockdown) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     T: Debug,
     E: Display,
 {
+    let process = binary.strip_prefix("wireguard-rs-").unwrap_or(binary);
+    let interface = std::env::var(INTERFACE_ENV).ok();
+    let tag = log_tag(Some(process), interface.as_deref());
     let fail = |message: &dyn Display, code: u8| {
-        eprintln!("{binary}: {message}");
+        eprintln!("{tag}: {message}");
         ExitCode::from(code)
     };
-    // First: the groups the spawner executed us with, not dumpable, and die with the
-    // parent — before anything reads input or starts threads.
+    // First: the groups the spawner executed us with, not dumpable, deaf to the stop
+    // signals the whole group may get (the monitor stops us), and die with the parent —
+    // before anything reads input or starts threads.
     if let Err(e) = wg_sandbox::settle_exec_credentials() {
+        return fail(&e, 1);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(args.as_slice(), [a] if a == "--version" || a == "-V") {
+        println!("{binary} {version}");
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = wg_sandbox::ignore_stop_signals() {
         return fail(&e, 1);
     }
     if let Err(e) = wg_sandbox::die_with_parent() {
         return fail(&e, 1);
     }
-    init_logging(binary);
-    let options = match wg_sandbox::Options::from_worker_args(std::env::args().skip(1)) {
+    init_logging(Some(process), interface.as_deref(), false);
+    let options = match wg_sandbox::Options::from_worker_args(args) {
         Ok(o) => o,
         Err(e) => return fail(&e, 2),
     };
@@ -81,33 +96,162 @@ where
     });
     match result {
         Ok(end) => {
-            tracing::info!("{binary} stopped: {end:?}");
+            tracing::info!("stopped: {end:?}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!("{binary} failed: {e}");
+            tracing::error!("failed: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Logging for every wireguard-rs process, configured as wireguard-go's is: `LOG_LEVEL`
-/// is `error`, `verbose` (info) or `debug`; unset means warnings and errors; `silent`
-/// turns it off. Lines go to standard error, tagged with the process.
-pub fn init_logging(process: &'static str) {
-    let level = match std::env::var("LOG_LEVEL").as_deref() {
-        Ok("silent") => "off",
-        Ok("error") => "error",
-        Ok("verbose") => "info",
-        Ok("debug") => "debug",
-        _ => "warn",
-    };
+/// The environment variable in which the monitor names the interface to every worker it
+/// starts (the spawner passes it on to the data planes), so each log line names it.
+pub const INTERFACE_ENV: &str = "WG_RS_INTERFACE";
+
+/// The values `LOG_LEVEL` accepts (case-insensitive), for help texts and warnings.
+pub const LOG_LEVELS: &str = "silent, error, warn, info, verbose (= info), debug, trace";
+
+/// How much a process logs, from `LOG_LEVEL` as wireguard-go reads it, plus the levels
+/// between and beyond (`warn`, `info`, `trace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Nothing at all (`silent`).
+    Silent,
+    /// Errors only.
+    Error,
+    /// Warnings and errors: the default.
+    Warn,
+    /// What happens (`info`, or wireguard-go's `verbose`): start, stop, per-peer events.
+    Info,
+    /// Details for debugging.
+    Debug,
+    /// Everything, including per-packet detail where the code has it.
+    Trace,
+}
+
+impl LogLevel {
+    /// The level when `LOG_LEVEL` is unset or unknown.
+    pub const DEFAULT: LogLevel = LogLevel::Warn;
+
+    /// Parses a `LOG_LEVEL` value (case-insensitive, surrounding blanks ignored); `None`
+    /// for a value that is not one of [`LOG_LEVELS`].
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value.trim().to_ascii_lowercase().as_str() {
+            "silent" => Self::Silent,
+            "error" => Self::Error,
+            "warn" | "warning" => Self::Warn,
+            "info" | "verbose" => Self::Info,
+            "debug" => Self::Debug,
+            "trace" => Self::Trace,
+            _ => return None,
+        })
+    }
+
+    /// The level `LOG_LEVEL` asks for, and a warning if it holds a value that is not
+    /// understood (then the default applies). Unset or empty means the default, silently.
+    pub fn from_env() -> (Self, Option<String>) {
+        let Some(value) = std::env::var_os("LOG_LEVEL") else {
+            return (Self::DEFAULT, None);
+        };
+        let value = value.to_string_lossy();
+        if value.trim().is_empty() {
+            return (Self::DEFAULT, None);
+        }
+        match Self::parse(&value) {
+            Some(level) => (level, None),
+            None => (
+                Self::DEFAULT,
+                Some(format!(
+                    "LOG_LEVEL={value:?} is not understood; accepted values: {LOG_LEVELS}; logging at the default (warn)"
+                )),
+            ),
+        }
+    }
+
+    fn filter(self) -> tracing_subscriber::filter::LevelFilter {
+        use tracing_subscriber::filter::LevelFilter;
+        match self {
+            Self::Silent => LevelFilter::OFF,
+            Self::Error => LevelFilter::ERROR,
+            Self::Warn => LevelFilter::WARN,
+            Self::Info => LevelFilter::INFO,
+            Self::Debug => LevelFilter::DEBUG,
+            Self::Trace => LevelFilter::TRACE,
+        }
+    }
+}
+
+/// The tag that starts every log line of a process: `wireguard-rs[IFNAME] PROCESS`, or
+/// without the parts not known (the monitor before it has read its command line is plain
+/// `wireguard-rs`).
+pub fn log_tag(process: Option<&str>, interface: Option<&str>) -> String {
+    let mut tag = String::from("wireguard-rs");
+    if let Some(interface) = interface.filter(|i| !i.is_empty()) {
+        tag.push('[');
+        tag.extend(interface.chars().filter(|c| !c.is_control()));
+        tag.push(']');
+    }
+    if let Some(process) = process {
+        tag.push(' ');
+        tag.push_str(process);
+    }
+    tag
+}
+
+/// One log line: time, level, the process's tag, the message and its fields.
+struct LineFormat {
+    tag: String,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for LineFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
+        write!(
+            writer,
+            " {:>5} {}: ",
+            event.metadata().level().as_str(),
+            self.tag
+        )?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// Logging for every wireguard-rs process, configured as wireguard-go's is, by `LOG_LEVEL`
+/// ([`LogLevel`]; unset: warnings and errors; `silent`: nothing). Lines go to standard
+/// error, each tagged with the interface and the process ([`log_tag`]): `process` is
+/// `None` for the monitor, else `keyd`, `datad` or `spawner`. An unknown `LOG_LEVEL` is
+/// warned about (naming the accepted values) when `warn_unknown`: by the process the
+/// administrator ran, not again by each worker. Returns the level in effect.
+pub fn init_logging(
+    process: Option<&str>,
+    interface: Option<&str>,
+    warn_unknown: bool,
+) -> LogLevel {
+    let (level, warning) = LogLevel::from_env();
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_max_level(level.filter())
         .with_writer(std::io::stderr)
-        .with_target(false)
+        .event_format(LineFormat {
+            tag: log_tag(process, interface),
+        })
         .try_init();
-    tracing::debug!("{process} logging at {level}");
+    if let Some(warning) = warning.filter(|_| warn_unknown) {
+        tracing::warn!("{warning}");
+    }
+    level
 }
 
 /// Most crypto helper threads [`default_crypto_threads`] picks: past this, one data-plane
@@ -129,6 +273,39 @@ fn crypto_threads_for(cores: usize) -> u16 {
         .saturating_sub(1)
         .min(MAX_DEFAULT_CRYPTO_THREADS);
     u16::try_from(helpers).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod logging_tests {
+    use super::{LogLevel, log_tag};
+
+    #[test]
+    fn log_levels_are_read_as_wireguard_go_reads_them_and_more() {
+        for (text, level) in [
+            ("silent", LogLevel::Silent),
+            ("error", LogLevel::Error),
+            ("warn", LogLevel::Warn),
+            ("info", LogLevel::Info),
+            ("verbose", LogLevel::Info),
+            ("Verbose", LogLevel::Info),
+            (" DEBUG ", LogLevel::Debug),
+            ("trace", LogLevel::Trace),
+        ] {
+            assert_eq!(LogLevel::parse(text), Some(level), "{text:?}");
+        }
+        for text in ["", "loud", "2", "infoo"] {
+            assert_eq!(LogLevel::parse(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn every_line_names_the_interface_and_the_process() {
+        assert_eq!(log_tag(Some("keyd"), Some("wg0")), "wireguard-rs[wg0] keyd");
+        assert_eq!(log_tag(None, Some("wg0")), "wireguard-rs[wg0]");
+        assert_eq!(log_tag(None, None), "wireguard-rs");
+        assert_eq!(log_tag(Some("datad"), Some("")), "wireguard-rs datad");
+        assert_eq!(log_tag(None, Some("a\nb")), "wireguard-rs[ab]");
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod mtu;
+pub mod notify;
 pub mod sockets;
 pub mod spawner;
 
@@ -45,6 +46,8 @@ pub const KEYD_BINARY: &str = "wireguard-rs-keyd";
 pub const DATAD_BINARY: &str = "wireguard-rs-datad";
 /// Packagers may set this at build time to their libexec directory.
 pub const BUILD_LIBEXEC_DIR: Option<&str> = option_env!("WIREGUARD_RS_LIBEXEC_DIR");
+/// How long the start-up check of the UAPI socket (`get=1`) may take.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the interface's existence, its MTU and the UAPI socket file are checked.
 const INTERFACE_POLL: Duration = Duration::from_secs(1);
 /// More data-plane deaths than this within [`RESTART_WINDOW`] is a crash loop: give up.
@@ -72,6 +75,12 @@ pub enum MonitorError {
     /// The spawner died: no data plane could be restarted.
     #[error("the spawner process exited ({0}); taking the interface down")]
     SpawnerDied(String),
+    /// The spawner could not start a data plane (its reason).
+    #[error("cannot start the data plane: {0}")]
+    SpawnFailed(String),
+    /// The UAPI socket did not answer as a started daemon's does.
+    #[error("the UAPI socket does not answer: {0}")]
+    NotReady(String),
     /// The monitor's own sandbox could not be installed.
     #[error("cannot sandbox the monitor: {0}")]
     Sandbox(String),
@@ -144,10 +153,76 @@ fn spawn(
     dir: &Path,
     binary: &'static str,
     args: &[String],
+    interface: &str,
 ) -> Result<(Child, Channel), MonitorError> {
     let (ours, theirs) = seqpacket_pair()?;
-    let child = spawner::spawn_with_channel(&dir.join(binary), binary, args, theirs)?;
+    let child =
+        spawner::spawn_with_channel(&dir.join(binary), binary, args, theirs, Some(interface))?;
     Ok((child, Channel::from_fd(ours)?))
+}
+
+/// Checks, before anything starts, that the worker binaries are where they will be
+/// started from, so a wrong `--libexec-dir` is reported by the command that was run.
+pub fn check_worker_binaries(dir: &Path) -> Result<(), MonitorError> {
+    for binary in [KEYD_BINARY, DATAD_BINARY] {
+        let path = dir.join(binary);
+        let found = std::fs::metadata(&path).and_then(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("not an executable file"))
+            }
+        });
+        found.map_err(|source| MonitorError::Spawn {
+            binary,
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Asks the UAPI socket at `path` what `wg show` asks (`get=1`) and wants `errno=0`: then
+/// keyd serves it and the data plane answered keyd's statistics request.
+async fn probe_uapi(path: &Path) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
+        stream
+            .write_all(b"get=1\n\n")
+            .await
+            .map_err(|e| format!("cannot send a request: {e}"))?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("cannot read the answer: {e}"))?;
+            if n == 0 {
+                return Err("the connection closed without an answer".to_owned());
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.ends_with(b"\n\n") {
+                break;
+            }
+            if answer.len() > 1 << 20 {
+                return Err("the answer is too long".to_owned());
+            }
+        }
+        let text = String::from_utf8_lossy(&answer);
+        match text.lines().rev().find(|l| l.starts_with("errno=")) {
+            Some("errno=0") => Ok(()),
+            Some(line) => Err(format!("it answered {line}")),
+            None => Err("the answer has no errno line".to_owned()),
+        }
+    };
+    tokio::time::timeout(READY_PROBE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("no answer within {READY_PROBE_TIMEOUT:?}"))?
 }
 
 pub(crate) fn describe(status: std::io::Result<ExitStatus>) -> String {
@@ -253,6 +328,62 @@ async fn keyd_died(error: Option<IpcError>, keyd: &Channel, child: &mut Child) -
     MonitorError::KeydDied(message)
 }
 
+/// Why the spawner is gone, as precisely as it can be told: a spawner that could not start
+/// (e.g. its sandbox) says why in a `SpawnFailed` before it exits.
+async fn spawner_gone(
+    error: Option<IpcError>,
+    spawner: &Channel,
+    child: &mut Child,
+) -> MonitorError {
+    let drain = async {
+        loop {
+            match spawner.recv::<SpawnerToMonitor>().await {
+                Ok(Received {
+                    msg: SpawnerToMonitor::SpawnFailed { reason },
+                    ..
+                }) => return Some(reason),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    };
+    let reason = tokio::time::timeout(Duration::from_millis(500), drain)
+        .await
+        .ok()
+        .flatten();
+    let status = describe(child.wait().await);
+    match (reason, error) {
+        (Some(reason), _) => MonitorError::SpawnerDied(format!("{status}: {reason}")),
+        (None, Some(e)) => MonitorError::SpawnerDied(format!("{e}; {status}")),
+        (None, None) => MonitorError::SpawnerDied(status),
+    }
+}
+
+/// The stop signals: SIGTERM, SIGINT, SIGHUP.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+            _ = self.hup.recv() => tracing::info!("SIGHUP received"),
+        }
+    }
+}
+
 /// Has the spawner kill a data plane (its parent, which has not reaped it, so the pid is
 /// still that data plane's). Its channel then closes and the usual restart follows.
 async fn kill_datad(spawner: &Channel, pid: u32) -> Result<(), MonitorError> {
@@ -302,15 +433,60 @@ impl Supervisor {
         }
     }
 
-    /// Starts keyd, the spawner and (through it) the data plane, runs `lockdown` (the
-    /// monitor's own sandbox), and supervises until the interface goes away, a signal
-    /// arrives, or keyd dies. Closing the channels on return stops every worker: each
-    /// exits when its channel to us closes, and dies with its parent.
+    /// Starts keyd, the spawner and (through it) the data plane, checks that the UAPI
+    /// socket answers, runs `lockdown` (the monitor's own sandbox), tells `lifecycle` it is
+    /// ready, and supervises until the interface goes away, a signal arrives, or keyd dies.
+    /// On the way out, whatever the reason, `lifecycle` hears `STOPPING` and the workers are
+    /// stopped before their channels close (so none reports a lost monitor); anything
+    /// they started dies with them.
     pub async fn run(
         mut self,
         lockdown: impl FnOnce() -> Result<(), String>,
+        lifecycle: &mut notify::Lifecycle,
     ) -> Result<Stopped, MonitorError> {
-        let (mut keyd_child, keyd) = spawn(&self.worker_dir, KEYD_BINARY, &self.keyd_args)?;
+        // First, so a stop requested during start-up is not the default (silent) death
+        // but a clean stop once the workers can be stopped in order.
+        let mut signals = Signals::new()?;
+        let (mut keyd_child, keyd) = spawn(
+            &self.worker_dir,
+            KEYD_BINARY,
+            &self.keyd_args,
+            &self.interface,
+        )?;
+        let mut spawner_child = None;
+        let result = self
+            .serve(
+                lockdown,
+                lifecycle,
+                &mut signals,
+                (&mut keyd_child, &keyd),
+                &mut spawner_child,
+            )
+            .await;
+        let status = match &result {
+            Ok(stopped) => format!("stopping: {stopped:?}"),
+            Err(e) => format!("stopping: {e}"),
+        };
+        lifecycle.stopping(&status);
+        let mut children = vec![keyd_child];
+        children.extend(spawner_child);
+        for child in &mut children {
+            let _ = child.start_kill();
+        }
+        for child in &mut children {
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        }
+        result
+    }
+
+    async fn serve(
+        &mut self,
+        lockdown: impl FnOnce() -> Result<(), String>,
+        lifecycle: &mut notify::Lifecycle,
+        signals: &mut Signals,
+        (keyd_child, keyd): (&mut Child, &Channel),
+        spawner_slot: &mut Option<Child>,
+    ) -> Result<Stopped, MonitorError> {
         keyd.send(&MonitorToKeyd::Hello(Hello::new(Role::Monitor)), &[])
             .await
             .map_err(|e| MonitorError::Ipc("keyd", e))?;
@@ -335,20 +511,67 @@ impl Supervisor {
         ];
         spawner_args.extend(self.datad_args.iter().cloned());
         let (ours, theirs) = seqpacket_pair()?;
-        let mut spawner_child =
-            spawner::spawn_with_channel(&exe, "wireguard-rs --spawner", &spawner_args, theirs)?;
+        let spawner_child = spawner_slot.insert(spawner::spawn_with_channel(
+            &exe,
+            "wireguard-rs --spawner",
+            &spawner_args,
+            theirs,
+            Some(&self.interface),
+        )?);
         let spawner = Channel::from_fd(ours)?;
-        spawner
+        let started = match spawner
             .send(&MonitorToSpawner::Hello(Hello::new(Role::Monitor)), &[])
             .await
-            .map_err(|e| MonitorError::Ipc("spawner", e))?;
-        let mut datad = self.start_datad(&spawner, datad_end).await?;
+        {
+            Ok(()) => self.start_datad(&spawner, datad_end).await,
+            Err(e) => Err(MonitorError::Ipc("spawner", e)),
+        };
+        let mut datad = match started {
+            Ok(d) => d,
+            Err(MonitorError::Ipc("spawner", e)) => {
+                return Err(spawner_gone(Some(e), &spawner, spawner_child).await);
+            }
+            Err(e) => return Err(e),
+        };
 
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sighup = signal(SignalKind::hangup())?;
+        // Ready when `wg show` works: ask the UAPI socket what it asks. Meanwhile keyd and
+        // the spawner are watched, so a worker that dies is named rather than timed out.
+        if let Some(path) = self
+            .uapi
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        {
+            let probe = probe_uapi(&path);
+            tokio::pin!(probe);
+            loop {
+                tokio::select! {
+                    biased;
+                    m = keyd.recv::<KeydToMonitor>() => match m {
+                        Ok(m) => self.on_keyd(m.msg, keyd, &datad, &spawner).await?,
+                        Err(e) => return Err(keyd_died(Some(e), keyd, keyd_child).await),
+                    },
+                    _ = keyd_child.wait() => return Err(keyd_died(None, keyd, keyd_child).await),
+                    m = spawner.recv::<SpawnerToMonitor>() => match m {
+                        Ok(Received { msg: SpawnerToMonitor::Exited { pid, status }, .. }) => {
+                            tracing::warn!("data plane pid {pid} {status}");
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(spawner_gone(Some(e), &spawner, spawner_child).await),
+                    },
+                    r = &mut probe => {
+                        r.map_err(MonitorError::NotReady)?;
+                        break;
+                    }
+                    () = signals.recv() => return Ok(Stopped::Signal),
+                }
+            }
+        }
+
         let mut poll = tokio::time::interval(INTERFACE_POLL);
         lockdown().map_err(MonitorError::Sandbox)?;
+        lifecycle.ready();
+        tracing::info!("ready: {}", lifecycle.status);
 
         loop {
             tokio::select! {
@@ -356,11 +579,11 @@ impl Supervisor {
                 // there just before it exits, and that report must win over the exit.
                 biased;
                 m = keyd.recv::<KeydToMonitor>() => match m {
-                    Ok(m) => self.on_keyd(m.msg, &keyd, &datad, &spawner).await?,
-                    Err(e) => return Err(keyd_died(Some(e), &keyd, &mut keyd_child).await),
+                    Ok(m) => self.on_keyd(m.msg, keyd, &datad, &spawner).await?,
+                    Err(e) => return Err(keyd_died(Some(e), keyd, keyd_child).await),
                 },
                 _ = keyd_child.wait() => {
-                    return Err(keyd_died(None, &keyd, &mut keyd_child).await);
+                    return Err(keyd_died(None, keyd, keyd_child).await);
                 }
                 m = datad.channel.recv::<DatadToMonitor>() => match m {
                     Ok(Received { msg: DatadToMonitor::InterfaceGone, .. }) => {
@@ -378,11 +601,14 @@ impl Supervisor {
                     Ok(Received { msg: DatadToMonitor::Hello(_), .. }) => {}
                     Err(e) => {
                         tracing::warn!("data plane (pid {}) lost: {e}; restarting it", datad.pid);
-                        datad = match self.restart_datad(&keyd, &spawner).await {
+                        datad = match self.restart_datad(keyd, &spawner).await {
                             Ok(d) => d,
                             // The data plane may have died because keyd did: say so.
                             Err(MonitorError::Ipc("keyd", e)) => {
-                                return Err(keyd_died(Some(e), &keyd, &mut keyd_child).await);
+                                return Err(keyd_died(Some(e), keyd, keyd_child).await);
+                            }
+                            Err(MonitorError::Ipc("spawner", e)) => {
+                                return Err(spawner_gone(Some(e), &spawner, spawner_child).await);
                             }
                             Err(e) => return Err(e),
                         };
@@ -393,10 +619,7 @@ impl Supervisor {
                         tracing::warn!("data plane pid {pid} {status}");
                     }
                     Ok(_) => {}
-                    Err(e) => {
-                        let status = describe(spawner_child.wait().await);
-                        return Err(MonitorError::SpawnerDied(format!("{e}; {status}")));
-                    }
+                    Err(e) => return Err(spawner_gone(Some(e), &spawner, spawner_child).await),
                 },
                 _ = poll.tick() => {
                     if self.tun.is_deleted() {
@@ -410,9 +633,7 @@ impl Supervisor {
                         send_mtu(&datad, mtu).await;
                     }
                 }
-                _ = sigterm.recv() => return Ok(Stopped::Signal),
-                _ = sigint.recv() => return Ok(Stopped::Signal),
-                _ = sighup.recv() => return Ok(Stopped::Signal),
+                () = signals.recv() => return Ok(Stopped::Signal),
             }
         }
     }
@@ -437,10 +658,7 @@ impl Supervisor {
             match reply.msg {
                 SpawnerToMonitor::Spawned { pid } => break pid,
                 SpawnerToMonitor::SpawnFailed { reason } => {
-                    return Err(MonitorError::Ipc(
-                        "spawner",
-                        wg_ipc::IpcError::Io(std::io::Error::other(reason)),
-                    ));
+                    return Err(MonitorError::SpawnFailed(reason));
                 }
                 SpawnerToMonitor::Exited { pid, status } => {
                     tracing::warn!("data plane pid {pid} {status}");

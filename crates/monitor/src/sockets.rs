@@ -113,6 +113,21 @@ pub fn bind(port: u16, fwmark: u32, offload: UdpOffload) -> io::Result<UdpSocket
     Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
 }
 
+/// Why a port or mark could not be applied, in words: a port below 1024 refused with
+/// `EACCES` means the capability is missing, not that the port is taken.
+pub fn describe_errno(errno: i32, port: u16) -> String {
+    let text = io::Error::from_raw_os_error(errno);
+    if errno == nix::errno::Errno::EACCES as i32 && port != 0 && port < 1024 {
+        format!(
+            "{text}: ports below 1024 need CAP_NET_BIND_SERVICE, which this daemon does not hold (it was started without it, or with --no-low-ports / WG_RS_NO_LOW_PORTS)"
+        )
+    } else if errno == nix::errno::Errno::EPERM as i32 {
+        format!("{text}: a firewall mark needs CAP_NET_ADMIN")
+    } else {
+        text.to_string()
+    }
+}
+
 /// Sets `SO_MARK` on existing sockets (0 clears it).
 pub fn set_fwmark(sockets: &UdpSockets, fwmark: u32) -> io::Result<()> {
     socket2::SockRef::from(&sockets.v4).set_mark(fwmark)?;
@@ -185,7 +200,8 @@ impl SocketOwner {
             Ok(_) => 0,
             Err(errno) => {
                 tracing::warn!(
-                    "cannot apply port {port} / fwmark {fwmark}: errno {errno}; keeping port {}",
+                    "cannot apply port {port} / fwmark {fwmark}: {}; keeping port {}",
+                    describe_errno(errno, port),
                     self.sockets.port
                 );
                 errno
@@ -215,6 +231,15 @@ pub struct Reconfiguration<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_low_port_names_the_capability() {
+        let eacces = nix::errno::Errno::EACCES as i32;
+        assert!(describe_errno(eacces, 443).contains("CAP_NET_BIND_SERVICE"));
+        assert!(!describe_errno(eacces, 51820).contains("CAP_NET_BIND_SERVICE"));
+        let inuse = describe_errno(nix::errno::Errno::EADDRINUSE as i32, 443);
+        assert!(!inuse.contains("CAP_"), "{inuse}");
+    }
 
     #[test]
     fn binds_the_same_port_on_both_families() {

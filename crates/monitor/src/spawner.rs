@@ -10,21 +10,29 @@ use tokio::process::Child;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use wg_ipc::messages::{Hello, MonitorToSpawner, Role, SpawnerToMonitor};
+use wg_ipc::worker::INTERFACE_ENV;
 use wg_ipc::{Channel, IPC_FD_ENV, make_inheritable};
 
 use crate::{DATAD_BINARY, MonitorError, describe};
 
-/// Starts `binary` with `ipc` as its channel (inherited, named in `WG_RS_IPC_FD`).
+/// Starts `binary` with `ipc` as its channel (inherited, named in `WG_RS_IPC_FD`), and
+/// `interface` (for its log lines) in [`INTERFACE_ENV`] (`None`: as inherited). What is
+/// only the monitor's business is not passed on: the inherited TUN and UAPI descriptors'
+/// variables, the readiness pipe's, and systemd's notification socket.
 pub(crate) fn spawn_with_channel(
     path: &std::path::Path,
     binary: &'static str,
     args: &[String],
     ipc: OwnedFd,
+    interface: Option<&str>,
 ) -> Result<Child, MonitorError> {
     make_inheritable(&ipc)?;
     let mut command = tokio::process::Command::new(path);
     // In the sandboxed spawner: the data plane starts not dumpable and not traceable.
     wg_sandbox::exec_with_transient_group(command.as_std_mut());
+    if let Some(interface) = interface {
+        command.env(INTERFACE_ENV, interface);
+    }
     let child = command
         .args(args)
         .env(
@@ -33,6 +41,8 @@ pub(crate) fn spawn_with_channel(
         )
         .env_remove("WG_TUN_FD")
         .env_remove("WG_UAPI_FD")
+        .env_remove(crate::notify::READY_FD_ENV)
+        .env_remove(crate::notify::NOTIFY_SOCKET_ENV)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -73,7 +83,7 @@ pub async fn run(
                         let Some(fd) = m.fds.into_iter().next() else {
                             return Err(MonitorError::Ipc("monitor", wg_ipc::IpcError::BadFds));
                         };
-                        let reply = match spawn_with_channel(&path, DATAD_BINARY, &worker_args, fd) {
+                        let reply = match spawn_with_channel(&path, DATAD_BINARY, &worker_args, fd, None) {
                             Ok(mut child) => {
                                 let pid = child.id().unwrap_or(0);
                                 let (kill_tx, kill_rx) = oneshot::channel();

@@ -50,8 +50,9 @@ const KEYD_MEMLOCK_BYTES: u64 = 256 * 1024 * 1024;
 /// Which process is being locked down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// The launcher: keeps `CAP_NET_ADMIN` for the sockets it rebinds and marks, and
-    /// `CAP_KILL` (see [`Role::kept_capabilities`]).
+    /// The launcher: keeps `CAP_NET_ADMIN` for the sockets it rebinds and marks,
+    /// `CAP_KILL`, and `CAP_NET_BIND_SERVICE` unless told otherwise (see
+    /// [`Role::kept_capabilities`]).
     Monitor,
     /// The key process: no network, no files, no exec.
     Keyd,
@@ -64,8 +65,9 @@ pub enum Role {
 impl Role {
     /// Capabilities the role keeps in its permitted, effective and bounding sets:
     /// `CAP_NET_ADMIN` for the monitor (socket marks) and `CAP_KILL`, plus
-    /// `CAP_NET_BIND_SERVICE` if the administrator asked for listen ports below 1024
-    /// ([`Options::low_ports`]); nothing for the others.
+    /// `CAP_NET_BIND_SERVICE` for listen ports below 1024 unless the administrator turned
+    /// them off ([`Options::low_ports`], `--no-low-ports`); nothing for the others. A
+    /// capability the process does not have is not gained: only kept if present.
     ///
     /// `CAP_KILL`: when the monitor dies, the kernel sends its children their parent-death
     /// signal with the monitor's credentials; keyd and the spawner run as other users, so
@@ -97,7 +99,8 @@ pub struct Options {
     /// The unprivileged user of this worker: the keyd user for keyd, the datad user for
     /// the spawner and datad.
     pub user: String,
-    /// The monitor keeps `CAP_NET_BIND_SERVICE`, so `listen_port` may be below 1024.
+    /// The monitor keeps `CAP_NET_BIND_SERVICE` (if it has it), so `listen_port` may be
+    /// below 1024, as with wireguard-go. On by default; `--no-low-ports` turns it off.
     pub low_ports: bool,
 }
 
@@ -106,7 +109,7 @@ impl Default for Options {
         Self {
             enabled: true,
             user: DEFAULT_DATAD_USER.to_owned(),
-            low_ports: false,
+            low_ports: true,
         }
     }
 }
@@ -125,6 +128,9 @@ pub enum SandboxError {
     /// A worker's user is unfit: root, or shared between the two workers.
     #[error("{0}")]
     BadUser(String),
+    /// The process cannot be sandboxed as started (a capability it needs is missing).
+    #[error("{0}")]
+    Unfit(String),
     /// A step failed.
     #[error("sandbox step '{step}' failed: {source}")]
     Step {
@@ -136,6 +142,43 @@ pub enum SandboxError {
     /// The seccomp filter could not be built or installed.
     #[error("seccomp filter: {0}")]
     Seccomp(String),
+    /// A step was refused because the process lacks a capability.
+    #[error("{step} needs {capability}, which this process does not have ({source}); {hint}")]
+    MissingCapability {
+        /// What was attempted.
+        step: &'static str,
+        /// The capability it needs, e.g. `CAP_SETPCAP`.
+        capability: &'static str,
+        /// What to do about it.
+        hint: &'static str,
+        /// The refusal.
+        source: std::io::Error,
+    },
+}
+
+/// What to do about a missing capability the sandbox needs.
+const CAPABILITY_HINT: &str = "start wireguard-rs as root with its full capability bounding set (systemd: keep it in CapabilityBoundingSet=; capsh/setpriv: do not drop it), or run with --no-sandbox for debugging only";
+
+/// `step`'s failure, naming `capability` when the kernel said EPERM (the only reason it
+/// refuses these steps to a process that lacks the capability).
+fn step_needing<T, E: Into<std::io::Error>>(
+    step: &'static str,
+    capability: &'static str,
+    r: Result<T, E>,
+) -> Result<T, SandboxError> {
+    r.map_err(|e| {
+        let source: std::io::Error = e.into();
+        if source.raw_os_error() == Some(libc::EPERM) {
+            SandboxError::MissingCapability {
+                step,
+                capability,
+                hint: CAPABILITY_HINT,
+                source,
+            }
+        } else {
+            SandboxError::Step { step, source }
+        }
+    })
 }
 
 fn step<T, E: Into<std::io::Error>>(
@@ -309,15 +352,17 @@ fn enter_empty_root() -> Result<(), SandboxError> {
         }
         Ok(())
     });
-    let entered = prepared.and_then(|()| {
-        nix::unistd::chroot(dir)?;
-        nix::unistd::chdir("/")?;
-        Ok(())
-    });
-    entered.map_err(|e| SandboxError::Step {
-        step: "entering the empty root directory /run/wireguard-rs/empty (it must be an empty, root-owned directory)",
+    let step_name = "entering the empty root directory /run/wireguard-rs/empty (it must be an empty, root-owned directory)";
+    prepared.map_err(|e| SandboxError::Step {
+        step: step_name,
         source: e,
-    })
+    })?;
+    step_needing(
+        "entering the empty root directory /run/wireguard-rs/empty (chroot)",
+        "CAP_SYS_CHROOT",
+        nix::unistd::chroot(dir),
+    )?;
+    step(step_name, nix::unistd::chdir("/"))
 }
 
 fn lookup_user(name: &str) -> Result<User, SandboxError> {
@@ -369,6 +414,58 @@ pub fn check_worker_users(
     Ok(None)
 }
 
+/// Capabilities the sandbox needs at start-up, besides those a role keeps, with the step
+/// that needs each: every process drops its bounding set, and the workers, which start as
+/// root with the monitor's bounding set as their capabilities, switch users and keyd enters
+/// its empty root.
+const START_CAPABILITIES: [(Capability, &str, &str); 4] = [
+    (
+        Capability::CAP_SETPCAP,
+        "CAP_SETPCAP",
+        "every process drops the capabilities it does not need from its bounding set, for good",
+    ),
+    (
+        Capability::CAP_SETUID,
+        "CAP_SETUID",
+        "the key process and the data plane switch to their dedicated users",
+    ),
+    (
+        Capability::CAP_SETGID,
+        "CAP_SETGID",
+        "the key process and the data plane switch to their dedicated groups",
+    ),
+    (
+        Capability::CAP_SYS_CHROOT,
+        "CAP_SYS_CHROOT",
+        "the key process enters an empty root directory",
+    ),
+];
+
+/// Before anything starts, as root with the sandbox on: checks that this process and the
+/// workers it will start have the capabilities the lock-down needs, so a reduced bounding
+/// set (`capsh --drop=…`, `setpriv --bounding-set`, systemd's `CapabilityBoundingSet=`) is
+/// reported by the command the administrator ran, naming the capability, instead of as a
+/// worker that died during start-up. Workers start as root by `exec`, so they get this
+/// process's bounding set: a capability must be in both the effective and bounding sets.
+pub fn check_start_capabilities() -> Result<(), SandboxError> {
+    let effective =
+        caps::read(None, CapSet::Effective).map_err(caps_error("reading effective set"))?;
+    let bounding =
+        caps::read(None, CapSet::Bounding).map_err(caps_error("reading bounding set"))?;
+    for (cap, name, why) in START_CAPABILITIES {
+        let missing_in = match (effective.contains(&cap), bounding.contains(&cap)) {
+            (true, true) => continue,
+            (false, true) => "effective set",
+            (true, false) => "bounding set",
+            (false, false) => "effective and bounding sets",
+        };
+        return Err(SandboxError::Unfit(format!(
+            "{name} is missing from this process's {missing_in}, but {why}; {CAPABILITY_HINT}"
+        )));
+    }
+    Ok(())
+}
+
 /// The first step of a program the spawner executed (the data plane): if it was started
 /// with a transient real group ([`TRANSIENT_EXEC_GID`]), makes its effective group its only
 /// group. Before anything else runs; a no-op for processes started otherwise.
@@ -413,12 +510,21 @@ pub fn exec_with_transient_group(command: &mut std::process::Command) {
 }
 
 fn switch_user(uid: Uid, gid: Gid, saved_gid: Gid) -> Result<(), SandboxError> {
-    step("dropping supplementary groups", nix::unistd::setgroups(&[]))?;
-    step(
+    step_needing(
+        "dropping supplementary groups",
+        "CAP_SETGID",
+        nix::unistd::setgroups(&[]),
+    )?;
+    step_needing(
         "switching group",
+        "CAP_SETGID",
         nix::unistd::setresgid(gid, gid, saved_gid),
     )?;
-    step("switching user", nix::unistd::setresuid(uid, uid, uid))?;
+    step_needing(
+        "switching user",
+        "CAP_SETUID",
+        nix::unistd::setresuid(uid, uid, uid),
+    )?;
     // Paranoia: getting root back must be impossible now.
     if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
         return Err(SandboxError::Step {
@@ -434,6 +540,16 @@ fn switch_user(uid: Uid, gid: Gid, saved_gid: Gid) -> Result<(), SandboxError> {
 fn drop_bounding(keep: &HashSet<Capability>) -> Result<(), SandboxError> {
     let bounding =
         caps::read(None, CapSet::Bounding).map_err(caps_error("reading bounding set"))?;
+    let effective =
+        caps::read(None, CapSet::Effective).map_err(caps_error("reading effective set"))?;
+    if bounding.difference(keep).next().is_some() && !effective.contains(&Capability::CAP_SETPCAP) {
+        return Err(SandboxError::MissingCapability {
+            step: "dropping capabilities from the bounding set",
+            capability: "CAP_SETPCAP",
+            hint: CAPABILITY_HINT,
+            source: std::io::Error::from_raw_os_error(libc::EPERM),
+        });
+    }
     for cap in bounding.difference(keep) {
         caps::drop(None, CapSet::Bounding, *cap).map_err(caps_error(
             "dropping from the bounding set (needs CAP_SETPCAP)",
@@ -510,6 +626,25 @@ impl Options {
         }
         args
     }
+}
+
+/// Makes this process ignore `SIGTERM`, `SIGINT` and `SIGHUP`: the workers' first step,
+/// so a signal to the whole process group (`systemctl stop`, Ctrl-C) reaches only the
+/// monitor, which then stops them in order; they die with it (parent-death signal) or when
+/// their channel to it closes. The ignored dispositions survive `exec`, so a data plane
+/// the spawner starts ignores them from its first instruction too.
+#[allow(unsafe_code)]
+pub fn ignore_stop_signals() -> Result<(), SandboxError> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: SIG_IGN runs no code in the process; it only changes how the kernel
+        // delivers this signal, and nothing in this process relies on handling it.
+        step("ignoring stop signals", unsafe {
+            sigaction(signal, &ignore)
+        })?;
+    }
+    Ok(())
 }
 
 /// Asks the kernel to kill this process when its parent dies, so no worker outlives its
