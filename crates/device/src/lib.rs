@@ -469,6 +469,15 @@ impl Device {
         self.always_under_load = always;
     }
 
+    /// Turns roaming on (the default) or off. Off is wireguard-go's
+    /// `DisableSomeRoamingForBrokenMobileSemantics`, for mobile platforms whose network
+    /// changes make packets appear from stale addresses: a peer with a configured endpoint
+    /// keeps it, whatever source its authenticated packets (handshakes included) come
+    /// from; a peer without one still learns it.
+    pub fn set_roaming(&mut self, enabled: bool) {
+        self.router.set_learn_endpoints(enabled);
+    }
+
     /// Whether handshake messages must carry a valid MAC2 at `now`.
     pub fn under_load(&self, now: Instant) -> bool {
         self.always_under_load || self.load.under_load(now)
@@ -919,8 +928,9 @@ impl Device {
         let Some(&peer) = self.by_key.get(&keys.public_key) else {
             return;
         };
+        // The handshake's source: learned, as from any authenticated packet.
         if let Some(endpoint) = keys.endpoint {
-            self.router.set_endpoint(peer, endpoint);
+            self.router.learn_endpoint(peer, endpoint);
         }
         let session = NewSession {
             initiator: keys.initiator,
@@ -974,8 +984,9 @@ impl Device {
         let Some(&peer) = self.by_key.get(&public_key) else {
             return;
         };
+        // The source of the initiation answered: learned, as from any authenticated packet.
         if let Some(endpoint) = endpoint {
-            self.router.set_endpoint(peer, endpoint);
+            self.router.learn_endpoint(peer, endpoint);
         }
         let Some(destination) = self.router.stats(peer).and_then(|s| s.endpoint) else {
             self.record(Event::HandshakeNotSent { peer: public_key });

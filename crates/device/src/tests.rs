@@ -1717,3 +1717,44 @@ fn a_packet_from_a_new_address_moves_the_endpoint_and_says_so_once() {
     let peer = w.peer_id(B);
     assert_eq!(w.b.dev.router().stats(peer).unwrap().endpoint, Some(moved));
 }
+
+#[test]
+fn with_roaming_off_a_configured_endpoint_stays_and_without_one_it_is_learned() {
+    let mut w = World::established();
+    w.b.dev.set_roaming(false);
+    let moved: SocketAddr = "203.0.113.9:4444".parse().unwrap();
+    let bytes = w.seal(A, &a_to_b(1));
+    let now = w.now;
+    let (result, _) = w.b.receive(&bytes, moved, now);
+    assert!(matches!(result, Ok(Received::Data { .. })), "{result:?}");
+    let peer = w.peer_id(B);
+    assert_eq!(w.b.dev.router().stats(peer).unwrap().endpoint, Some(A_ADDR));
+    assert!(
+        !w.events_of(B)
+            .iter()
+            .any(|(_, e)| matches!(e, Event::EndpointChanged { .. }))
+    );
+    // A peer configured without an endpoint learns it from a handshake even so.
+    let now = w.now;
+    let mut c = Node::new(3, "198.51.100.3:3333".parse().unwrap(), now);
+    c.dev.set_roaming(false);
+    c.add_peer(key(4), None, &["10.0.0.4/32"], 0, now);
+    let initiation = raw_initiation(4, key(3), now);
+    let from: SocketAddr = "198.51.100.4:4444".parse().unwrap();
+    let (result, _) = c.receive(&initiation, from, now);
+    assert!(
+        matches!(result, Ok(Received::HandshakeToKeyd { .. })),
+        "{result:?}"
+    );
+    let c_peer = c.dev.peer_id(&key(4)).unwrap();
+    assert_eq!(c.dev.router().stats(c_peer).unwrap().endpoint, Some(from));
+    let sent = c.transmits();
+    assert!(sent.iter().any(|t| t.destination == from), "{sent:?}");
+    // Roaming on again: B follows A.
+    w.b.dev.set_roaming(true);
+    let bytes = w.seal(A, &a_to_b(2));
+    let now = w.now;
+    let (result, _) = w.b.receive(&bytes, moved, now);
+    assert!(matches!(result, Ok(Received::Data { .. })), "{result:?}");
+    assert_eq!(w.b.dev.router().stats(peer).unwrap().endpoint, Some(moved));
+}

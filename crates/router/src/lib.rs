@@ -290,6 +290,9 @@ pub struct StagedSend {
 
 struct PeerEntry {
     endpoint: Option<SocketAddr>,
+    /// The endpoint was configured ([`Router::set_endpoint`]), not learned: with endpoint
+    /// learning off it is kept.
+    endpoint_configured: bool,
     keypairs: Keypairs,
     staged: VecDeque<Vec<u8>>,
     rx_bytes: u64,
@@ -320,6 +323,8 @@ pub struct Router {
     mtu: usize,
     /// Local indices of keypairs dropped since the caller last drained them.
     retired: Vec<u32>,
+    /// Whether a packet's source replaces a configured endpoint (roaming).
+    learn_endpoints: bool,
 }
 
 impl Default for Router {
@@ -354,6 +359,7 @@ impl Router {
             next_peer: 0,
             mtu: DEFAULT_MTU,
             retired: Vec::new(),
+            learn_endpoints: true,
         }
     }
 
@@ -370,6 +376,7 @@ impl Router {
             id,
             PeerEntry {
                 endpoint: None,
+                endpoint_configured: false,
                 keypairs: Keypairs::default(),
                 staged: VecDeque::new(),
                 rx_bytes: 0,
@@ -414,11 +421,45 @@ impl Router {
         self.allowed_ips.remove_value(peer);
     }
 
-    /// Sets the endpoint (from configuration, or from an authenticated handshake message).
+    /// Sets the endpoint from configuration: it stays even with endpoint learning off.
     pub fn set_endpoint(&mut self, peer: PeerId, endpoint: SocketAddr) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.endpoint = Some(endpoint);
+            p.endpoint_configured = true;
         }
+    }
+
+    /// Learns the endpoint from an authenticated packet's source (a handshake message,
+    /// transport data): the peer roams there, unless learning is off
+    /// ([`Router::set_learn_endpoints`]) and the peer has a configured endpoint. Returns
+    /// whether the endpoint changed.
+    pub fn learn_endpoint(&mut self, peer: PeerId, source: SocketAddr) -> bool {
+        let learn = self.learn_endpoints;
+        self.peers
+            .get_mut(&peer)
+            .is_some_and(|p| Self::learn(p, learn, source))
+    }
+
+    fn learn(p: &mut PeerEntry, learn_endpoints: bool, source: SocketAddr) -> bool {
+        if !learn_endpoints && p.endpoint_configured && p.endpoint.is_some() {
+            return false;
+        }
+        let changed = p.endpoint != Some(source);
+        p.endpoint = Some(source);
+        changed
+    }
+
+    /// Turns roaming on (the default) or off. Off is wireguard-go's
+    /// `DisableSomeRoamingForBrokenMobileSemantics`: a peer whose endpoint was configured
+    /// keeps it, whatever source its packets come from; a peer without one still learns
+    /// it from its packets.
+    pub fn set_learn_endpoints(&mut self, learn: bool) {
+        self.learn_endpoints = learn;
+    }
+
+    /// Whether packets' sources replace configured endpoints.
+    pub fn learns_endpoints(&self) -> bool {
+        self.learn_endpoints
     }
 
     /// Counters and handshake time of `peer`.
@@ -692,8 +733,7 @@ impl Router {
             }
             p.last_handshake = Some(now);
         }
-        let endpoint_changed = p.endpoint != Some(source);
-        p.endpoint = Some(source);
+        let endpoint_changed = Self::learn(p, self.learn_endpoints, source);
         p.rx_bytes = p.rx_bytes.saturating_add(datagram_len as u64);
         // A fact about the keypair only: whether to act on it, once per handshake, is the
         // timers' rule (`PeerTimers::want_last_minute_handshake`), which owns it alone.

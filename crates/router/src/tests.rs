@@ -299,6 +299,41 @@ fn endpoint_is_learned_from_authenticated_packets_only() {
 }
 
 #[test]
+fn with_learning_off_a_configured_endpoint_stays_and_a_missing_one_is_learned() {
+    let mut p = Pair::new();
+    p.b.set_learn_endpoints(false);
+    p.handshake(1, 2, 10, p.t0);
+    let msg = seal(&mut p.a, &ipv4(A_ADDR, B_ADDR, 1), p.t0).unwrap();
+    let (inbound, _) = deliver(&mut p.b, &msg, "198.51.100.7:4000", p.t0).unwrap();
+    assert!(!inbound.endpoint_changed);
+    assert_eq!(
+        p.b.stats(p.b_peer).unwrap().endpoint,
+        Some(ep("192.0.2.1:51820"))
+    );
+    assert!(!p.b.learn_endpoint(p.b_peer, ep("198.51.100.8:4000")));
+    assert_eq!(
+        p.b.stats(p.b_peer).unwrap().endpoint,
+        Some(ep("192.0.2.1:51820"))
+    );
+    // A peer without a configured endpoint learns it even so.
+    let other = p.b.add_peer();
+    assert!(p.b.learn_endpoint(other, ep("198.51.100.9:9")));
+    assert_eq!(
+        p.b.stats(other).unwrap().endpoint,
+        Some(ep("198.51.100.9:9"))
+    );
+    // Learning on again: the packet's source wins.
+    p.b.set_learn_endpoints(true);
+    let msg = seal(&mut p.a, &ipv4(A_ADDR, B_ADDR, 2), p.t0).unwrap();
+    let (inbound, _) = deliver(&mut p.b, &msg, "198.51.100.7:4000", p.t0).unwrap();
+    assert!(inbound.endpoint_changed);
+    assert_eq!(
+        p.b.stats(p.b_peer).unwrap().endpoint,
+        Some(ep("198.51.100.7:4000"))
+    );
+}
+
+#[test]
 fn staging_queue_is_bounded_and_drops_the_oldest() {
     let mut p = Pair::new();
     for i in 0..MAX_STAGED_PACKETS + 5 {
