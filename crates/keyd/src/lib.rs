@@ -1,7 +1,9 @@
 //! The key process: holds the static private key and every PSK, runs the Noise handshakes
 //! and serves the UAPI socket (which carries private keys).
 //!
-//! **Owns:** the device configuration, the [`handshakes::Handshakes`] oracle, the
+//! **Owns:** the device configuration (how a UAPI `set` becomes oracle state and messages
+//! for the data plane: [`config`], shared with the in-process tunnel), the
+//! [`handshakes::Handshakes`] oracle, the
 //! bookkeeping of the data plane ([`link::DatadLink`]: what keyd sends it, what it may
 //! ask, and when it is given up on), and the UAPI server.
 //!
@@ -30,6 +32,7 @@
 //! TUN, no router.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod handshakes;
 pub mod link;
 mod service;

@@ -8,17 +8,15 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::rngs::StdRng;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
-use wg_handshake::LocalIdentity;
 use wg_ipc::messages::{
     DatadToKeyd, Hello, KeydToDatad, KeydToMonitor, Misbehaviour, MonitorToKeyd, Role,
 };
 use wg_ipc::{Channel, IpcError, Received};
-use wg_uapi::{Applied, DeviceConfig, Errno, ParseOptions, Request, Response, SecretKey};
-use wg_wire::PresharedKey;
-use zeroize::Zeroizing;
+use wg_uapi::{Applied, DeviceConfig, Errno, ParseOptions, Request, Response};
 
 use crate::KeydError;
-use crate::handshakes::{Handshakes, peer_update};
+use crate::config;
+use crate::handshakes::Handshakes;
 use crate::link::{DatadLink, StatsAnswer};
 
 /// A UAPI client waiting this long for its next request is disconnected.
@@ -45,10 +43,6 @@ pub struct KeydStartup {
     pub monitor: Channel,
     /// The port the monitor bound at start-up.
     pub listen_port: u16,
-}
-
-fn identity_of(key: &SecretKey) -> LocalIdentity {
-    LocalIdentity::from_private_bytes(Zeroizing::new(*key.expose_secret()))
 }
 
 struct Keyd {
@@ -240,20 +234,8 @@ impl Keyd {
     async fn attach_datad(&mut self, datad: Channel) -> Result<(), KeydError> {
         self.datad = Some((datad, DatadLink::new()));
         self.handshakes.reset_sessions();
-        let mut out = vec![
-            KeydToDatad::Hello(Hello::new(Role::Keyd)),
-            KeydToDatad::Interface {
-                public_key: self.handshakes.public_key(),
-            },
-        ];
-        out.extend(self.config.peers.iter().flat_map(|p| {
-            peer_update(
-                p.public_key,
-                p.endpoint,
-                p.allowed_ips.clone(),
-                p.persistent_keepalive_interval,
-            )
-        }));
+        let mut out = vec![KeydToDatad::Hello(Hello::new(Role::Keyd))];
+        out.extend(config::full_configuration(&self.config, &self.handshakes));
         self.send_datad(out).await
     }
 
@@ -337,12 +319,7 @@ impl Keyd {
                 }
             }
             Request::Set(request) => {
-                let applied = match wg_uapi::apply_detailed(
-                    &self.config,
-                    &request,
-                    |key| *identity_of(key).public_key(),
-                    &wg_uapi::Limits::DEFAULT,
-                ) {
+                let applied = match config::apply(&self.config, &request) {
                     Ok(applied) => applied,
                     Err(e) => {
                         tracing::info!("UAPI set refused: {e}");
@@ -352,10 +329,7 @@ impl Keyd {
                         return Ok(());
                     }
                 };
-                let port_changes = request.listen_port.is_some()
-                    && applied.config.listen_port != self.config.listen_port;
-                let mark_changes = applied.config.fwmark != self.config.fwmark;
-                if port_changes || mark_changes {
+                if config::needs_sockets(&self.config, &request, &applied) {
                     let ask = KeydToMonitor::Reconfigure {
                         port: applied.config.listen_port,
                         fwmark: applied.config.fwmark,
@@ -377,53 +351,7 @@ impl Keyd {
 
     /// Makes a validated configuration current and tells the data plane what changed.
     async fn commit(&mut self, applied: Applied) -> Result<(), KeydError> {
-        let Applied { config, diff } = applied;
-        let mut out = Vec::new();
-        if diff.private_key_changed {
-            self.handshakes
-                .set_identity(config.private_key.as_ref().map(identity_of));
-            out.push(KeydToDatad::Interface {
-                public_key: self.handshakes.public_key(),
-            });
-            // As the kernel and wireguard-go: sessions made with the old identity stop
-            // sending at once, so a replaced key stops carrying traffic.
-            out.push(KeydToDatad::ExpireSessions);
-        }
-        for key in &diff.peers_removed {
-            self.handshakes.remove_peer(key);
-            out.push(KeydToDatad::RemovePeer { public_key: *key });
-        }
-        let psk_of =
-            |p: &wg_uapi::PeerConfig| p.preshared_key.clone().unwrap_or_else(PresharedKey::zero);
-        // With a new identity every peer needs handshake state made with it.
-        for peer in &config.peers {
-            let added = diff.peers_added.contains(&peer.public_key);
-            let changed = diff
-                .peers_changed
-                .iter()
-                .find(|d| d.public_key == peer.public_key);
-            if added || diff.private_key_changed || changed.is_some_and(|d| d.preshared_key) {
-                self.handshakes.upsert_peer(peer.public_key, psk_of(peer));
-            }
-            let data_plane_change = changed
-                .is_some_and(|d| d.endpoint || d.allowed_ips || d.persistent_keepalive_interval);
-            if added || data_plane_change {
-                // The configured endpoint goes out only when it was set now: a learned
-                // (roamed) endpoint must survive unrelated changes.
-                let endpoint = if added || changed.is_some_and(|d| d.endpoint) {
-                    peer.endpoint
-                } else {
-                    None
-                };
-                out.extend(peer_update(
-                    peer.public_key,
-                    endpoint,
-                    peer.allowed_ips.clone(),
-                    peer.persistent_keepalive_interval,
-                ));
-            }
-        }
-        self.config = config;
+        let out = config::commit(&mut self.config, &mut self.handshakes, applied);
         self.send_datad(out).await
     }
 
