@@ -463,6 +463,13 @@ impl Supervisor {
                 &mut spawner_child,
             )
             .await;
+        // A worker whose channel failed is gone or going: say how, not just "broken pipe".
+        let result = match result {
+            Err(MonitorError::Ipc("keyd", e)) => {
+                Err(keyd_died(Some(e), &keyd, &mut keyd_child).await)
+            }
+            other => other,
+        };
         let status = match &result {
             Ok(stopped) => format!("stopping: {stopped:?}"),
             Err(e) => format!("stopping: {e}"),
