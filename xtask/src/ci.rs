@@ -17,6 +17,8 @@ struct Step {
 enum StepKind {
     Command(Command),
     SelfTest,
+    /// `cargo xtask install` into a temporary destdir, then its checks.
+    Install,
 }
 
 const MIN: u64 = 60;
@@ -90,6 +92,11 @@ pub(crate) fn run() -> Result<()> {
         timeout: Duration::from_secs(10 * MIN),
     });
     steps.push(Step {
+        name: "install layout",
+        kind: StepKind::Install,
+        timeout: Duration::ZERO,
+    });
+    steps.push(Step {
         name: "netns-selftest",
         kind: StepKind::SelfTest,
         timeout: Duration::ZERO,
@@ -112,6 +119,7 @@ pub(crate) fn run() -> Result<()> {
                     }
                 })
             }
+            StepKind::Install => crate::install::self_check(),
             StepKind::SelfTest => crate::selftest::run().and_then(|code| {
                 if code == std::process::ExitCode::SUCCESS {
                     Ok(())

@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
 //! **Owns:** machine setup (`setup`), the full CI check (`ci`), the two-namespace tunnel
-//! demo (`demo`), the tunnel benchmark (`bench`, [`netbench`]), fuzzing (`fuzz`) and the reusable network-namespace plumbing
+//! demo (`demo`), the installed layout (`install`, [`install`]), the tunnel benchmark (`bench`, [`netbench`]), fuzzing (`fuzz`) and the reusable network-namespace plumbing
 //! ([`netns`]) that the demo, `netns-selftest` and the end-to-end tests share.
 //!
 //! Every external command it runs is bounded in time; everything it creates (namespaces,
@@ -14,6 +14,7 @@ mod ci;
 mod cmd;
 mod demo;
 mod fuzz;
+mod install;
 mod netbench;
 mod netns;
 mod selftest;
@@ -35,7 +36,8 @@ struct Cli {
 enum Task {
     /// Install what CI and the demo need on a Debian machine (root; idempotent).
     Setup,
-    /// Run every check in order: fmt, clippy, tests, KAT, cargo deny, netns self-test.
+    /// Run every check in order: fmt, clippy, tests, KAT, cargo deny, install layout,
+    /// netns self-test.
     Ci,
     /// Two network namespaces, a WireGuard tunnel, ping and iperf3 throughput (root).
     Demo {
@@ -106,6 +108,31 @@ enum Task {
     HsFlood(netbench::hsflood::FloodArgs),
     /// Check the namespace plumbing (two namespaces, veth, ping) and its cleanup.
     NetnsSelftest,
+    /// Install wireguard-rs (binaries, helpers, man pages, completions, systemd unit,
+    /// sysusers.d, tmpfiles.d, docs) under DESTDIR/PREFIX; the layout packages are built
+    /// from. See docs/packaging.md.
+    Install {
+        /// Staging directory prepended to every path (absolute; default: the real root).
+        #[arg(long, value_name = "DIR")]
+        destdir: Option<std::path::PathBuf>,
+        /// Installation prefix; distribution packages use /usr.
+        #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Directory of internal programs, absolute or relative to the prefix; the helpers
+        /// go into wireguard-rs/ beneath it, and the monitor is built to look there.
+        #[arg(long, value_name = "DIR", default_value = "libexec")]
+        libexecdir: std::path::PathBuf,
+        /// Use the binaries already built (checked to be built for this libexec dir).
+        #[arg(long)]
+        no_build: bool,
+        /// Where the release binaries are (default: target/install/release, where this
+        /// task builds them).
+        #[arg(long, value_name = "DIR")]
+        binaries: Option<std::path::PathBuf>,
+        /// Only list what would be installed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run cargo-fuzz targets on stable (RUSTC_BOOTSTRAP=1), each for N seconds.
     Fuzz {
         /// The target to run (default: every target in turn).
@@ -123,7 +150,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let needs_handler = matches!(
         cli.task,
-        Task::Demo { .. } | Task::NetnsSelftest | Task::Ci | Task::Fuzz { .. } | Task::Bench { .. }
+        Task::Demo { .. }
+            | Task::NetnsSelftest
+            | Task::Ci
+            | Task::Fuzz { .. }
+            | Task::Bench { .. }
+            | Task::Install { .. }
     );
     if needs_handler && let Err(e) = cmd::install_signal_handler() {
         eprintln!("xtask: error: {e:#}");
@@ -175,6 +207,22 @@ fn main() -> ExitCode {
         .map(|()| ExitCode::SUCCESS),
         Task::HsFlood(args) => netbench::hsflood::run(&args).map(|()| ExitCode::SUCCESS),
         Task::NetnsSelftest => selftest::run(),
+        Task::Install {
+            destdir,
+            prefix,
+            libexecdir,
+            no_build,
+            binaries,
+            dry_run,
+        } => install::run(&install::InstallArgs {
+            destdir,
+            prefix,
+            libexecdir: Some(libexecdir),
+            no_build,
+            binaries,
+            dry_run,
+        })
+        .map(|()| ExitCode::SUCCESS),
         Task::Fuzz {
             target,
             seconds,
