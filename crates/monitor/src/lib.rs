@@ -4,7 +4,10 @@
 //!
 //! **Owns:** the TUN device and UDP sockets (it hands duplicates to the data plane and
 //! keeps its own to restart it), the UAPI listener until keyd has it, the worker
-//! processes, the watch of the TUN's MTU (told to every data plane after its start and on
+//! processes (started with the interface's name for their logs, stopped in order on a stop
+//! signal, which they themselves ignore), the verdict of the start (ready once the UAPI
+//! socket answers `get=1`, told on the background start's readiness pipe and to systemd,
+//! [`notify`]), the watch of the TUN's MTU (told to every data plane after its start and on
 //! every change, [`mtu::MtuWatch`]), and the table of privileged requests:
 //! [`KeydToMonitor::Reconfigure`] (new listen port, firewall mark) and nothing else. Its
 //! decision is sans-IO ([`sockets::SocketOwner::handle_reconfigure`]) and shared with

@@ -1,6 +1,9 @@
 //! Sandboxing of the wireguard-rs processes: what each may do once it has started.
 //!
-//! **Owns:** the fixed order in which a process gives up its privileges
+//! **Owns:** the check, before anything starts, that the capabilities the lock-down needs
+//! are there ([`check_start_capabilities`], naming the missing one), the workers' deafness
+//! to stop signals ([`ignore_stop_signals`]), and the fixed order in which a process gives
+//! up its privileges
 //! ([`lock_down`]): core dumps off and not dumpable (so a same-uid process cannot ptrace it
 //! or read its memory), key memory locked (keyd), an empty root (keyd), an unprivileged
 //! user and group, capabilities reduced to the role's ([`Role::kept_capabilities`]) in
