@@ -12,11 +12,13 @@
 mod bench;
 mod ci;
 mod cmd;
+mod deb;
 mod demo;
 mod fuzz;
 mod install;
 mod netbench;
 mod netns;
+mod nspawn;
 mod selftest;
 mod setup;
 
@@ -133,6 +135,32 @@ enum Task {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Build target/deb/wireguard-rs_<version>-1_<arch>.deb from the `install` layout
+    /// (dpkg-deb; checked with lintian if installed). See docs/packaging.md.
+    Deb {
+        /// Package the binaries already built (`install --no-build`).
+        #[arg(long)]
+        no_build: bool,
+        /// Output directory (default target/deb).
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Boot a debootstrapped Debian under systemd-nspawn, install the .deb, run
+    /// wireguard-rs@wgt0 against wireguard-go and check it (root). See docs/packaging.md.
+    NspawnTest {
+        /// Package the binaries already built.
+        #[arg(long)]
+        no_build: bool,
+        /// Debian suite of the container (default: the host's).
+        #[arg(long)]
+        suite: Option<String>,
+        /// Mirror for debootstrap (default: the host's apt source).
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Rebuild the cached root in target/nspawn.
+        #[arg(long)]
+        refresh: bool,
+    },
     /// Run cargo-fuzz targets on stable (RUSTC_BOOTSTRAP=1), each for N seconds.
     Fuzz {
         /// The target to run (default: every target in turn).
@@ -156,6 +184,8 @@ fn main() -> ExitCode {
             | Task::Fuzz { .. }
             | Task::Bench { .. }
             | Task::Install { .. }
+            | Task::Deb { .. }
+            | Task::NspawnTest { .. }
     );
     if needs_handler && let Err(e) = cmd::install_signal_handler() {
         eprintln!("xtask: error: {e:#}");
@@ -223,6 +253,20 @@ fn main() -> ExitCode {
             dry_run,
         })
         .map(|()| ExitCode::SUCCESS),
+        Task::Deb { no_build, out } => {
+            deb::run(&deb::DebArgs { no_build, out }).map(|()| ExitCode::SUCCESS)
+        }
+        Task::NspawnTest {
+            no_build,
+            suite,
+            mirror,
+            refresh,
+        } => nspawn::run(&nspawn::NspawnArgs {
+            no_build,
+            suite,
+            mirror,
+            refresh,
+        }),
         Task::Fuzz {
             target,
             seconds,
