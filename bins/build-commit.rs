@@ -27,7 +27,10 @@ fn main() {
             // Rebuild when HEAD moves: HEAD itself, the branch it names, packed refs.
             if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from) {
                 println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
-                println!("cargo:rerun-if-changed={}", dir.join("packed-refs").display());
+                println!(
+                    "cargo:rerun-if-changed={}",
+                    dir.join("packed-refs").display()
+                );
                 if let Some(branch) = git(&["rev-parse", "--symbolic-full-name", "HEAD"])
                     .filter(|b| b.starts_with("refs/"))
                 {

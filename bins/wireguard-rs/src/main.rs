@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -327,7 +327,7 @@ fn print_version(cli: &Cli) {
 }
 
 /// What `PATH --version` prints, or why it cannot tell.
-fn helper_version(path: &PathBuf) -> String {
+fn helper_version(path: &Path) -> String {
     match std::process::Command::new(path)
         .arg("--version")
         .env_remove(wg_ipc::IPC_FD_ENV)
