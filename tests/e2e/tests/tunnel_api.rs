@@ -1,0 +1,130 @@
+//! The library tunnel (`wg-tunnel`) on a real Linux TUN device, against wireguard-go:
+//! namespace A holds a TUN interface driven by `Tunnel::start` in this test process,
+//! namespace B runs wireguard-go. Pings both ways, TCP transfers both ways checked by
+//! length and hash, the statistics, a run-time `set`, and a clean stop.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::fs::File;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use wg_e2e::net::tcp_transfer;
+use wg_e2e::topo::{PORTS, TUN4, TUN6, UNDER4, address_tunnel, two_hosts};
+use wg_e2e::wgtool::base64_to_hex;
+use wg_e2e::{Daemon, Impl, Namespace, link_exists, ping_ok, setup, wait_until};
+use wg_tunnel::{Framing, Tunnel};
+
+/// Creates TUN `ifname` in `ns` and starts a tunnel on it with `settings`, on a thread
+/// that entered the namespace (the tunnel's thread inherits it, so its UDP sockets live
+/// there too).
+fn start_in(ns: &Namespace, ifname: &str, settings: String) -> Result<Tunnel> {
+    let (tx, rx) = mpsc::channel::<Result<Tunnel, String>>();
+    let (ns_name, name) = (ns.name().to_owned(), ifname.to_owned());
+    std::thread::Builder::new()
+        .name(format!("tunnel-{ifname}"))
+        .spawn(move || {
+            let start = || -> Result<Tunnel, String> {
+                let f = File::open(format!("/var/run/netns/{ns_name}"))
+                    .map_err(|e| format!("opening the namespace {ns_name}: {e}"))?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("setns {ns_name}: {e}"))?;
+                let tun = wg_tun::Tun::create(&name, 1420)
+                    .map_err(|e| format!("creating TUN {name}: {e}"))?;
+                Tunnel::start(tun.into_fd(), Framing::Raw, &settings)
+                    .map_err(|e| format!("Tunnel::start: {e}"))
+            };
+            let _ = tx.send(start());
+        })
+        .context("spawning the namespace thread")?;
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(tunnel)) => Ok(tunnel),
+        Ok(Err(e)) => bail!("{e}"),
+        Err(e) => bail!("the tunnel did not start within 10 s: {e}"),
+    }
+}
+
+#[test]
+fn the_library_tunnel_on_a_real_tun_talks_to_wireguard_go() -> Result<()> {
+    let env = setup!("tap");
+    let hosts = two_hosts(&env)?;
+    let (ka, kb) = (env.keys("a")?, env.keys("b")?);
+    let b = Daemon::start(&env, &hosts.b, Impl::Go, &env.name("wb")?)?;
+    b.set(&[
+        "private-key",
+        &kb.file.to_string_lossy(),
+        "listen-port",
+        &PORTS[1].to_string(),
+        "peer",
+        &ka.public,
+        "allowed-ips",
+        &format!("{}/32,{}/128", TUN4[0], TUN6[0]),
+    ])?;
+    address_tunnel(&hosts.b, &b.ifname, TUN4[1], TUN6[1])?;
+
+    let ifname = env.name("wa")?;
+    let settings = format!(
+        "private_key={}\nlisten_port={}\npublic_key={}\nendpoint={}:{}\n\
+         allowed_ip={}/32\nallowed_ip={}/128\n",
+        base64_to_hex(&ka.private)?,
+        PORTS[0],
+        base64_to_hex(&kb.public)?,
+        UNDER4[1],
+        PORTS[1],
+        TUN4[1],
+        TUN6[1],
+    );
+    let tunnel = start_in(&hosts.a, &ifname, settings)?;
+    let run = || -> Result<()> {
+        address_tunnel(&hosts.a, &ifname, TUN4[0], TUN6[0])?;
+        ping_ok(&hosts.a, TUN4[1], &[])?;
+        ping_ok(&hosts.a, TUN6[1], &[])?;
+        ping_ok(&hosts.b, TUN4[0], &[])?;
+        // 4 MiB each way, compared by length and BLAKE2s hash at the far end.
+        tcp_transfer(&env, &hosts.a, &hosts.b, TUN4[1], 5201, 4 << 20)?;
+        tcp_transfer(&env, &hosts.b, &hosts.a, TUN4[0], 5202, 4 << 20)?;
+
+        let stats = tunnel.peer_stats()?;
+        ensure!(stats.len() == 1, "one peer, got {stats:?}");
+        let peer = &stats[0];
+        ensure!(
+            peer.last_handshake.is_some() && peer.rx_bytes > 4 << 20 && peer.tx_bytes > 4 << 20,
+            "handshake and traffic in the statistics: {peer:?}"
+        );
+        let text = tunnel.get()?;
+        ensure!(
+            text.contains(&format!("listen_port={}\n", PORTS[0])) && !text.contains("errno"),
+            "get answer without the expected port"
+        );
+        // wireguard-go's view: A's endpoint is A's underlay address and port.
+        let dump = b.dump()?;
+        let seen = dump.peer(&ka.public)?;
+        let expected = format!("{}:{}", UNDER4[0], PORTS[0]);
+        ensure!(
+            seen.endpoint.as_deref() == Some(expected.as_str()),
+            "wireguard-go sees A at {:?}",
+            seen.endpoint
+        );
+        // A run-time change: B's IPv6 address leaves A's allowed IPs, so pings to it fail,
+        // while IPv4 still works.
+        tunnel.set(&format!(
+            "public_key={}\nreplace_allowed_ips=true\nallowed_ip={}/32\n",
+            base64_to_hex(&kb.public)?,
+            TUN4[1]
+        ))?;
+        let six = wg_e2e::ping(&hosts.a, TUN6[1], 2, 1, &[])?;
+        ensure!(six.received == 0, "IPv6 still routed after set: {six:?}");
+        ping_ok(&hosts.a, TUN4[1], &[])?;
+        Ok(())
+    };
+    let result = run().with_context(|| b.diag());
+    // Stopping closes the TUN descriptor: the kernel deletes the (non-persistent)
+    // interface.
+    tunnel.stop().context("stopping the tunnel")?;
+    result?;
+    ensure!(
+        wait_until(Duration::from_secs(5), || !link_exists(&hosts.a, &ifname)),
+        "{ifname} still exists after stop"
+    );
+    Ok(())
+}
