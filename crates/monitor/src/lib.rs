@@ -457,13 +457,16 @@ impl Supervisor {
             &self.interface,
         )?;
         let mut spawner_child = None;
+        // The data plane's channel outlives the spawner (whose death kills it), so the data
+        // plane never sees the monitor go first.
+        let mut datad_slot = None;
         let result = self
             .serve(
                 lockdown,
                 lifecycle,
                 &mut signals,
                 (&mut keyd_child, &keyd),
-                &mut spawner_child,
+                (&mut spawner_child, &mut datad_slot),
             )
             .await;
         // A worker whose channel failed is gone or going: say how, not just "broken pipe".
@@ -478,14 +481,14 @@ impl Supervisor {
             Err(e) => format!("stopping: {e}"),
         };
         lifecycle.stopping(&status);
-        let mut children = vec![keyd_child];
-        children.extend(spawner_child);
-        for child in &mut children {
+        // The spawner first: the data plane dies with it (its parent-death signal is
+        // queued before the spawner can be reaped), so it never sees keyd or us go and
+        // reports no lost peer; then keyd.
+        for child in spawner_child.iter_mut().chain([&mut keyd_child]) {
             let _ = child.start_kill();
-        }
-        for child in &mut children {
             let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
         }
+        drop(datad_slot);
         result
     }
 
@@ -495,7 +498,7 @@ impl Supervisor {
         lifecycle: &mut notify::Lifecycle,
         signals: &mut Signals,
         (keyd_child, keyd): (&mut Child, &Channel),
-        spawner_slot: &mut Option<Child>,
+        (spawner_slot, datad_slot): (&mut Option<Child>, &mut Option<DataPlane>),
     ) -> Result<Stopped, MonitorError> {
         keyd.send(&MonitorToKeyd::Hello(Hello::new(Role::Monitor)), &[])
             .await
@@ -536,8 +539,8 @@ impl Supervisor {
             Ok(()) => self.start_datad(&spawner, datad_end).await,
             Err(e) => Err(MonitorError::Ipc("spawner", e)),
         };
-        let mut datad = match started {
-            Ok(d) => d,
+        let datad = match started {
+            Ok(d) => datad_slot.insert(d),
             Err(MonitorError::Ipc("spawner", e)) => {
                 return Err(spawner_gone(Some(e), &spawner, spawner_child).await);
             }
@@ -558,7 +561,7 @@ impl Supervisor {
                 tokio::select! {
                     biased;
                     m = keyd.recv::<KeydToMonitor>() => match m {
-                        Ok(m) => self.on_keyd(m.msg, keyd, &datad, &spawner).await?,
+                        Ok(m) => self.on_keyd(m.msg, keyd, datad, &spawner).await?,
                         Err(e) => return Err(keyd_died(Some(e), keyd, keyd_child).await),
                     },
                     _ = keyd_child.wait() => return Err(keyd_died(None, keyd, keyd_child).await),
@@ -589,7 +592,7 @@ impl Supervisor {
                 // there just before it exits, and that report must win over the exit.
                 biased;
                 m = keyd.recv::<KeydToMonitor>() => match m {
-                    Ok(m) => self.on_keyd(m.msg, keyd, &datad, &spawner).await?,
+                    Ok(m) => self.on_keyd(m.msg, keyd, datad, &spawner).await?,
                     Err(e) => return Err(keyd_died(Some(e), keyd, keyd_child).await),
                 },
                 _ = keyd_child.wait() => {
@@ -611,7 +614,7 @@ impl Supervisor {
                     Ok(Received { msg: DatadToMonitor::Hello(_), .. }) => {}
                     Err(e) => {
                         tracing::warn!("data plane (pid {}) lost: {e}; restarting it", datad.pid);
-                        datad = match self.restart_datad(keyd, &spawner).await {
+                        *datad = match self.restart_datad(keyd, &spawner).await {
                             Ok(d) => d,
                             // The data plane may have died because keyd did: say so.
                             Err(MonitorError::Ipc("keyd", e)) => {
@@ -640,7 +643,7 @@ impl Supervisor {
                     }
                     if let Some(mtu) = self.mtu.on_poll(self.tun.mtu()) {
                         tracing::info!("the MTU of {} is now {mtu}", self.interface);
-                        send_mtu(&datad, mtu).await;
+                        send_mtu(datad, mtu).await;
                     }
                 }
                 () = signals.recv() => return Ok(Stopped::Signal),
