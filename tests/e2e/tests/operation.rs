@@ -101,21 +101,46 @@ fn ensure_refused(
     Ok(lines[0].to_owned())
 }
 
+/// A libexec directory of the test's own, removed on drop.
+struct LibexecDir(PathBuf);
+
+impl Drop for LibexecDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A directory holding a `wireguard-rs-keyd` that fails at once (exit status 3, with a
-/// line on stderr) and the real `wireguard-rs-datad`.
-fn broken_keyd_dir(env: &Env) -> Result<PathBuf> {
+/// line on stderr) and the real `wireguard-rs-datad`. World-readable and outside the
+/// test's private directory, so the spawner (the data plane's user) can start datad.
+fn broken_keyd_dir(env: &Env) -> Result<LibexecDir> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = env.dir.path().join("broken-libexec");
-    std::fs::create_dir_all(&dir)?;
-    let keyd = dir.join("wireguard-rs-keyd");
+    let dir = LibexecDir(std::env::temp_dir().join(format!("{}-libexec", env.name("")?)));
+    std::fs::create_dir_all(&dir.0)?;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))?;
+    let keyd = dir.0.join("wireguard-rs-keyd");
     std::fs::write(
         &keyd,
         "#!/bin/sh\necho 'fake keyd: refusing to start' >&2\nexit 3\n",
     )?;
     std::fs::set_permissions(&keyd, std::fs::Permissions::from_mode(0o755))?;
-    let datad = dir.join("wireguard-rs-datad");
+    let datad = dir.0.join("wireguard-rs-datad");
     if !datad.exists() {
         std::os::unix::fs::symlink(env.rs_dir.join("wireguard-rs-datad"), &datad)?;
+    }
+    Ok(dir)
+}
+
+/// A directory the data plane's user cannot enter (in the test's private directory,
+/// mode 0700) holding the real binaries: root starts keyd, the spawner cannot start datad.
+fn private_libexec_dir(env: &Env) -> Result<PathBuf> {
+    let dir = env.dir.path().join("private-libexec");
+    std::fs::create_dir_all(&dir)?;
+    for bin in ["wireguard-rs-keyd", "wireguard-rs-datad"] {
+        let link = dir.join(bin);
+        if !link.exists() {
+            std::os::unix::fs::symlink(env.rs_dir.join(bin), &link)?;
+        }
     }
     Ok(dir)
 }
@@ -171,7 +196,7 @@ fn background_start_failures_exit_nonzero_with_the_message() -> Result<()> {
     let out = run_rs(
         &env,
         &ns,
-        &["--libexec-dir", &dir.to_string_lossy(), &ifname],
+        &["--libexec-dir", &dir.0.to_string_lossy(), &ifname],
         &[],
     )?;
     ensure_refused(
@@ -180,6 +205,21 @@ fn background_start_failures_exit_nonzero_with_the_message() -> Result<()> {
         &ns,
         &ifname,
         &["key process", "exit status 3"],
+    )?;
+    // Found by the spawner, which reports it to the monitor.
+    let dir = private_libexec_dir(&env)?;
+    let out = run_rs(
+        &env,
+        &ns,
+        &["--libexec-dir", &dir.to_string_lossy(), &ifname],
+        &[],
+    )?;
+    ensure_refused(
+        "a data plane the spawner cannot start",
+        &out,
+        &ns,
+        &ifname,
+        &["wireguard-rs-datad", "Permission denied"],
     )?;
     ensure!(
         find_processes(&env.rs_bin(), &ifname).is_empty(),
