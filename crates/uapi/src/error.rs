@@ -21,6 +21,10 @@ pub enum Errno {
     PortInUse,
     /// `IpcErrorUnknown`: anything else (ENOANO, 55).
     Unknown,
+    /// The listen port needs a privilege the daemon was started without (EACCES, 13): a
+    /// port below 1024 with `--no-low-ports`. wireguard-go answers `PortInUse` here, which
+    /// makes `wg` blame another program; `wg` prints this one as "Permission denied".
+    PermissionDenied,
 }
 
 impl Errno {
@@ -32,6 +36,7 @@ impl Errno {
             Errno::Invalid => 22,
             Errno::PortInUse => 98,
             Errno::Unknown => 55,
+            Errno::PermissionDenied => 13,
         }
     }
 
