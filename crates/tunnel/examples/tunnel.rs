@@ -1,0 +1,100 @@
+//! A WireGuard interface run by the library tunnel, configured with `wg(8)`: creates TUN
+//! `IFNAME` (Linux, root), starts a [`Tunnel`] on it and serves the UAPI socket
+//! `/var/run/wireguard/IFNAME.sock`, forwarding `set` and `get` to [`Tunnel::set`] and
+//! [`Tunnel::get`]. Runs until SIGTERM or SIGINT, or until the interface is deleted.
+//!
+//! For the benchmark: `cargo build --release -p wg-tunnel --example tunnel`, then
+//! `cargo xtask bench --impl 'wg-tunnel=target/release/examples/tunnel {if}'`.
+#![allow(clippy::print_stderr)]
+
+use std::time::Duration;
+
+use wg_tunnel::{Framing, Tunnel, TunnelError};
+use wg_uapi::{Errno, ParseOptions, Request, Response};
+
+fn errno_of(error: &TunnelError) -> Errno {
+    match error.errno() {
+        Some(5) => Errno::Io,
+        Some(71) => Errno::Protocol,
+        Some(22) => Errno::Invalid,
+        Some(98) => Errno::PortInUse,
+        _ => Errno::Unknown,
+    }
+}
+
+fn answer(tunnel: &Tunnel, request: Request) -> Response {
+    match request {
+        Request::Get => match tunnel.get() {
+            Ok(mut text) => {
+                text.push_str("errno=0\n\n");
+                Response::Get(text)
+            }
+            Err(e) => Response::Error(errno_of(&e)),
+        },
+        Request::Set(request) => {
+            let text = wg_uapi::write_set(&request);
+            match tunnel.set(&text) {
+                Ok(()) => Response::SetOk,
+                Err(e) => Response::Error(errno_of(&e)),
+            }
+        }
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(ifname) = std::env::args().nth(1) else {
+        return Err("usage: tunnel IFNAME".into());
+    };
+    let tun = wg_tun::Tun::create(&ifname, 1420)?;
+    let tunnel = Tunnel::start(tun.into_fd(), Framing::Raw, "")?;
+    let listener = wg_uapi::bind_listener(&ifname)?;
+    let _guard = wg_uapi::SocketFileGuard::new(wg_uapi::socket_path(
+        std::path::Path::new(wg_uapi::DEFAULT_SOCKET_DIR),
+        &ifname,
+    ));
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut alive = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, _) = accepted?;
+                    if wg_uapi::check_peer(&stream).is_err() {
+                        continue;
+                    }
+                    let tunnel = &tunnel;
+                    let served = wg_uapi::serve_connection(
+                        stream,
+                        ParseOptions::default(),
+                        Duration::from_secs(30),
+                        |request| std::future::ready(answer(tunnel, request)),
+                    )
+                    .await;
+                    if let Err(e) = served {
+                        eprintln!("UAPI client: {e}");
+                    }
+                }
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = alive.tick() => {
+                    if !tunnel.is_running() {
+                        eprintln!("the tunnel stopped (interface gone?)");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
+    tunnel.stop()?;
+    Ok(())
+}
