@@ -331,17 +331,26 @@ impl Container {
         )
     }
 
-    /// Runs `script` inside; Ok(stdout) on exit 0, Err quoting its output otherwise.
+    /// Runs `script` inside; Ok(stdout) on exit 0, Err quoting the script and its
+    /// output otherwise.
     fn sh(&self, script: &str, timeout: Duration) -> Result<String> {
-        cmd::checked(&mut self.command(script), timeout)
+        self.sh_stdin(script, &[], timeout)
     }
 
     /// Runs `script` inside, feeding `input`.
     fn sh_stdin(&self, script: &str, input: &[u8], timeout: Duration) -> Result<String> {
         let mut c = self.command(script);
         let out = cmd::output_with_stdin(&mut c, input, timeout)?;
-        cmd::ensure_success(&c, &out)?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            let all = format!("{}{}", stdout, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "`{script}` in the container: {}: {}",
+                out.status,
+                all.trim()
+            );
+        }
+        Ok(stdout)
     }
 
     /// Powers the container off (SIGRTMIN+4 to its init) and waits for nspawn to end;
@@ -395,6 +404,13 @@ fn boot(root: &Path, ns: &Namespace, share: &Path, log: &Path) -> Result<Contain
         .arg("--resolv-conf=off")
         .arg("--timezone=off")
         .arg(format!("--network-namespace-path=/run/netns/{}", ns.name()))
+        // CAP_NET_ADMIN: not implied by --network-namespace-path (it is by
+        // --private-network); the daemon makes its TUN device with it. CAP_IPC_LOCK: in
+        // nspawn's default set it is missing, and where the host cannot raise
+        // RLIMIT_MEMLOCK (8 MiB, no CAP_SYS_RESOURCE: this CI machine) keyd's mlockall
+        // then fails with EPERM. A host's PID 1 has it; the unit's
+        // CapabilityBoundingSet still keeps it from the daemon.
+        .arg("--capability=CAP_NET_ADMIN,CAP_IPC_LOCK")
         .arg("--bind=/dev/net/tun")
         .arg(format!("--bind-ro={}:/mnt/wgrs-test", share.display()))
         .arg("--console=read-only");
@@ -426,10 +442,28 @@ fn boot(root: &Path, ns: &Namespace, share: &Path, log: &Path) -> Result<Contain
         leader,
     };
     // `--wait` until boot finished; "degraded" (some unit failed) is reported, not fatal.
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let mut c = container.command("systemctl is-system-running --wait");
-    let out = cmd::output(&mut c, remaining.max(Duration::from_secs(5)))?;
-    let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Early on, systemd may not answer yet: try again until the deadline.
+    let state = loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let mut c = container.command("systemctl is-system-running --wait");
+        let out = cmd::output(&mut c, remaining.max(Duration::from_secs(5)))?;
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if matches!(
+            state.as_str(),
+            "running" | "degraded" | "maintenance" | "stopping"
+        ) {
+            break state;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the container did not finish booting in {BOOT_TIMEOUT:?} (state {state:?}: {}); \
+                 its console:\n{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                tail(&fs::read_to_string(log).unwrap_or_default(), 20)
+            );
+        }
+        cmd::sleep(Duration::from_millis(300))?;
+    };
     if state != "running" {
         let failed = container
             .sh("systemctl --failed --no-legend --plain", SHORT)
@@ -439,7 +473,7 @@ fn boot(root: &Path, ns: &Namespace, share: &Path, log: &Path) -> Result<Contain
             failed.trim()
         );
         if state != "degraded" {
-            bail!("the container did not finish booting (state {state:?})");
+            bail!("the container is {state:?} after boot");
         }
     }
     Ok(container)
@@ -467,7 +501,11 @@ fn init_of(nspawn: u32) -> Option<u32> {
         };
         let ppid = field("PPid:").and_then(|v| v.first().and_then(|p| p.parse::<u32>().ok()));
         let nspid = field("NSpid:").unwrap_or_default();
-        if ppid == Some(nspawn) && nspid.len() >= 2 && nspid.last() == Some(&"1") {
+        // Only once it runs systemd: before its exec, nspawn's child is still setting up
+        // the container's mounts.
+        let is_init =
+            fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == "systemd");
+        if ppid == Some(nspawn) && nspid.len() >= 2 && nspid.last() == Some(&"1") && is_init {
             return Some(pid);
         }
     }
@@ -549,12 +587,21 @@ fn in_container(root: &Path, deb: &Path, checks: &mut Vec<Check>) -> Result<()> 
 
     let log = work.join("container.log");
     let t = Instant::now();
-    let mut container = boot(root, cns, &share, &log)?;
-    push(
-        checks,
-        "container boots (systemd)",
-        Ok(format!("{:.1} s", t.elapsed().as_secs_f64())),
-    );
+    let booted = boot(root, cns, &share, &log);
+    let mut container = match booted {
+        Ok(c) => {
+            push(
+                checks,
+                "container boots (systemd)",
+                Ok(format!("{:.1} s", t.elapsed().as_secs_f64())),
+            );
+            c
+        }
+        Err(e) => {
+            push(checks, "container boots (systemd)", Err(e));
+            return Ok(());
+        }
+    };
 
     let result = container_checks(&container, deb_name, &c_priv, &p_pub, checks);
     if result.is_err() || checks.iter().any(|c| !c.ok) {
@@ -617,12 +664,14 @@ fn container_checks(
     checks: &mut Vec<Check>,
 ) -> Result<()> {
     let unit = format!("wireguard-rs@{IFACE}.service");
-    let installed = ct
-        .sh(
-            &format!("dpkg -i /mnt/wgrs-test/{deb_name} 2>&1"),
-            Duration::from_secs(120),
-        )
-        .map(|out| tail(&out, 1));
+    let installed = ct.sh(
+        &format!(
+            "dpkg -i /mnt/wgrs-test/{deb_name} >/tmp/dpkg.log 2>&1 || {{ cat /tmp/dpkg.log; \
+                 exit 1; }}; dpkg-query -W -f '${{Package}} ${{Version}} ${{db:Status-Status}}' \
+                 wireguard-rs"
+        ),
+        Duration::from_secs(120),
+    );
     if !push(checks, "dpkg -i the .deb", installed) {
         return Ok(());
     }
