@@ -18,6 +18,7 @@ fn errno_of(error: &TunnelError) -> Errno {
         Some(71) => Errno::Protocol,
         Some(22) => Errno::Invalid,
         Some(98) => Errno::PortInUse,
+        Some(13) => Errno::PermissionDenied,
         _ => Errno::Unknown,
     }
 }

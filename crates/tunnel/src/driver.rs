@@ -52,10 +52,16 @@ enum Fatal {
     Device(#[from] DeviceError),
 }
 
-/// The UAPI error the daemon answers when the sockets cannot be changed.
+/// The UAPI error the daemon answers when the sockets cannot be changed: EACCES for a
+/// port the process may not bind, else EADDRINUSE.
 fn port_error(e: &io::Error) -> TunnelError {
+    let errno = if e.kind() == io::ErrorKind::PermissionDenied {
+        Errno::PermissionDenied
+    } else {
+        Errno::PortInUse
+    };
     TunnelError::Uapi {
-        errno: Errno::PortInUse.code(),
+        errno: errno.code(),
         message: format!("cannot apply the listen port or fwmark: {e}"),
     }
 }

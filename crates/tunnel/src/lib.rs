@@ -104,9 +104,9 @@ pub enum TunnelError {
     /// The settings were refused, with the error number the daemon's UAPI socket would
     /// answer (the positive value: 22 EINVAL for a bad key or value, 71 EPROTO for a line
     /// without `=`, 5 EIO for an input over the limits, 98 EADDRINUSE when the listen
-    /// port or fwmark cannot be applied; Linux numbering on every platform, as the UAPI
-    /// protocol has it). Nothing of the settings was applied. The message never holds
-    /// key material.
+    /// port or fwmark cannot be applied, 13 EACCES for a port the process may not bind;
+    /// Linux numbering on every platform, as the UAPI protocol has it). Nothing of the
+    /// settings was applied. The message never holds key material.
     #[error("settings refused (errno {errno}): {message}")]
     Uapi {
         /// The errno, as `wg_uapi::Errno::code`.
