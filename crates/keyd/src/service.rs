@@ -95,6 +95,17 @@ fn thread_cpu_time() -> Duration {
     })
 }
 
+/// The UAPI answer to a listen port or mark the monitor could not apply: a refused
+/// privilege says so (`wg` prints "Permission denied"), anything else is wireguard-go's
+/// "address in use".
+fn reconfigure_errno(errno: i32) -> Errno {
+    if errno == nix::errno::Errno::EACCES as i32 || errno == nix::errno::Errno::EPERM as i32 {
+        Errno::PermissionDenied
+    } else {
+        Errno::PortInUse
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -402,7 +413,7 @@ impl Keyd {
                         applied.config.listen_port,
                         applied.config.fwmark
                     );
-                    let _ = reply.send(Response::Error(Errno::PortInUse));
+                    let _ = reply.send(Response::Error(reconfigure_errno(errno)));
                 }
                 while self.pending_set.is_none() {
                     let Some(next) = self.queued.pop_front() else {

@@ -487,6 +487,12 @@ fn a_listen_port_below_1024_works_by_default() -> Result<()> {
         !out.status.success(),
         "with WG_RS_NO_LOW_PORTS=1, listen-port 443 was accepted"
     );
+    // wg prints the errno keyd answered: the missing privilege, not "Address already in use".
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        said.contains("Permission denied"),
+        "wg was told something else than the missing privilege: {said}"
+    );
     ensure!(
         wait_until(Duration::from_secs(2), || d
             .log()
