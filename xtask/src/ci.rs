@@ -17,6 +17,8 @@ struct Step {
 enum StepKind {
     Command(Command),
     SelfTest,
+    /// `cargo xtask nspawn-test`: the .deb and its unit in a booted Debian container.
+    Nspawn,
     /// `cargo xtask install` into a temporary destdir, then its checks.
     Install,
 }
@@ -101,6 +103,11 @@ pub(crate) fn run() -> Result<()> {
         kind: StepKind::SelfTest,
         timeout: Duration::ZERO,
     });
+    steps.push(Step {
+        name: "nspawn-test (.deb)",
+        kind: StepKind::Nspawn,
+        timeout: Duration::ZERO,
+    });
 
     let total = Instant::now();
     let mut done: Vec<(&str, Duration, bool)> = Vec::new();
@@ -120,6 +127,7 @@ pub(crate) fn run() -> Result<()> {
                 })
             }
             StepKind::Install => crate::install::self_check(),
+            StepKind::Nspawn => crate::nspawn::ci_step(),
             StepKind::SelfTest => crate::selftest::run().and_then(|code| {
                 if code == std::process::ExitCode::SUCCESS {
                     Ok(())

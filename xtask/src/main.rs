@@ -39,7 +39,7 @@ enum Task {
     /// Install what CI and the demo need on a Debian machine (root; idempotent).
     Setup,
     /// Run every check in order: fmt, clippy, tests, KAT, cargo deny, install layout,
-    /// netns self-test.
+    /// netns self-test, nspawn test of the .deb.
     Ci,
     /// Two network namespaces, a WireGuard tunnel, ping and iperf3 throughput (root).
     Demo {

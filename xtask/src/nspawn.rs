@@ -140,6 +140,25 @@ pub(crate) fn run(args: &NspawnArgs) -> Result<ExitCode> {
     }
 }
 
+/// The `cargo xtask ci` step: the whole test (building the .deb first), skipped when not
+/// root, as the netns self-test is.
+pub(crate) fn ci_step() -> Result<()> {
+    if !cmd::is_root() {
+        println!("nspawn-test: SKIPPED: not root (debootstrap and systemd-nspawn need root)");
+        return Ok(());
+    }
+    let code = run(&NspawnArgs {
+        no_build: false,
+        suite: None,
+        mirror: None,
+        refresh: false,
+    })?;
+    if code != ExitCode::SUCCESS {
+        bail!("nspawn-test failed (see the table above)");
+    }
+    Ok(())
+}
+
 /// The cached root for the suite, made by debootstrap if missing or out of date.
 fn ensure_root(args: &NspawnArgs) -> Result<PathBuf> {
     let suite = match &args.suite {

@@ -8,7 +8,8 @@ use anyhow::{Result, bail};
 use crate::cmd;
 
 /// Debian packages: namespaces and ping, throughput, `wg` and the reference userspace
-/// implementation, and the known-answer generator's crypto.
+/// implementation, the known-answer generator's crypto, and the nspawn test's debootstrap
+/// and systemd-nspawn.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -16,6 +17,8 @@ const PACKAGES: &[&str] = &[
     "wireguard-tools",
     "wireguard-go",
     "python3-cryptography",
+    "debootstrap",
+    "systemd-container",
 ];
 
 /// Runs the installer.
