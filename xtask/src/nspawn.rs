@@ -116,21 +116,24 @@ pub(crate) fn run(args: &NspawnArgs) -> Result<ExitCode> {
     println!("\nnspawn-test: results");
     for c in &checks {
         println!(
-            "    {:<4} {:<34} {}",
+            "    {:<4} {:<38} {}",
             if c.ok { "PASS" } else { "FAIL" },
             c.name,
             c.detail
         );
     }
     for (what, d) in &timings {
-        println!("    time {:<34} {:>6.1} s", what, d.as_secs_f64());
+        println!("    time {:<38} {:>6.1} s", what, d.as_secs_f64());
     }
     println!(
-        "    time {:<34} {:>6.1} s",
+        "    time {:<38} {:>6.1} s",
         "total",
         total.elapsed().as_secs_f64()
     );
     result?;
+    if cmd::interrupted() {
+        bail!("interrupted; everything it made is cleaned up");
+    }
     if checks.iter().all(|c| c.ok) {
         println!("nspawn-test: PASS");
         Ok(ExitCode::SUCCESS)
