@@ -46,6 +46,9 @@ pub enum IpcError {
     /// The socket failed.
     #[error("IPC socket error: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer process failed and said why before exiting ([`FAILURE_REPORT_PREFIX`]).
+    #[error("it failed: {0}")]
+    PeerFailed(String),
     /// The peer process was stopped by its seccomp filter for making this syscall.
     #[error("the other process made a forbidden syscall: {name} ({number})")]
     Seccomp {
@@ -61,6 +64,26 @@ pub enum IpcError {
 /// with 0xff 0xff, so it cannot be confused with one.
 pub const SIGSYS_REPORT_PREFIX: [u8; 8] = [0xff, 0xff, b'S', b'I', b'G', b'S', b'Y', b'S'];
 
+/// First bytes of the datagram a worker sends on its channel to the monitor when it fails
+/// (followed by the reason in UTF-8, at most [`MAX_FAILURE_REPORT`] bytes), so that the
+/// reason reaches the user even when the worker's standard error goes nowhere (background
+/// mode). No postcard message starts with 0xff 0xff.
+pub const FAILURE_REPORT_PREFIX: [u8; 8] = [0xff, 0xff, b'F', b'A', b'I', b'L', b'E', b'D'];
+/// Longest failure reason carried, in bytes.
+pub const MAX_FAILURE_REPORT: usize = 512;
+
+/// The datagram that reports `reason` ([`FAILURE_REPORT_PREFIX`]), cut to
+/// [`MAX_FAILURE_REPORT`] bytes on a character boundary.
+pub fn failure_report(reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_FAILURE_REPORT);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut bytes = FAILURE_REPORT_PREFIX.to_vec();
+    bytes.extend_from_slice(reason.get(..end).unwrap_or_default().as_bytes());
+    bytes
+}
+
 /// Decodes one received datagram: a `SIGSYS` report from a sandboxed peer becomes
 /// [`IpcError::Seccomp`], anything else must be exactly one message ([`wg_messages::decode`]).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
@@ -73,6 +96,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
             number,
             name: wg_sandbox::syscall_name(number).unwrap_or("unknown"),
         });
+    }
+    if let Some(reason) = bytes.strip_prefix(&FAILURE_REPORT_PREFIX) {
+        // Shown to the user: bounded, and no control characters from a hostile peer.
+        let reason = String::from_utf8_lossy(reason.get(..MAX_FAILURE_REPORT).unwrap_or(reason));
+        let clean: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        return Err(IpcError::PeerFailed(clean));
     }
     Ok(wg_messages::decode(bytes)?)
 }
@@ -129,6 +161,30 @@ pub fn make_inheritable(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
 mod sigsys_tests {
     use super::*;
     use crate::messages::KeydToMonitor;
+
+    #[test]
+    fn failure_reports_are_recognised_bounded_and_cleaned() {
+        let report = failure_report("cannot sandbox the key process: mlockall: EPERM");
+        match decode::<KeydToMonitor>(&report) {
+            Err(IpcError::PeerFailed(reason)) => {
+                assert_eq!(reason, "cannot sandbox the key process: mlockall: EPERM");
+            }
+            other => panic!("{other:?}"),
+        }
+        let long = "é".repeat(1000);
+        let report = failure_report(&long);
+        assert!(report.len() <= FAILURE_REPORT_PREFIX.len() + MAX_FAILURE_REPORT);
+        let mut hostile = FAILURE_REPORT_PREFIX.to_vec();
+        hostile.extend_from_slice(b"line\n\x1b[31mred\x00");
+        hostile.extend(std::iter::repeat_n(b'x', 4096));
+        match decode::<KeydToMonitor>(&hostile) {
+            Err(IpcError::PeerFailed(reason)) => {
+                assert!(!reason.chars().any(char::is_control), "{reason:?}");
+                assert!(reason.len() <= MAX_FAILURE_REPORT, "{}", reason.len());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn sigsys_reports_are_recognised() {

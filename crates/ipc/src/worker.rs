@@ -82,6 +82,9 @@ where
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}"), 1),
     };
+    // A second handle on the monitor's channel, to say why if the work fails (the channel
+    // itself is gone by then).
+    let failure_channel = fd.try_clone().ok();
     let result = runtime.block_on(async {
         let channel = match Channel::from_fd(fd) {
             Ok(c) => c,
@@ -101,9 +104,28 @@ where
         }
         Err(e) => {
             tracing::error!("failed: {e}");
+            if let Some(fd) = &failure_channel {
+                report_failure(fd, &e);
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Tells the monitor why this worker is about to exit ([`crate::failure_report`]), so the
+/// reason reaches the user where this process's standard error goes nowhere. Best effort:
+/// the monitor may be gone already.
+fn report_failure(channel: &std::os::fd::OwnedFd, reason: &str) {
+    use nix::sys::socket::{MsgFlags, sendmsg};
+    let bytes = crate::failure_report(reason);
+    let iov = [std::io::IoSlice::new(&bytes)];
+    let _ = sendmsg::<()>(
+        channel.as_raw_fd(),
+        &iov,
+        &[],
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
 }
 
 /// The environment variable in which the monitor names the interface to every worker it

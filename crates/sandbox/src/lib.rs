@@ -328,6 +328,18 @@ fn lock_memory() -> Result<(), SandboxError> {
             MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE
         }
         MemoryLock::PresentOnly => {
+            if hard == 0 {
+                return Err(SandboxError::Unfit(format!(
+                    "RLIMIT_MEMLOCK is 0 and cannot be raised (no CAP_SYS_RESOURCE): the key process cannot keep its keys out of swap; start it with a memlock limit of at least {} MiB (systemd: LimitMEMLOCK=) or with CAP_SYS_RESOURCE",
+                    KEYD_MEMLOCK_BYTES >> 20
+                )));
+            }
+            // The soft limit may be below the hard one (a container's default can be 0,
+            // which makes mlockall fail with EPERM): any process may raise it that far.
+            step(
+                "raising the RLIMIT_MEMLOCK soft limit to the hard limit",
+                setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard),
+            )?;
             tracing::warn!(
                 "RLIMIT_MEMLOCK is {} KiB and cannot be raised (no CAP_SYS_RESOURCE): keyd locks only its present memory, so keys set later may reach swap; start it with CAP_SYS_RESOURCE or a memlock limit of at least {} MiB (systemd: LimitMEMLOCK=)",
                 hard / 1024,

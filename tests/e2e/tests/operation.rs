@@ -714,3 +714,45 @@ fn version_of_all_three_binaries() -> Result<()> {
     println!("{main}");
     Ok(())
 }
+
+/// A worker that fails after the background start (here: the key process cannot lock its
+/// memory at all) tells the monitor why before it exits, and the command prints that reason,
+/// not only "the key process exited": its own standard error goes nowhere in background mode.
+#[test]
+fn a_worker_failure_in_background_mode_reaches_the_user_with_its_reason() -> Result<()> {
+    let env = setup!("wf");
+    let ns = Namespace::create(&env.name("n")?)?;
+    let bin = env.rs_bin().to_string_lossy().into_owned();
+    let ifname = env.name("w")?;
+    let _guard = Backgrounded {
+        bin: env.rs_bin(),
+        ifname: ifname.clone(),
+    };
+    if !(cmd::on_path("prlimit") && cmd::on_path("setpriv")) {
+        bail!("prlimit and setpriv are needed (apt-get install util-linux)");
+    }
+    // A memlock limit of 0 that keyd cannot raise (no CAP_SYS_RESOURCE) nor bypass (no
+    // CAP_IPC_LOCK): it refuses to hold keys that could be swapped out.
+    let argv = [
+        "--memlock=0:0",
+        "setpriv",
+        "--bounding-set",
+        "-ipc_lock,-sys_resource",
+        "--inh-caps",
+        "-ipc_lock,-sys_resource",
+        "--",
+        &bin,
+        &ifname,
+    ];
+    let mut c = ns.command("prlimit", &argv);
+    c.env_remove("LOG_LEVEL").env_remove("NOTIFY_SOCKET");
+    let out = cmd::output(&mut c, Duration::from_secs(30))?;
+    ensure_refused(
+        "keyd without any lockable memory",
+        &out,
+        &ns,
+        &ifname,
+        &["key process", "RLIMIT_MEMLOCK", "LimitMEMLOCK"],
+    )?;
+    Ok(())
+}
