@@ -21,9 +21,17 @@ enum StepKind {
     Nspawn,
     /// `cargo xtask install` into a temporary destdir, then its checks.
     Install,
+    /// `cargo check` of the app library for [`CROSS_TARGETS`].
+    Cross,
 }
 
 const MIN: u64 = 60;
+
+/// The app library's other platforms: it must at least compile there (only Linux runs
+/// here). Checked with the pure-Rust AEAD (`--no-default-features`): ring's C and
+/// assembly need the target's C toolchain (Android NDK, Xcode), which this machine has
+/// not.
+pub(crate) const CROSS_TARGETS: [&str; 2] = ["aarch64-linux-android", "aarch64-apple-ios"];
 
 /// Runs every step; prints a summary with durations at the end (also on failure).
 pub(crate) fn run() -> Result<()> {
@@ -94,6 +102,11 @@ pub(crate) fn run() -> Result<()> {
         timeout: Duration::from_secs(10 * MIN),
     });
     steps.push(Step {
+        name: "cross-check (android, ios)",
+        kind: StepKind::Cross,
+        timeout: Duration::ZERO,
+    });
+    steps.push(Step {
         name: "install layout",
         kind: StepKind::Install,
         timeout: Duration::ZERO,
@@ -127,6 +140,7 @@ pub(crate) fn run() -> Result<()> {
                 })
             }
             StepKind::Install => crate::install::self_check(),
+            StepKind::Cross => cross_check(&cargo, &root),
             StepKind::Nspawn => crate::nspawn::ci_step(),
             StepKind::SelfTest => crate::selftest::run().and_then(|code| {
                 if code == std::process::ExitCode::SUCCESS {
@@ -168,6 +182,48 @@ pub(crate) fn run() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `cargo check -p wg-ffi -p wg-tunnel --no-default-features --target T` for each of
+/// [`CROSS_TARGETS`], adding the targets with rustup first where missing.
+fn cross_check(cargo: &str, root: &std::path::Path) -> Result<()> {
+    let mut list = cmd::command::<&str>("rustup", &["target", "list", "--installed"]);
+    let installed = cmd::output(&mut list, Duration::from_secs(60))
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for target in CROSS_TARGETS {
+        if !installed.lines().any(|l| l.trim() == target) {
+            let mut add = cmd::command("rustup", &["target", "add", target]);
+            println!("    $ {}", cmd::describe(&add));
+            let status = cmd::status_inherit(&mut add, Duration::from_secs(15 * MIN))?;
+            if !status.success() {
+                bail!("`rustup target add {target}` failed ({status})");
+            }
+        }
+        let mut check = cmd::command(
+            cargo,
+            &[
+                "check",
+                "-p",
+                "wg-ffi",
+                "-p",
+                "wg-tunnel",
+                "--no-default-features",
+                "--target",
+                target,
+            ],
+        );
+        check.current_dir(root);
+        println!("    $ {}", cmd::describe(&check));
+        let status = cmd::status_inherit(&mut check, Duration::from_secs(30 * MIN))?;
+        if !status.success() {
+            bail!(
+                "the app library does not compile for {target}: `{}` exited with {status}",
+                cmd::describe(&check)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn nextest_available(cargo: &str) -> bool {

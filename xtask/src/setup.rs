@@ -8,8 +8,9 @@ use anyhow::{Result, bail};
 use crate::cmd;
 
 /// Debian packages: namespaces and ping, throughput, `wg` and the reference userspace
-/// implementation, the known-answer generator's crypto, and the nspawn test's debootstrap
-/// and systemd-nspawn.
+/// implementation, the known-answer generator's crypto, the nspawn test's debootstrap
+/// and systemd-nspawn, and the C compiler and valgrind of the C-ABI test
+/// (`tests/e2e/tests/ffi.rs`).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -19,6 +20,9 @@ const PACKAGES: &[&str] = &[
     "python3-cryptography",
     "debootstrap",
     "systemd-container",
+    "gcc",
+    "libc6-dev",
+    "valgrind",
 ];
 
 /// Runs the installer.
@@ -33,7 +37,9 @@ pub(crate) fn run() -> Result<()> {
     worker_users()?;
     cargo_deny()?;
     boringtun()?;
+    cbindgen()?;
     rustup_components()?;
+    rustup_targets()?;
     println!("setup: done");
     Ok(())
 }
@@ -164,6 +170,74 @@ fn boringtun() -> Result<()> {
             "setup: note: boringtun-cli was installed into cargo's bin directory, which is not on \
              PATH; the end-to-end tests also look in ~/.cargo/bin (or set WG_E2E_BORINGTUN)"
         );
+    }
+    Ok(())
+}
+
+/// cbindgen, which generates the C header of wg-ffi (checked by `crates/ffi/tests/header.rs`):
+/// a tool, not a dependency (its MPL-2.0 license is not in deny.toml's allow-list, and
+/// nothing built links it).
+fn cbindgen() -> Result<()> {
+    let mut c = cmd::command::<&str>("cbindgen", &["--version"]);
+    let home_bin = std::env::var_os("HOME")
+        .map(|h| std::path::Path::new(&h).join(".cargo/bin/cbindgen"))
+        .filter(|p| p.is_file());
+    if let Ok(out) = cmd::output(&mut c, Duration::from_secs(30))
+        && out.status.success()
+    {
+        println!(
+            "setup: cbindgen: already installed ({})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        return Ok(());
+    }
+    if let Some(path) = home_bin {
+        println!("setup: cbindgen: already installed ({})", path.display());
+        return Ok(());
+    }
+    println!("setup: running cargo install cbindgen --locked");
+    let mut c = cmd::command(&cmd::cargo(), &["install", "cbindgen", "--locked"]);
+    let status = cmd::status_inherit(&mut c, Duration::from_secs(45 * 60))?;
+    if !status.success() {
+        bail!("`cargo install cbindgen --locked` failed ({status}); see cargo's messages above");
+    }
+    Ok(())
+}
+
+/// The targets of `cargo xtask ci`'s cross-target check of the app library (wg-ffi and
+/// wg-tunnel for Android and iOS; see `crate::ci::CROSS_TARGETS`).
+fn rustup_targets() -> Result<()> {
+    if !cmd::on_path("rustup") {
+        println!(
+            "setup: rustup is not on PATH: add the targets {} with your toolchain manager",
+            crate::ci::CROSS_TARGETS.join(" ")
+        );
+        return Ok(());
+    }
+    let mut c = cmd::command::<&str>("rustup", &["target", "list", "--installed"]);
+    let out = cmd::output(&mut c, Duration::from_secs(60))?;
+    let installed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let missing: Vec<&str> = crate::ci::CROSS_TARGETS
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        println!(
+            "setup: rust targets {}: installed",
+            crate::ci::CROSS_TARGETS.join(" ")
+        );
+        return Ok(());
+    }
+    let mut args = vec!["target", "add"];
+    args.extend(&missing);
+    println!("setup: running rustup {}", args.join(" "));
+    let status = cmd::status_inherit(
+        &mut cmd::command("rustup", &args),
+        Duration::from_secs(15 * 60),
+    )?;
+    if !status.success() {
+        bail!("`rustup {}` failed ({status})", args.join(" "));
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! [`commit`] makes the result current: the oracle's identity and peers are updated and
 //! the [`KeydToDatad`] messages for the data plane are returned.
 
-use wg_ipc::messages::KeydToDatad;
+use wg_messages::messages::KeydToDatad;
 use wg_uapi::{Applied, DeviceConfig, Limits, SecretKey, SetRequest, UapiError};
 use wg_wire::PresharedKey;
 use zeroize::Zeroizing;

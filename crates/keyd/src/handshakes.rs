@@ -20,7 +20,7 @@ use wg_handshake::{IndexTable, Role as HsRole, Session, Tai64N};
 // The oracle's inputs and outputs name these: its callers (the service, the simulation,
 // the device core's tests) use them from here, so only keyd links the handshake crate.
 pub use wg_handshake::{HandshakeError, LocalIdentity, Peer};
-use wg_ipc::messages::{DatadToKeyd, KeydToDatad, PeerUpdate, SecretBytes, SessionKeys};
+use wg_messages::messages::{DatadToKeyd, KeydToDatad, PeerUpdate, SecretBytes, SessionKeys};
 use wg_wire::constants::REKEY_TIMEOUT;
 use wg_wire::{
     CookieReply, MESSAGE_INITIATION, MESSAGE_RESPONSE, PresharedKey, PublicKey, Response,
@@ -425,7 +425,7 @@ mod tests {
     use rand::rngs::StdRng;
     use std::time::{Duration, UNIX_EPOCH};
     use wg_cookie::CookieChecker;
-    use wg_ipc::messages::SessionKeys;
+    use wg_messages::messages::SessionKeys;
     use zeroize::Zeroizing;
 
     fn identity(seed: u8) -> LocalIdentity {

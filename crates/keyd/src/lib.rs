@@ -16,7 +16,7 @@
 //! [`link::DatadLink::on_message`] a decoded `DatadToKeyd`, the oracle, `now`, the wall
 //! clock and a random number generator; it queues the answers
 //! ([`link::DatadLink::front`]/[`link::DatadLink::sent_front`]) and returns finished
-//! statistics or the [`wg_ipc::messages::Misbehaviour`] that ends the data plane. The fuzz
+//! statistics or the [`wg_messages::messages::Misbehaviour`] that ends the data plane. The fuzz
 //! target `keyd_datad_messages` drives exactly that.
 //!
 //! The oracle reads no clock and no OS randomness itself:
@@ -35,11 +35,14 @@
 pub mod config;
 pub mod handshakes;
 pub mod link;
+#[cfg(feature = "service")]
 mod service;
 
+#[cfg(feature = "service")]
 pub use service::{KeydStartup, serve};
 
 /// Why the key process stopped.
+#[cfg(feature = "service")]
 #[derive(Debug, thiserror::Error)]
 pub enum KeydError {
     /// The monitor went away or broke protocol.
@@ -56,6 +59,7 @@ pub enum KeydError {
     Io(#[from] std::io::Error),
 }
 
+#[cfg(feature = "service")]
 /// The key process's entry point after `exec`: waits for the monitor's `Start` with the
 /// UAPI listener and the data-plane channel, then serves.
 pub async fn run_worker(

@@ -21,7 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use wg_ipc::messages::{DatadToKeyd, KeydToDatad, Misbehaviour, PeerStats};
+use wg_messages::messages::{DatadToKeyd, KeydToDatad, Misbehaviour, PeerStats};
 use wg_uapi::PeerRuntime;
 use wg_wire::PublicKey;
 use zeroize::Zeroizing;
@@ -205,7 +205,7 @@ impl DatadLink {
         now: Instant,
     ) -> Result<(), Misbehaviour> {
         for msg in messages {
-            match wg_ipc::encode(&msg) {
+            match wg_messages::encode(&msg) {
                 Ok(bytes) => {
                     self.outbox_bytes += bytes.len();
                     self.outbox.push_back(Zeroizing::new(bytes));
@@ -556,13 +556,13 @@ mod tests {
     #[test]
     fn queued_session_keys_are_not_debug_printed() {
         let mut link = DatadLink::new();
-        let keys = KeydToDatad::Session(wg_ipc::messages::SessionKeys {
+        let keys = KeydToDatad::Session(wg_messages::messages::SessionKeys {
             public_key: PublicKey([1; 32]),
             initiator: true,
             local_index: 1,
             remote_index: 2,
-            send: wg_ipc::messages::SecretBytes([0xab; 32]),
-            recv: wg_ipc::messages::SecretBytes([0xcd; 32]),
+            send: wg_messages::messages::SecretBytes([0xab; 32]),
+            recv: wg_messages::messages::SecretBytes([0xcd; 32]),
             endpoint: None,
         });
         link.queue([keys], Instant::now()).unwrap();
@@ -583,7 +583,7 @@ mod tests {
             allowed_ips: vec!["10.0.0.0/8".parse().unwrap(); 2048],
             more: true,
         };
-        let per_message = wg_ipc::encode(&big).unwrap().len();
+        let per_message = wg_messages::encode(&big).unwrap().len();
         let fits = (1 << 20) / per_message;
         link.queue(std::iter::repeat_n(big.clone(), fits), t0)
             .unwrap();

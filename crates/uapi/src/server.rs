@@ -169,14 +169,28 @@ pub fn check_peer(stream: &impl AsFd) -> Result<(), UapiError> {
 /// who started the daemon (root too, normally). The key process serves UAPI under its own
 /// unprivileged uid; that uid must not be accepted, so the daemon passes the owner's.
 pub fn check_peer_owned_by(stream: &impl AsFd, owner: u32) -> Result<(), UapiError> {
-    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-    let creds = getsockopt(stream, PeerCredentials).map_err(UapiError::PeerCredentials)?;
-    let uid = creds.uid();
+    let uid = peer_uid(stream)?;
     if peer_allowed(uid, owner) {
         Ok(())
     } else {
         Err(UapiError::PeerRefused { uid })
     }
+}
+
+/// The uid of the client: `SO_PEERCRED` on Linux and Android.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn peer_uid(stream: &impl AsFd) -> Result<u32, UapiError> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let creds = getsockopt(stream, PeerCredentials).map_err(UapiError::PeerCredentials)?;
+    Ok(creds.uid())
+}
+
+/// The uid of the client: `getpeereid` on the BSDs and Apple targets (which have no
+/// `SO_PEERCRED`).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn peer_uid(stream: &impl AsFd) -> Result<u32, UapiError> {
+    let (uid, _gid) = nix::unistd::getpeereid(stream).map_err(UapiError::PeerCredentials)?;
+    Ok(uid.as_raw())
 }
 
 /// Whether a client running as `uid` may use the socket of a daemon started by `owner`.
