@@ -427,10 +427,11 @@ fn boot(root: &Path, ns: &Namespace, share: &Path, log: &Path) -> Result<Contain
         .arg("--timezone=off")
         .arg(format!("--network-namespace-path=/run/netns/{}", ns.name()))
         // CAP_NET_ADMIN: not implied by --network-namespace-path (it is by
-        // --private-network); the daemon makes its TUN device with it. Nothing else: where
-        // the host cannot raise RLIMIT_MEMLOCK (no CAP_SYS_RESOURCE, as on this CI
-        // machine) keyd must start anyway, locking what the limit allows.
-        .arg("--capability=CAP_NET_ADMIN")
+        // --private-network); the daemon makes its TUN device with it. CAP_IPC_LOCK:
+        // nspawn's own seccomp filter refuses the @memlock system calls (mlockall: EPERM) to
+        // a container without it, and keyd will not hold keys it cannot lock. A host's
+        // PID 1 has it; the unit's CapabilityBoundingSet still keeps it from the daemon.
+        .arg("--capability=CAP_NET_ADMIN,CAP_IPC_LOCK")
         .arg("--bind=/dev/net/tun")
         .arg(format!("--bind-ro={}:/mnt/wgrs-test", share.display()))
         .arg("--console=read-only");

@@ -348,7 +348,16 @@ fn lock_memory() -> Result<(), SandboxError> {
             MlockAllFlags::MCL_CURRENT
         }
     };
-    step("locking memory (mlockall)", mlockall(flags))
+    match mlockall(flags) {
+        Err(nix::errno::Errno::EPERM) => Err(SandboxError::Unfit(
+            "locking the key process's memory (mlockall) was refused with EPERM: a container's \
+             seccomp filter forbids it without CAP_IPC_LOCK (systemd-nspawn: \
+             --capability=CAP_IPC_LOCK), or the memlock limit is 0; \
+             keyd does not run with keys that could be swapped out"
+                .to_owned(),
+        )),
+        other => step("locking memory (mlockall)", other),
+    }
 }
 
 /// Makes an empty, root-owned directory the process's root. Not optional: a key process
