@@ -651,6 +651,10 @@ impl Daemon {
                     .set_mtu(usize::try_from(mtu).unwrap_or(wg_router::DEFAULT_MTU));
                 Ok(())
             }
+            MonitorToDatad::Roaming { enabled } => {
+                self.device.set_roaming(enabled);
+                Ok(())
+            }
             MonitorToDatad::Start { .. } => Err(DatadError::Protocol("monitor (second start)")),
         }
     }

@@ -3,7 +3,10 @@
 //! same IPC messages (each one encoded and decoded, as between processes).
 //!
 //! **For:** tests, and applications that embed WireGuard (a mobile app's network
-//! extension) where spawning processes is impossible. It gives up the privilege
+//! extension) where spawning processes is impossible: [`run`] serves a UAPI socket like the
+//! daemon; [`serve`] takes an [`Embedding`] (UAPI requests from the same process and a
+//! [`Control`] channel for socket rebinding, descriptors and roaming), which is how
+//! `wg-tunnel` runs the daemon's batched data plane behind its API on Linux and Android. It gives up the privilege
 //! separation: everything shares one address space. Use the `wireguard-rs` launcher
 //! wherever processes are available.
 //!
@@ -17,12 +20,15 @@
 //! tokio.
 #![forbid(unsafe_code)]
 
-use std::os::fd::AsFd;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use wg_ipc::messages::{DatadToMonitor, KeydToMonitor, MonitorToDatad, Role};
 use wg_ipc::{Channel, Received};
+use wg_keyd::UapiSource;
 use wg_monitor::mtu::MtuWatch;
 use wg_monitor::sockets::{SocketOwner, UdpSockets};
 use wg_tun::Tun;
@@ -46,10 +52,52 @@ pub enum EmbedError {
 pub enum Stopped {
     /// The TUN interface was deleted.
     InterfaceGone,
+    /// The owner dropped its [`Control`] sender ([`Embedding::control`]).
+    Requested,
+}
+
+/// What an in-process owner asks besides UAPI requests (those go to keyd through
+/// [`UapiSource::InProcess`]).
+#[derive(Debug)]
+pub enum Control {
+    /// New UDP sockets (after a network change), on the same port if it can be bound
+    /// again, else on a random one. Answers `Some(port)` when the port moved: keyd still
+    /// has the old one until the owner sends it a `set` of `listen_port=port` (which then
+    /// changes nothing but keyd's view).
+    Bump(oneshot::Sender<io::Result<Option<u16>>>),
+    /// The raw descriptors of the IPv4 and IPv6 sockets (duplicates of the data plane's:
+    /// the same sockets, for `VpnService.protect()`); valid until the next change.
+    SocketFds(oneshot::Sender<(Option<RawFd>, Option<RawFd>)>),
+    /// Roaming on or off (`MonitorToDatad::Roaming`); answered once it is queued for the
+    /// data plane.
+    Roaming(bool, oneshot::Sender<()>),
+}
+
+/// Everything [`serve`] runs on.
+#[derive(Debug)]
+pub struct Embedding {
+    /// The interface name, for keyd's log.
+    pub interface: String,
+    /// The TUN device (with or without the virtio-net header: the data plane uses what it
+    /// has).
+    pub tun: Tun,
+    /// Where keyd's UAPI requests come from.
+    pub uapi: UapiSource,
+    /// The bound UDP sockets (`wg_monitor::sockets::bind`), without a firewall mark.
+    pub sockets: UdpSockets,
+    /// Threads besides the event loop for the data plane's AEAD work.
+    pub crypto_threads: usize,
+    /// The owner's requests; dropping the sender stops everything
+    /// ([`Stopped::Requested`]). `None`: runs until the interface goes or a part fails.
+    pub control: Option<mpsc::UnboundedReceiver<Control>>,
 }
 
 /// How often the TUN's MTU is read (as the monitor's poll).
 const MTU_POLL: Duration = Duration::from_secs(1);
+/// How long a bump waits for the data plane to let go of the old sockets, so the port can
+/// be bound again.
+const REBIND_WAIT: Duration = Duration::from_millis(500);
+const REBIND_RETRY: Duration = Duration::from_millis(2);
 
 /// Tells the data plane the TUN's MTU. A failure means its channel is gone: its task ends
 /// and the loop stops with its result.
@@ -59,7 +107,58 @@ async fn send_mtu(datad: &Channel, mtu: u32) {
     }
 }
 
-/// Runs the whole daemon in this process until the interface goes away or a part fails.
+/// Hands the owner's current sockets to the data plane.
+async fn announce(owner: &SocketOwner, datad: &Channel) {
+    let (msg, fds) = owner.announcement();
+    if let Err(e) = datad.send(&msg, &fds).await {
+        // The data plane's channel is gone: its next receive stops the tunnel.
+        tracing::warn!("could not hand new sockets to the data plane: {e}");
+    }
+}
+
+/// [`Control::Bump`]: the data plane holds duplicates of the sockets, so the port is only
+/// free once it has taken other ones. New sockets on a random port go to it first; then
+/// the old port is bound again (retried while the data plane lets go of the old sockets)
+/// and those replace them. If the old port cannot be had, the random one stays.
+async fn bump(owner: &mut SocketOwner, datad: &Channel) -> io::Result<Option<u16>> {
+    let port = owner.sockets.port;
+    let interim = wg_monitor::sockets::bind(0, owner.fwmark, owner.offload)?;
+    owner.sockets = interim;
+    announce(owner, datad).await;
+    let deadline = tokio::time::Instant::now() + REBIND_WAIT;
+    loop {
+        match wg_monitor::sockets::bind(port, owner.fwmark, owner.offload) {
+            Ok(sockets) => {
+                owner.sockets = sockets;
+                announce(owner, datad).await;
+                return Ok(None);
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(REBIND_RETRY).await;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot bind port {port} again ({e}); now on port {}",
+                    owner.sockets.port
+                );
+                return Ok(Some(owner.sockets.port));
+            }
+        }
+    }
+}
+
+async fn next_control(control: Option<&mut mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
+    match control {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the whole daemon in this process until the interface goes away or a part fails,
+/// serving the UAPI socket `uapi` (clients checked as the daemon checks them).
 /// Must be called inside a tokio runtime with I/O and time enabled.
 pub async fn run(
     interface: String,
@@ -67,6 +166,29 @@ pub async fn run(
     uapi: UnixListener,
     sockets: UdpSockets,
 ) -> Result<Stopped, EmbedError> {
+    serve(Embedding {
+        interface,
+        tun,
+        uapi: UapiSource::Socket(uapi),
+        sockets,
+        crypto_threads: usize::from(wg_ipc::worker::default_crypto_threads()),
+        control: None,
+    })
+    .await
+}
+
+/// Runs the whole daemon in this process on `embedding` until the interface goes away, a
+/// part fails, or the owner drops its [`Control`] sender. Must be called inside a tokio
+/// runtime with I/O and time enabled.
+pub async fn serve(embedding: Embedding) -> Result<Stopped, EmbedError> {
+    let Embedding {
+        interface,
+        tun,
+        uapi,
+        sockets,
+        crypto_threads,
+        mut control,
+    } = embedding;
     let (keyd_to_datad, datad_to_keyd) = Channel::memory_pair();
     let (monitor_keyd, keyd_monitor) = Channel::memory_pair();
     let (monitor_datad, datad_monitor) = Channel::memory_pair();
@@ -78,7 +200,7 @@ pub async fn run(
         udp4: sockets.v4.try_clone()?,
         udp6: sockets.v6.as_ref().map(|s| s.try_clone()).transpose()?,
         udp_gso: sockets.offload.gso,
-        crypto_threads: usize::from(wg_ipc::worker::default_crypto_threads()),
+        crypto_threads,
         keyd: datad_to_keyd,
         monitor: Some(datad_monitor),
         lockdown: None,
@@ -140,6 +262,25 @@ pub async fn run(
                 Ok(Received { msg: DatadToMonitor::InterfaceGone, .. }) => break Ok(Stopped::InterfaceGone),
                 Ok(Received { msg: DatadToMonitor::Hello(_), .. }) => {}
                 Err(e) => break Err(EmbedError::Datad(e.to_string())),
+            },
+            c = next_control(control.as_mut()) => match c {
+                None => break Ok(Stopped::Requested),
+                Some(Control::Bump(reply)) => {
+                    let _ = reply.send(bump(&mut owner, &monitor_datad).await);
+                }
+                Some(Control::SocketFds(reply)) => {
+                    let fds = (
+                        Some(owner.sockets.v4.as_raw_fd()),
+                        owner.sockets.v6.as_ref().map(AsRawFd::as_raw_fd),
+                    );
+                    let _ = reply.send(fds);
+                }
+                Some(Control::Roaming(enabled, reply)) => {
+                    if let Err(e) = monitor_datad.send(&MonitorToDatad::Roaming { enabled }, &[]).await {
+                        tracing::warn!("could not tell the data plane about roaming: {e}");
+                    }
+                    let _ = reply.send(());
+                }
             },
             _ = poll.tick() => {
                 if let Some(value) = mtu.on_poll(tun.mtu()) {

@@ -39,7 +39,7 @@ pub mod link;
 mod service;
 
 #[cfg(feature = "service")]
-pub use service::{KeydStartup, serve};
+pub use service::{KeydStartup, UapiRequest, UapiSource, serve};
 
 /// Why the key process stopped.
 #[cfg(feature = "service")]
@@ -99,7 +99,7 @@ pub async fn run_worker(
     lockdown().map_err(KeydError::Sandbox)?;
     serve(KeydStartup {
         interface,
-        uapi: std::os::unix::net::UnixListener::from(uapi),
+        uapi: UapiSource::Socket(std::os::unix::net::UnixListener::from(uapi)),
         datad: wg_ipc::Channel::from_fd(datad)?,
         monitor,
         listen_port,

@@ -24,10 +24,36 @@ const UAPI_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests queued from all UAPI clients.
 const COMMAND_QUEUE: usize = 64;
 
-/// One UAPI request and where to send its answer.
-struct Command {
-    request: Request,
-    reply: oneshot::Sender<Response>,
+/// One UAPI request and where to send its answer: what a UAPI client's connection hands
+/// the event loop, and what an in-process owner of keyd ([`UapiSource::InProcess`]) sends
+/// it directly.
+#[derive(Debug)]
+pub struct UapiRequest {
+    /// The parsed request.
+    pub request: Request,
+    /// Where the answer goes (`get` text with its `errno=0` trailer, `SetOk` or the
+    /// error).
+    pub reply: oneshot::Sender<Response>,
+}
+
+type Command = UapiRequest;
+
+/// Where keyd's UAPI requests come from.
+#[derive(Debug)]
+pub enum UapiSource {
+    /// The UAPI socket (`/var/run/wireguard/IFNAME.sock`): clients are accepted when they
+    /// run as root or as the monitor's user.
+    Socket(StdUnixListener),
+    /// Requests from the same process (the in-process tunnel): no socket and no owner
+    /// check, the sender is the owner of the tunnel. Serving ends when every sender is
+    /// dropped, as when the monitor goes away.
+    InProcess(mpsc::Receiver<UapiRequest>),
+}
+
+impl From<StdUnixListener> for UapiSource {
+    fn from(listener: StdUnixListener) -> Self {
+        UapiSource::Socket(listener)
+    }
 }
 
 /// What keyd starts with.
@@ -35,8 +61,9 @@ struct Command {
 pub struct KeydStartup {
     /// The interface name.
     pub interface: String,
-    /// The UAPI listener (`/var/run/wireguard/IFNAME.sock`).
-    pub uapi: StdUnixListener,
+    /// The UAPI requests: the listener (`/var/run/wireguard/IFNAME.sock`) or an in-process
+    /// receiver.
+    pub uapi: UapiSource,
     /// Channel to the data plane.
     pub datad: Channel,
     /// Channel to the monitor (privileged operations).
@@ -115,9 +142,14 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Serves until the monitor goes away (the process is then stopped anyway).
 pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
-    startup.uapi.set_nonblocking(true)?;
-    let listener = UnixListener::from_std(startup.uapi)?;
-    let (commands_tx, mut commands) = mpsc::channel::<Command>(COMMAND_QUEUE);
+    let (listener, commands_tx, mut commands) = match startup.uapi {
+        UapiSource::Socket(listener) => {
+            listener.set_nonblocking(true)?;
+            let (tx, rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
+            (Some(UnixListener::from_std(listener)?), Some(tx), rx)
+        }
+        UapiSource::InProcess(rx) => (None, None, rx),
+    };
     let mut keyd = Keyd {
         config: DeviceConfig {
             listen_port: startup.listen_port,
@@ -151,9 +183,18 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
                 Err(IpcError::Closed) => return Ok(()),
                 Err(e) => return Err(KeydError::Monitor(e)),
             },
-            Some(command) = commands.recv() => keyd.on_command(command).await?,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn_client(stream, owner, commands_tx.clone()),
+            command = commands.recv() => match command {
+                Some(command) => keyd.on_command(command).await?,
+                // Only an in-process source closes (the socket's sender lives here): its
+                // owner is gone, as the monitor would be.
+                None => return Ok(()),
+            },
+            accepted = accept(listener.as_ref()) => match accepted {
+                Ok((stream, _)) => {
+                    if let Some(tx) = &commands_tx {
+                        spawn_client(stream, owner, tx.clone());
+                    }
+                }
                 Err(e) => tracing::warn!("UAPI accept failed: {e}"),
             },
             () = sleep_until(deadline) => {
@@ -179,6 +220,16 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
             },
         }
         keyd.flush_datad();
+    }
+}
+
+/// The next UAPI client, if there is a socket.
+async fn accept(
+    listener: Option<&UnixListener>,
+) -> std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -357,6 +357,15 @@ pub enum MonitorToDatad {
         /// The MTU in bytes.
         mtu: u32,
     },
+    /// Roaming on (the default) or off: off, a peer with a configured endpoint keeps it
+    /// whatever address its packets come from (wireguard-go's
+    /// `DisableSomeRoamingForBrokenMobileSemantics`). Sent by the in-process tunnel
+    /// (`wg-tunnel` over `wg-embed`) only; the daemon's monitor never sends it. Appended
+    /// last: the other variants keep their encoding.
+    Roaming {
+        /// Whether packets from a new address move a configured endpoint.
+        enabled: bool,
+    },
 }
 
 /// datad → monitor.

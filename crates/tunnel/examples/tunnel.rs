@@ -1,10 +1,12 @@
 //! A WireGuard interface run by the library tunnel, configured with `wg(8)`: creates TUN
-//! `IFNAME` (Linux, root), starts a [`Tunnel`] on it and serves the UAPI socket
+//! `IFNAME` (Linux, root; with the virtio-net header and offloads as the daemon creates its
+//! own, or a plain one with `--no-offloads`, as an app's TUN is), starts a [`Tunnel`] on it and serves the UAPI socket
 //! `/var/run/wireguard/IFNAME.sock`, forwarding `set` and `get` to [`Tunnel::set`] and
 //! [`Tunnel::get`]. Runs until SIGTERM or SIGINT, or until the interface is deleted.
 //!
 //! For the benchmark: `cargo build --release -p wg-tunnel --example tunnel`, then
-//! `cargo xtask bench --impl 'wg-tunnel=target/release/examples/tunnel {if}'`.
+//! `cargo xtask bench --impl 'wg-tunnel=target/release/examples/tunnel {if}'`
+//! (or `tunnel --no-offloads {if}`).
 #![allow(clippy::print_stderr)]
 
 use std::time::Duration;
@@ -47,11 +49,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let Some(ifname) = std::env::args().nth(1) else {
-        return Err("usage: tunnel IFNAME".into());
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let plain = args.first().is_some_and(|a| a == "--no-offloads");
+    if plain {
+        args.remove(0);
+    }
+    let [ifname] = args.as_slice() else {
+        return Err("usage: tunnel [--no-offloads] IFNAME".into());
     };
-    let tun = wg_tun::Tun::create(&ifname, 1420)?;
+    let ifname = ifname.clone();
+    let tun = if plain {
+        wg_tun::Tun::create(&ifname, 1420)?
+    } else {
+        wg_tun::Tun::create_offloaded(&ifname, 1420)?
+    };
     let tunnel = Tunnel::start(tun.into_fd(), Framing::Raw, "")?;
+    eprintln!("tunnel on {ifname}: {:?} backend", tunnel.backend());
     let listener = wg_uapi::bind_listener(&ifname)?;
     let _guard = wg_uapi::SocketFileGuard::new(wg_uapi::socket_path(
         std::path::Path::new(wg_uapi::DEFAULT_SOCKET_DIR),

@@ -54,7 +54,7 @@ enum Fatal {
 
 /// The UAPI error the daemon answers when the sockets cannot be changed: EACCES for a
 /// port the process may not bind, else EADDRINUSE.
-fn port_error(e: &io::Error) -> TunnelError {
+pub(crate) fn port_error(e: &io::Error) -> TunnelError {
     let errno = if e.kind() == io::ErrorKind::PermissionDenied {
         Errno::PermissionDenied
     } else {

@@ -35,7 +35,13 @@
 //! [`Tunnel`] handle's requests. Configuration is UAPI text, applied by the very code of
 //! the daemon: `wg_uapi` parses and validates it all or nothing, and
 //! [`wg_keyd::config::commit`] turns it into oracle state and device messages. It is not
-//! datad: no batching, no offloads, no crypto threads; one packet at a time.
+//! datad: no batching, no offloads, no crypto threads; one packet at a time. That is the
+//! [`Backend::Portable`] driver. On Linux, a real TUN device with [`Framing::Raw`] is
+//! instead run by [`Backend::Datad`]: the daemon itself in process (`wg-embed`: the key
+//! process's service fed UAPI requests from the handle, the data plane `wg_datad::serve`
+//! with its batched TUN and UDP I/O, virtio-net super-packets if the TUN has the header,
+//! UDP GSO/GRO and crypto threads, and the monitor's socket handling), as tasks of the
+//! same thread's runtime; [`Tunnel::backend`] says which runs.
 //!
 //! **Trusts:** its caller, for the TUN descriptor (it must be one packet per read, framed
 //! as said) and for the settings (they carry the private key; the caller is the owner of
@@ -79,6 +85,8 @@
 #![deny(unsafe_code)]
 
 mod driver;
+#[cfg(target_os = "linux")]
+mod fast;
 mod framing;
 mod sockets;
 
@@ -184,18 +192,35 @@ pub struct PeerStats {
     pub tx_bytes: u64,
 }
 
+/// Which implementation runs a tunnel ([`Tunnel::backend`]). Both behave the same behind
+/// the API (the same settings semantics, errors and answers); they differ in speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The portable driver: one packet per system call over the protocol core, on any
+    /// descriptor with [`Framing`] (Apple utun, a socket pair standing in for a TUN, or a
+    /// Linux TUN the data plane cannot drive).
+    Portable,
+    /// The daemon in process (Linux, on a real TUN device with [`Framing::Raw`];
+    /// Android not yet: the daemon's crates build on Linux only): `wg-embed` runs the key process's service and the data plane
+    /// (batched TUN and UDP I/O, virtio-net super-packets when the TUN was created with
+    /// the header, UDP GSO and GRO, crypto threads) as tasks of the tunnel's thread.
+    Datad,
+}
+
 /// A running tunnel: a handle to its thread. Calls block until the thread answers (it
 /// answers between packets, within microseconds); they may be made from any thread.
 /// Dropping the handle stops the tunnel, as [`Tunnel::stop`] does.
 pub struct Tunnel {
     control: UnboundedSender<Request>,
     thread: Option<JoinHandle<()>>,
+    backend: Backend,
 }
 
 impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tunnel")
             .field("running", &!self.control.is_closed())
+            .field("backend", &self.backend)
             .finish_non_exhaustive()
     }
 }
@@ -244,13 +269,36 @@ impl Tunnel {
         set_nonblocking(&tun)?;
         let (control, requests) = unbounded_channel();
         let (ready, started) = sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("wg-tunnel".to_owned())
-            .spawn(move || driver::run(tun, framing, request, requests, ready))?;
+        let builder = std::thread::Builder::new().name("wg-tunnel".to_owned());
+        #[cfg(target_os = "linux")]
+        let fast = match framing {
+            Framing::Raw => fast::adopt(&tun),
+            Framing::AfHeader => None,
+        };
+        #[cfg(target_os = "linux")]
+        let (backend, thread) = match fast {
+            Some(device) => {
+                // The device holds a duplicate; the original closes here.
+                drop(tun);
+                let thread = builder.spawn(move || fast::run(device, request, requests, ready))?;
+                (Backend::Datad, thread)
+            }
+            None => {
+                let thread =
+                    builder.spawn(move || driver::run(tun, framing, request, requests, ready))?;
+                (Backend::Portable, thread)
+            }
+        };
+        #[cfg(not(target_os = "linux"))]
+        let (backend, thread) = (
+            Backend::Portable,
+            builder.spawn(move || driver::run(tun, framing, request, requests, ready))?,
+        );
         let result = started.recv();
         let tunnel = Tunnel {
             control,
             thread: Some(thread),
+            backend,
         };
         match result {
             Ok(Ok(())) => Ok(tunnel),
@@ -428,6 +476,24 @@ impl Tunnel {
             _ if !was_running => Err(TunnelError::Stopped),
             _ => Ok(()),
         }
+    }
+
+    /// Which implementation runs this tunnel: [`Backend::Datad`] on a real Linux TUN
+    /// device with [`Framing::Raw`], else [`Backend::Portable`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::os::unix::net::UnixDatagram;
+    /// # use wg_tunnel::{Backend, Framing, Tunnel};
+    /// // A socket pair is not a TUN device: the portable driver runs it.
+    /// let (tun, _app_side) = UnixDatagram::pair()?;
+    /// let tunnel = Tunnel::start(tun.into(), Framing::Raw, "")?;
+    /// assert_eq!(tunnel.backend(), Backend::Portable);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Whether the tunnel still runs (it stops by itself when its TUN descriptor fails).

@@ -1,7 +1,10 @@
 //! The library tunnel (`wg-tunnel`) on a real Linux TUN device, against wireguard-go:
 //! namespace A holds a TUN interface driven by `Tunnel::start` in this test process,
 //! namespace B runs wireguard-go. Pings both ways, TCP transfers both ways checked by
-//! length and hash, the statistics, a run-time `set`, and a clean stop.
+//! length and hash, the statistics, a run-time `set`, and a clean stop. On a real TUN the
+//! tunnel runs the daemon's data plane in process (`Backend::Datad`): once on a TUN
+//! created with the virtio-net header and offloads (as the daemon creates its own), once
+//! on a plain one (as an app's `VpnService` TUN is).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::fs::File;
@@ -13,12 +16,12 @@ use wg_e2e::net::tcp_transfer;
 use wg_e2e::topo::{PORTS, TUN4, TUN6, UNDER4, address_tunnel, two_hosts};
 use wg_e2e::wgtool::base64_to_hex;
 use wg_e2e::{Daemon, Impl, Namespace, link_exists, ping_ok, setup, wait_until};
-use wg_tunnel::{Framing, Tunnel};
+use wg_tunnel::{Backend, Framing, Tunnel};
 
 /// Creates TUN `ifname` in `ns` and starts a tunnel on it with `settings`, on a thread
 /// that entered the namespace (the tunnel's thread inherits it, so its UDP sockets live
 /// there too).
-fn start_in(ns: &Namespace, ifname: &str, settings: String) -> Result<Tunnel> {
+fn start_in(ns: &Namespace, ifname: &str, settings: String, offloaded: bool) -> Result<Tunnel> {
     let (tx, rx) = mpsc::channel::<Result<Tunnel, String>>();
     let (ns_name, name) = (ns.name().to_owned(), ifname.to_owned());
     std::thread::Builder::new()
@@ -29,8 +32,12 @@ fn start_in(ns: &Namespace, ifname: &str, settings: String) -> Result<Tunnel> {
                     .map_err(|e| format!("opening the namespace {ns_name}: {e}"))?;
                 nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|e| format!("setns {ns_name}: {e}"))?;
-                let tun = wg_tun::Tun::create(&name, 1420)
-                    .map_err(|e| format!("creating TUN {name}: {e}"))?;
+                let tun = if offloaded {
+                    wg_tun::Tun::create_offloaded(&name, 1420)
+                } else {
+                    wg_tun::Tun::create(&name, 1420)
+                }
+                .map_err(|e| format!("creating TUN {name}: {e}"))?;
                 Tunnel::start(tun.into_fd(), Framing::Raw, &settings)
                     .map_err(|e| format!("Tunnel::start: {e}"))
             };
@@ -47,9 +54,19 @@ fn start_in(ns: &Namespace, ifname: &str, settings: String) -> Result<Tunnel> {
 #[test]
 fn the_library_tunnel_on_a_real_tun_talks_to_wireguard_go() -> Result<()> {
     let env = setup!("tap");
-    let hosts = two_hosts(&env)?;
+    talks_to_wireguard_go(&env, false)
+}
+
+#[test]
+fn the_library_tunnel_on_an_offloaded_tun_talks_to_wireguard_go() -> Result<()> {
+    let env = setup!("tao");
+    talks_to_wireguard_go(&env, true)
+}
+
+fn talks_to_wireguard_go(env: &wg_e2e::Env, offloaded: bool) -> Result<()> {
+    let hosts = two_hosts(env)?;
     let (ka, kb) = (env.keys("a")?, env.keys("b")?);
-    let b = Daemon::start(&env, &hosts.b, Impl::Go, &env.name("wb")?)?;
+    let b = Daemon::start(env, &hosts.b, Impl::Go, &env.name("wb")?)?;
     b.set(&[
         "private-key",
         &kb.file.to_string_lossy(),
@@ -74,15 +91,20 @@ fn the_library_tunnel_on_a_real_tun_talks_to_wireguard_go() -> Result<()> {
         TUN4[1],
         TUN6[1],
     );
-    let tunnel = start_in(&hosts.a, &ifname, settings)?;
+    let tunnel = start_in(&hosts.a, &ifname, settings, offloaded)?;
+    ensure!(
+        tunnel.backend() == Backend::Datad,
+        "a real TUN runs the daemon's data plane, got {:?}",
+        tunnel.backend()
+    );
     let run = || -> Result<()> {
         address_tunnel(&hosts.a, &ifname, TUN4[0], TUN6[0])?;
         ping_ok(&hosts.a, TUN4[1], &[])?;
         ping_ok(&hosts.a, TUN6[1], &[])?;
         ping_ok(&hosts.b, TUN4[0], &[])?;
         // 4 MiB each way, compared by length and BLAKE2s hash at the far end.
-        tcp_transfer(&env, &hosts.a, &hosts.b, TUN4[1], 5201, 4 << 20)?;
-        tcp_transfer(&env, &hosts.b, &hosts.a, TUN4[0], 5202, 4 << 20)?;
+        tcp_transfer(env, &hosts.a, &hosts.b, TUN4[1], 5201, 4 << 20)?;
+        tcp_transfer(env, &hosts.b, &hosts.a, TUN4[0], 5202, 4 << 20)?;
 
         let stats = tunnel.peer_stats()?;
         ensure!(stats.len() == 1, "one peer, got {stats:?}");
@@ -105,6 +127,19 @@ fn the_library_tunnel_on_a_real_tun_talks_to_wireguard_go() -> Result<()> {
             "wireguard-go sees A at {:?}",
             seen.endpoint
         );
+        // New sockets (a network change): other descriptors, the same port, still working.
+        let before = tunnel.socket_fds()?;
+        tunnel.bump_sockets()?;
+        ensure!(tunnel.socket_fds()? != before, "bump kept the descriptors");
+        ensure!(
+            tunnel
+                .get()?
+                .contains(&format!("listen_port={}\n", PORTS[0])),
+            "the port changed on bump"
+        );
+        tunnel.set_roaming(false)?;
+        ping_ok(&hosts.a, TUN4[1], &[])?;
+        ping_ok(&hosts.b, TUN4[0], &[])?;
         // A run-time change: B's IPv6 address leaves A's allowed IPs, so pings to it fail,
         // while IPv4 still works.
         tunnel.set(&format!(
