@@ -118,6 +118,27 @@ pub fn address_tunnel(ns: &Namespace, dev: &str, v4: &str, v6: &str) -> Result<(
     Ok(())
 }
 
+/// A wireguard-go peer on host B of `hosts`, for a tunnel that a test runs itself on host A
+/// (in process, through the library or its C ABI): B listens on [`PORTS`]`[1]` with its
+/// tunnel addressed [`TUN4`]`[1]`/[`TUN6`]`[1]` and accepts A's key for A's tunnel
+/// addresses. Returns B and the keys of A and B.
+pub fn go_peer_on_b(env: &Env, hosts: &TwoHosts) -> Result<(Daemon, Keys, Keys)> {
+    let (ka, kb) = (env.keys("a")?, env.keys("b")?);
+    let b = Daemon::start(env, &hosts.b, Impl::Go, &env.name("wb")?)?;
+    b.set(&[
+        "private-key",
+        &kb.file.to_string_lossy(),
+        "listen-port",
+        &PORTS[1].to_string(),
+        "peer",
+        &ka.public,
+        "allowed-ips",
+        &format!("{}/32,{}/128", TUN4[0], TUN6[0]),
+    ])?;
+    address_tunnel(&hosts.b, &b.ifname, TUN4[1], TUN6[1])?;
+    Ok((b, ka, kb))
+}
+
 impl Pair {
     /// Builds the pair and configures both ends (no traffic yet: no handshake).
     pub fn new(env: &Env, spec: PairSpec) -> Result<Self> {

@@ -24,7 +24,7 @@ use wg_e2e::env::workspace_root;
 use wg_e2e::net::tcp_transfer;
 use wg_e2e::topo::{PORTS, TUN4, TUN6, UNDER4, address_tunnel, two_hosts};
 use wg_e2e::wgtool::base64_to_hex;
-use wg_e2e::{Daemon, Env, Impl, cmd, link_exists, ping_fails, ping_ok, wait_until};
+use wg_e2e::{Env, cmd, link_exists, ping_fails, ping_ok, wait_until};
 
 /// The two runs share two cores: one at a time (valgrind is slow enough alone).
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -212,19 +212,7 @@ fn run(tag: &str, valgrind: bool) -> Result<()> {
     }
     let program = build_program(&env)?;
     let hosts = two_hosts(&env)?;
-    let (ka, kb) = (env.keys("a")?, env.keys("b")?);
-    let b = Daemon::start(&env, &hosts.b, Impl::Go, &env.name("wb")?)?;
-    b.set(&[
-        "private-key",
-        &kb.file.to_string_lossy(),
-        "listen-port",
-        &PORTS[1].to_string(),
-        "peer",
-        &ka.public,
-        "allowed-ips",
-        &format!("{}/32,{}/128", TUN4[0], TUN6[0]),
-    ])?;
-    address_tunnel(&hosts.b, &b.ifname, TUN4[1], TUN6[1])?;
+    let (b, ka, kb) = wg_e2e::topo::go_peer_on_b(&env, &hosts)?;
 
     let ifname = env.name("wa")?;
     let program_s = program.to_string_lossy().into_owned();

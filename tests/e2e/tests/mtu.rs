@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use wg_e2e::daemon::{Daemon, socket_path};
+use wg_e2e::daemon::socket_path;
 use wg_e2e::env::SHORT;
 use wg_e2e::net::link_mtu;
 use wg_e2e::proc::{RsProcesses, sigkill};
@@ -147,19 +147,7 @@ fn padding_follows_the_tun_mtu_after_a_change_and_a_data_plane_restart() -> Resu
 fn in_process_mode_pads_to_the_tun_mtu_after_a_change() -> Result<()> {
     let env = setup!("mte");
     let hosts = two_hosts(&env)?;
-    let (ka, kb) = (env.keys("a")?, env.keys("b")?);
-    let b = Daemon::start(&env, &hosts.b, Impl::Go, &env.name("wb")?)?;
-    b.set(&[
-        "private-key",
-        &kb.file.to_string_lossy(),
-        "listen-port",
-        &PORTS[1].to_string(),
-        "peer",
-        &ka.public,
-        "allowed-ips",
-        &format!("{}/32,{}/128", TUN4[0], TUN6[0]),
-    ])?;
-    address_tunnel(&hosts.b, &b.ifname, TUN4[1], TUN6[1])?;
+    let (b, ka, kb) = wg_e2e::topo::go_peer_on_b(&env, &hosts)?;
     let a_if = env.name("wa")?;
     let a = Embedded::start(&hosts.a, &a_if)?;
     let run = || -> Result<()> {

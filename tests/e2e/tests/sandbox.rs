@@ -734,19 +734,7 @@ impl Drop for Embedded {
 fn in_process_mode_carries_a_tunnel() -> Result<()> {
     let env = setup!("emb");
     let hosts = two_hosts(&env)?;
-    let (ka, kb) = (env.keys("a")?, env.keys("b")?);
-    let b = Daemon::start(&env, &hosts.b, Impl::Go, &env.name("wb")?)?;
-    b.set(&[
-        "private-key",
-        &kb.file.to_string_lossy(),
-        "listen-port",
-        &PORTS[1].to_string(),
-        "peer",
-        &ka.public,
-        "allowed-ips",
-        &format!("{}/32,{}/128", TUN4[0], TUN6[0]),
-    ])?;
-    address_tunnel(&hosts.b, &b.ifname, TUN4[1], TUN6[1])?;
+    let (b, ka, kb) = wg_e2e::topo::go_peer_on_b(&env, &hosts)?;
 
     let ifname = env.name("wa")?;
     let mut embedded = Embedded::start(&hosts.a, &ifname)?;

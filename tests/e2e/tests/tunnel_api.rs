@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use wg_e2e::net::tcp_transfer;
 use wg_e2e::topo::{PORTS, TUN4, TUN6, UNDER4, address_tunnel, two_hosts};
 use wg_e2e::wgtool::base64_to_hex;
-use wg_e2e::{Daemon, Impl, Namespace, link_exists, ping_ok, setup, wait_until};
+use wg_e2e::{Namespace, link_exists, ping_ok, setup, wait_until};
 use wg_tunnel::{Backend, Framing, Tunnel};
 
 /// Creates TUN `ifname` in `ns` and starts a tunnel on it with `settings`, on a thread
@@ -65,19 +65,7 @@ fn the_library_tunnel_on_an_offloaded_tun_talks_to_wireguard_go() -> Result<()> 
 
 fn talks_to_wireguard_go(env: &wg_e2e::Env, offloaded: bool) -> Result<()> {
     let hosts = two_hosts(env)?;
-    let (ka, kb) = (env.keys("a")?, env.keys("b")?);
-    let b = Daemon::start(env, &hosts.b, Impl::Go, &env.name("wb")?)?;
-    b.set(&[
-        "private-key",
-        &kb.file.to_string_lossy(),
-        "listen-port",
-        &PORTS[1].to_string(),
-        "peer",
-        &ka.public,
-        "allowed-ips",
-        &format!("{}/32,{}/128", TUN4[0], TUN6[0]),
-    ])?;
-    address_tunnel(&hosts.b, &b.ifname, TUN4[1], TUN6[1])?;
+    let (b, ka, kb) = wg_e2e::topo::go_peer_on_b(env, &hosts)?;
 
     let ifname = env.name("wa")?;
     let settings = format!(
