@@ -79,7 +79,9 @@
 //!
 //! **May depend on:** `wg-device`, `wg-router` (buffer room constants), `wg-keyd` (oracle
 //! and configuration commit, the key process's code run in process), `wg-uapi`, `wg-wire`,
-//! `tokio`, `socket2`, `nix`, `libc` (address-family numbers). One `unsafe` call:
+//! `tokio`, `socket2`, `nix`, `libc` (address-family numbers); on Linux, for
+//! [`Backend::Datad`], `wg-embed` (and through it keyd's service and datad), `wg-monitor`
+//! (binding the sockets), `wg-tun` (adopting the descriptor), `wg-ipc`. One `unsafe` call:
 //! registering the TUN descriptor with tokio's reactor (`AsyncFd::register`, whose safe
 //! form tokio deprecated as unsound), on the descriptor the tunnel owns alone.
 #![deny(unsafe_code)]
