@@ -125,6 +125,27 @@ fn talks_to_wireguard_go(env: &wg_e2e::Env, offloaded: bool) -> Result<()> {
                 .contains(&format!("listen_port={}\n", PORTS[0])),
             "the port changed on bump"
         );
+        // A second tunnel on the port in use is refused as the daemon refuses it (98
+        // EADDRINUSE), and its TUN descriptor is closed (the interface goes).
+        let second = env.name("wx")?;
+        let refused = start_in(
+            &hosts.a,
+            &second,
+            format!("listen_port={}\n", PORTS[0]),
+            offloaded,
+        );
+        ensure!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("errno 98")),
+            "a second tunnel on port {}: {:?}",
+            PORTS[0],
+            refused.map(|t| t.backend())
+        );
+        ensure!(
+            wait_until(Duration::from_secs(5), || !link_exists(&hosts.a, &second)),
+            "{second} still exists after a refused start"
+        );
         tunnel.set_roaming(false)?;
         ping_ok(&hosts.a, TUN4[1], &[])?;
         ping_ok(&hosts.b, TUN4[0], &[])?;
