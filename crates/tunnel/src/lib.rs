@@ -53,9 +53,10 @@
 //! halves share one address space: the same cores run with the same checks, but a memory
 //! safety bug in packet handling (the cores are `forbid(unsafe_code)`, this crate has
 //! one registration call; the AEAD is `ring`'s, or RustCrypto's without the `ring`
-//! feature) could reach the key. The key process's budgets for a
-//! hostile data plane (`wg_keyd::link`) are left out too: this data plane is the same
-//! code in the same process. The settings text and the `get` answer are zeroized when
+//! feature) could reach the key. With the portable driver the key process's budgets for a
+//! hostile data plane (`wg_keyd::link`) are left out too (the data plane is the same task);
+//! the Linux backend ([`Backend::Datad`]) runs keyd's own service, budgets included, but in
+//! the same address space they bound work, not a compromise. The settings text and the `get` answer are zeroized when
 //! dropped ([`Zeroizing`]), and neither appears in `Debug` output, errors or logs.
 //!
 //! # Platforms
