@@ -356,6 +356,9 @@ fn build_daemon(root: &Path, target: &Path, rustcrypto: bool) -> Result<PathBuf>
     ];
     if rustcrypto {
         args.push("--no-default-features");
+    } else {
+        // The library tunnel's benchmark binary (implementation `wg-tunnel`).
+        args.extend(["-p", "wg-tunnel", "--example", "tunnel"]);
     }
     let dir = if rustcrypto {
         target.join("bench-rustcrypto")
@@ -508,6 +511,20 @@ fn implementations(
             );
         }
         None => {}
+    }
+    // The library tunnel (`wg-tunnel`) in its benchmark binary, which serves the UAPI
+    // socket as a daemon does: built beside ours unless `--no-build` found none.
+    let tunnel_example = ours.with_file_name("examples").join("tunnel");
+    if tunnel_example.is_file() {
+        list.push(daemon(
+            "wg-tunnel",
+            format!("{} {{if}}", impls::quote(&tunnel_example.to_string_lossy())),
+        ));
+    } else if wanted("wg-tunnel") {
+        println!(
+            "bench: {} is missing (`cargo build --release -p wg-tunnel --example tunnel`): measured without wg-tunnel",
+            tunnel_example.display()
+        );
     }
     for e in &plan.extra {
         let mut e = e.clone();

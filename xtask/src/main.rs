@@ -79,7 +79,7 @@ enum Task {
         #[arg(long, value_name = "SECS")]
         duration: Option<u32>,
         /// Only these implementations (comma-separated labels: wireguard-rs,
-        /// wireguard-rs-rustcrypto, wireguard-go, boringtun, plain, or an --impl label).
+        /// wireguard-rs-rustcrypto, wireguard-go, boringtun, wg-tunnel (the library tunnel), plain, or an --impl label).
         #[arg(long, value_name = "LABELS")]
         only: Option<String>,
         /// Only these tests (comma-separated: ping,tcp1,tcp4,udp,rss,hs; default all).

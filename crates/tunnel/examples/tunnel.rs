@@ -4,9 +4,8 @@
 //! `/var/run/wireguard/IFNAME.sock`, forwarding `set` and `get` to [`Tunnel::set`] and
 //! [`Tunnel::get`]. Runs until SIGTERM or SIGINT, or until the interface is deleted.
 //!
-//! For the benchmark: `cargo build --release -p wg-tunnel --example tunnel`, then
-//! `cargo xtask bench --impl 'wg-tunnel=target/release/examples/tunnel {if}'`
-//! (or `tunnel --no-offloads {if}`).
+//! `cargo xtask bench` builds it and measures it as implementation `wg-tunnel`; a plain
+//! TUN: `--impl 'wg-tunnel-plain=target/release/examples/tunnel --no-offloads {if}'`.
 #![allow(clippy::print_stderr)]
 
 use std::time::Duration;
