@@ -263,6 +263,10 @@ fn is_closed(e: &std::io::Error) -> bool {
 }
 
 async fn recv_frame(fd: &AsyncFd<OwnedFd>) -> Result<Frame, IpcError> {
+    // A peer that dies with our messages unread makes the next receive fail with
+    // ECONNRESET once, even though what it sent before dying (a SIGSYS or failure report
+    // saying why) is still queued: read on once to get it, then the end of the channel.
+    let mut reset_seen = false;
     loop {
         let mut guard = fd.readable().await?;
         // Allocated only once a message is there: an event loop re-creates this future for
@@ -313,6 +317,12 @@ async fn recv_frame(fd: &AsyncFd<OwnedFd>) -> Result<Frame, IpcError> {
                 let frame = Zeroizing::new(received.to_vec());
                 received.zeroize();
                 return Ok((frame, fds));
+            }
+            Ok(Err(e))
+                if !reset_seen
+                    && e.raw_os_error() == Some(nix::errno::Errno::ECONNRESET as i32) =>
+            {
+                reset_seen = true;
             }
             Ok(Err(e)) => return Err(e.into()),
             Err(_would_block) => continue,

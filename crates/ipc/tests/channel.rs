@@ -120,3 +120,35 @@ async fn memory_try_send_reports_a_full_queue() {
     let (a, b) = Channel::memory_pair();
     try_send_reports_a_full_queue(a, b).await;
 }
+
+/// A peer that dies with our messages unread (a data plane killed by its seccomp filter
+/// right after its start message arrived) still has its last words read: the kernel
+/// reports ECONNRESET first, and the report it sent is queued behind it.
+#[tokio::test]
+async fn a_report_sent_before_dying_with_unread_messages_is_still_read() {
+    let (ours, theirs) = seqpacket_pair().unwrap();
+    let ours = Channel::from_fd(ours).unwrap();
+    // We send two messages the peer never reads.
+    for _ in 0..2 {
+        ours.send(&KeydToDatad::Hello(Hello::new(Role::Keyd)), &[])
+            .await
+            .unwrap();
+    }
+    // The peer says why it fails, then its socket closes with our messages unread.
+    let report = wg_ipc::failure_report("the sandbox refused a syscall");
+    nix::sys::socket::send(
+        theirs.as_raw_fd(),
+        &report,
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    drop(theirs);
+    match ours.recv::<DatadToKeyd>().await {
+        Err(IpcError::PeerFailed(reason)) => assert_eq!(reason, "the sandbox refused a syscall"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        ours.recv::<DatadToKeyd>().await,
+        Err(IpcError::Closed)
+    ));
+}

@@ -19,8 +19,11 @@ pub const CAP_NET_ADMIN: u64 = 1 << 12;
 /// Bit of `CAP_KILL`: the monitor keeps it so its children's parent-death signal reaches
 /// them although they run as other users.
 pub const CAP_KILL: u64 = 1 << 5;
+/// Bit of `CAP_NET_BIND_SERVICE`: kept by default so listen ports below 1024 work, as
+/// with wireguard-go (`--no-low-ports` drops it).
+pub const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
 /// What the monitor keeps by default.
-pub const MONITOR_CAPS: u64 = CAP_NET_ADMIN | CAP_KILL;
+pub const MONITOR_CAPS: u64 = CAP_NET_ADMIN | CAP_KILL | CAP_NET_BIND_SERVICE;
 
 /// The five capability sets of `/proc/PID/status`.
 pub const CAP_SETS: [&str; 5] = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"];

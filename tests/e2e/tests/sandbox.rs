@@ -19,8 +19,8 @@ use anyhow::{Context, Result, bail, ensure};
 use wg_e2e::daemon::socket_path;
 use wg_e2e::env::{SHORT, test_hooks_bin_dir};
 use wg_e2e::proc::{
-    CAP_SETS, MONITOR_CAPS, Role, RsProcesses, Status, alive, inet_sockets, key_bytes, root_dir,
-    scan_memory, sigkill, socket_inodes, unix_sockets,
+    CAP_NET_BIND_SERVICE, CAP_SETS, MONITOR_CAPS, Role, RsProcesses, Status, alive, inet_sockets,
+    key_bytes, root_dir, scan_memory, sigkill, socket_inodes, unix_sockets,
 };
 use wg_e2e::topo::{PORTS, TUN4, TUN6, UNDER4, address_tunnel, two_hosts};
 use wg_e2e::{
@@ -149,30 +149,34 @@ fn every_process_is_sandboxed() -> Result<()> {
     solo.d.ensure_no_failures(&failures)
 }
 
-/// CAP_NET_BIND_SERVICE is kept only on request: without `--allow-low-ports` a listen port
-/// below 1024 is refused (and the old port kept); with it, the port is taken.
+/// CAP_NET_BIND_SERVICE is kept by default (a port below 1024 works, as with wireguard-go)
+/// and dropped with `--no-low-ports` (such a port is then refused and the old one kept);
+/// `--allow-low-ports`, the old opt-in, is still accepted.
 #[test]
-fn low_listen_ports_need_the_opt_in_capability() -> Result<()> {
+fn low_listen_ports_follow_the_capability_the_monitor_keeps() -> Result<()> {
     let env = setup!("lp");
     let ns = Namespace::create(&env.name("n")?)?;
-    const NET_BIND_SERVICE: u64 = 1 << 10;
-    for (flag, allowed) in [(None, false), (Some("--allow-low-ports"), true)] {
-        let ifname = env.name(if allowed { "y" } else { "x" })?;
+    for (flag, allowed, name) in [
+        (None, true, "d"),
+        (Some("--allow-low-ports"), true, "y"),
+        (Some("--no-low-ports"), false, "x"),
+    ] {
+        let ifname = env.name(name)?;
         let extra: Vec<&str> = flag.into_iter().collect();
         let d = Daemon::start_rs_args(&env, &ns, &ifname, &extra)?;
         let procs = RsProcesses::wait(&d, Duration::from_secs(10))?;
         let monitor = Status::read(procs.monitor)?;
         let want = if allowed {
-            MONITOR_CAPS | NET_BIND_SERVICE
-        } else {
             MONITOR_CAPS
+        } else {
+            MONITOR_CAPS & !CAP_NET_BIND_SERVICE
         };
         ensure!(
             monitor.cap("CapEff")? == want && monitor.cap("CapBnd")? == want,
             "monitor capabilities with {flag:?}: {}",
             monitor.summary()
         );
-        let k = env.keys(&format!("k{allowed}"))?;
+        let k = env.keys(&format!("k{name}"))?;
         d.set(&[
             "private-key",
             &k.file.to_string_lossy(),
