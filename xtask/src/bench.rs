@@ -358,7 +358,7 @@ fn build_daemon(root: &Path, target: &Path, rustcrypto: bool) -> Result<PathBuf>
         args.push("--no-default-features");
     } else {
         // The library tunnel's benchmark binary (implementation `wg-tunnel`).
-        args.extend(["-p", "wg-tunnel", "--example", "tunnel"]);
+        args.extend(["-p", "wg-tunnel", "--bins", "--example", "tunnel"]);
     }
     let dir = if rustcrypto {
         target.join("bench-rustcrypto")
