@@ -767,6 +767,11 @@ fn snapshot(ours: &Path, dir: &Path) -> Result<PathBuf> {
             main = Some(copy);
         }
     }
+    // The library tunnel's benchmark binary, when it was built (not for RustCrypto).
+    let tunnel = from.join("examples").join("tunnel");
+    if tunnel.is_file() {
+        snapshot_one(&tunnel, &dir.join("examples"))?;
+    }
     main.context("no wireguard-rs binary")
 }
 
