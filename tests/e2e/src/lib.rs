@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod daemon;
+pub mod embedded;
 pub mod env;
 pub mod fake_monitor;
 pub mod net;

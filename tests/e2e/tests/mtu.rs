@@ -10,20 +10,14 @@
 //! exactly the message length of each transport message in its rx counter (the plaintext
 //! plus 32), so its counter grows by 1313, not 1328.
 
-use std::fs::File;
-use std::os::unix::net::UnixListener;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use wg_e2e::daemon::socket_path;
-use wg_e2e::env::SHORT;
+use wg_e2e::embedded::Embedded;
 use wg_e2e::net::link_mtu;
 use wg_e2e::proc::{RsProcesses, sigkill};
 use wg_e2e::topo::{PORTS, TUN4, TUN6, UNDER4, address_tunnel, two_hosts};
-use wg_e2e::{
-    Dump, Impl, Namespace, Pair, PairSpec, Underlay, cmd, ping, ping_ok, setup, wait_until,
-};
+use wg_e2e::{Dump, Impl, Namespace, Pair, PairSpec, Underlay, ping, ping_ok, setup, wait_until};
 
 /// The MTU set on our interface after the start.
 const MTU: u32 = 1281;
@@ -181,90 +175,4 @@ fn in_process_mode_pads_to_the_tun_mtu_after_a_change() -> Result<()> {
         check("in-process, after the MTU change", rx, tx)
     };
     run().with_context(|| b.diag())
-}
-
-/// The in-process daemon on its own thread in namespace `ns` (as in `tests/sandbox.rs`).
-/// Dropping it deletes the interface (which stops it), waits up to 5 s for the thread and
-/// removes the socket file.
-struct Embedded {
-    ns: String,
-    ifname: String,
-    done: mpsc::Receiver<Result<wg_embed::Stopped, String>>,
-}
-
-impl Embedded {
-    fn start(ns: &Namespace, ifname: &str) -> Result<Self> {
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let (done_tx, done) = mpsc::channel();
-        let (ns_name, name) = (ns.name().to_owned(), ifname.to_owned());
-        std::thread::Builder::new()
-            .name(format!("embed-{ifname}"))
-            .spawn(move || {
-                // Only this thread enters the namespace: the TUN device, the UDP sockets
-                // and the runtime live there.
-                let setup = || -> Result<_, String> {
-                    let f = File::open(format!("/var/run/netns/{ns_name}"))
-                        .map_err(|e| format!("opening the namespace {ns_name}: {e}"))?;
-                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| format!("setns {ns_name}: {e}"))?;
-                    let tun = wg_tun::Tun::create(&name, 1420)
-                        .map_err(|e| format!("creating TUN {name}: {e}"))?;
-                    let uapi: UnixListener = wg_uapi::bind_listener(&name)
-                        .map_err(|e| format!("binding the UAPI socket: {e}"))?;
-                    let sockets = wg_monitor::sockets::bind(0, 0, Default::default())
-                        .map_err(|e| format!("binding UDP sockets: {e}"))?;
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| format!("building the runtime: {e}"))?;
-                    Ok((tun, uapi, sockets, rt))
-                };
-                let (tun, uapi, sockets, rt) = match setup() {
-                    Ok(parts) => parts,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let r = rt
-                    .block_on(wg_embed::run(name, tun, uapi, sockets))
-                    .map_err(|e| e.to_string());
-                let _ = done_tx.send(r);
-            })
-            .context("spawning the in-process daemon's thread")?;
-        let embedded = Self {
-            ns: ns.name().to_owned(),
-            ifname: ifname.to_owned(),
-            done,
-        };
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(embedded),
-            Ok(Err(e)) => bail!("the in-process daemon could not start: {e}"),
-            Err(e) => bail!("the in-process daemon did not start within 10 s: {e}"),
-        }
-    }
-
-    /// `wg ARGS…` in the namespace, requiring success.
-    fn wg(&self, args: &[&str]) -> Result<String> {
-        let mut c = std::process::Command::new("ip");
-        c.args(["netns", "exec", &self.ns, "wg"]).args(args);
-        cmd::checked(&mut c, SHORT)
-    }
-}
-
-impl Drop for Embedded {
-    fn drop(&mut self) {
-        let mut c = std::process::Command::new("ip");
-        c.args(["-n", &self.ns, "link", "del", &self.ifname]);
-        let _ = cmd::cleanup_output(&mut c, SHORT);
-        if self.done.recv_timeout(Duration::from_secs(5)).is_err() {
-            eprintln!(
-                "wg-e2e: the in-process daemon for {} did not stop within 5 s of deleting its \
-                 interface; its thread is left running",
-                self.ifname
-            );
-        }
-        let _ = std::fs::remove_file(socket_path(&self.ifname));
-    }
 }

@@ -10,14 +10,12 @@
 //! Our daemon is on side A; the peer on side B is wireguard-go, so every wireguard-rs
 //! process in sight belongs to the daemon under test.
 
-use std::fs::File;
-use std::os::unix::net::UnixListener;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use wg_e2e::daemon::socket_path;
-use wg_e2e::env::{SHORT, test_hooks_bin_dir};
+use wg_e2e::embedded::Embedded;
+use wg_e2e::env::test_hooks_bin_dir;
 use wg_e2e::proc::{
     CAP_NET_BIND_SERVICE, CAP_SETS, MONITOR_CAPS, Role, RsProcesses, Status, alive, inet_sockets,
     key_bytes, root_dir, scan_memory, sigkill, socket_inodes, unix_sockets,
@@ -631,107 +629,6 @@ fn forbidden_syscall_kills_the_worker_and_the_monitor_names_it() -> Result<()> {
     let ns = Namespace::create(&env.name("n")?)?;
     forbidden_syscall_in_datad(&env, &ns)?;
     forbidden_syscall_in_keyd(&env, &ns, KEYD_ROUNDS)
-}
-
-/// The in-process daemon on its own thread, in namespace `ns`. Dropping it deletes the
-/// interface (which stops it), waits up to 5 s for the thread and removes the socket file.
-struct Embedded {
-    ns: String,
-    ifname: String,
-    done: mpsc::Receiver<Result<wg_embed::Stopped, String>>,
-    finished: bool,
-}
-
-impl Embedded {
-    /// Starts `wg_embed::run` for `ifname` in `ns` on a dedicated thread; returns once the
-    /// interface, UAPI socket and UDP sockets exist.
-    fn start(ns: &Namespace, ifname: &str) -> Result<Self> {
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let (done_tx, done) = mpsc::channel();
-        let (ns_name, name) = (ns.name().to_owned(), ifname.to_owned());
-        std::thread::Builder::new()
-            .name(format!("embed-{ifname}"))
-            .spawn(move || {
-                // Only this thread enters the namespace: the TUN device, the UDP sockets
-                // and the runtime (its threads inherit the namespace) live there.
-                let setup = || -> Result<_, String> {
-                    let f = File::open(format!("/var/run/netns/{ns_name}"))
-                        .map_err(|e| format!("opening the namespace {ns_name}: {e}"))?;
-                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| format!("setns {ns_name}: {e}"))?;
-                    let tun = wg_tun::Tun::create(&name, 1420)
-                        .map_err(|e| format!("creating TUN {name}: {e}"))?;
-                    let uapi: UnixListener = wg_uapi::bind_listener(&name)
-                        .map_err(|e| format!("binding the UAPI socket: {e}"))?;
-                    let sockets = wg_monitor::sockets::bind(0, 0, Default::default())
-                        .map_err(|e| format!("binding UDP sockets: {e}"))?;
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| format!("building the runtime: {e}"))?;
-                    Ok((tun, uapi, sockets, rt))
-                };
-                let (tun, uapi, sockets, rt) = match setup() {
-                    Ok(parts) => parts,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let r = rt
-                    .block_on(wg_embed::run(name, tun, uapi, sockets))
-                    .map_err(|e| e.to_string());
-                let _ = done_tx.send(r);
-            })
-            .context("spawning the in-process daemon's thread")?;
-        let embedded = Self {
-            ns: ns.name().to_owned(),
-            ifname: ifname.to_owned(),
-            done,
-            finished: false,
-        };
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(embedded),
-            Ok(Err(e)) => bail!("the in-process daemon could not start: {e}"),
-            Err(e) => bail!("the in-process daemon did not start within 10 s: {e}"),
-        }
-    }
-
-    /// Waits up to `timeout` for `run` to return.
-    fn wait(&mut self, timeout: Duration) -> Result<Result<wg_embed::Stopped, String>> {
-        let r = self
-            .done
-            .recv_timeout(timeout)
-            .map_err(|e| anyhow::anyhow!("wg_embed::run did not return within {timeout:?}: {e}"))?;
-        self.finished = true;
-        Ok(r)
-    }
-
-    /// `wg ARGS…` in the namespace, requiring success.
-    fn wg(&self, args: &[&str]) -> Result<String> {
-        let mut c = std::process::Command::new("ip");
-        c.args(["netns", "exec", &self.ns, "wg"]).args(args);
-        cmd::checked(&mut c, SHORT)
-    }
-}
-
-impl Drop for Embedded {
-    fn drop(&mut self) {
-        if !self.finished {
-            let mut c = std::process::Command::new("ip");
-            c.args(["-n", &self.ns, "link", "del", &self.ifname]);
-            let _ = cmd::cleanup_output(&mut c, SHORT);
-            if self.done.recv_timeout(Duration::from_secs(5)).is_err() {
-                eprintln!(
-                    "wg-e2e: the in-process daemon for {} did not stop within 5 s of deleting \
-                     its interface; its thread is left running",
-                    self.ifname
-                );
-            }
-        }
-        let _ = std::fs::remove_file(socket_path(&self.ifname));
-    }
 }
 
 #[test]
