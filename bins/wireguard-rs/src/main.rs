@@ -148,6 +148,7 @@ fn start(cli: &Cli, life: &mut Lifecycle, level: LogLevel) -> Result<(), String>
         keyd_args: cli.options(cli.keyd_user()).to_worker_args(),
         datad_args: cli.options(cli.datad_user()).to_worker_args(),
         socket_file: Some(socket_file.path().to_path_buf()),
+        low_ports: !cli.no_low_ports,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

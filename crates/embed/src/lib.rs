@@ -217,6 +217,8 @@ pub async fn serve(embedding: Embedding) -> Result<Stopped, EmbedError> {
         sockets,
         fwmark: 0,
         offload,
+        // In one process the caller's capabilities decide.
+        low_ports: true,
     };
     let mut keyd = tokio::spawn(wg_keyd::serve(keyd_startup));
     let mut datad = tokio::spawn(wg_datad::serve(datad_startup));

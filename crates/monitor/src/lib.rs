@@ -150,6 +150,8 @@ pub struct Prepared {
     /// The UAPI socket's file, watched: deleting it stops the daemon. `None` when the
     /// listener was inherited from a caller that bound it elsewhere.
     pub socket_file: Option<PathBuf>,
+    /// Whether listen ports below 1024 may be bound (`--no-low-ports` turns it off).
+    pub low_ports: bool,
 }
 
 fn spawn(
@@ -424,6 +426,7 @@ impl Supervisor {
                 sockets: prepared.sockets,
                 fwmark: 0,
                 offload: prepared.udp_offload,
+                low_ports: prepared.low_ports,
             },
             worker_dir: prepared.worker_dir,
             keyd_args: prepared.keyd_args,

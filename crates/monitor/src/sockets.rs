@@ -146,6 +146,10 @@ pub struct SocketOwner {
     pub fwmark: u32,
     /// The offloads wanted for new sockets.
     pub offload: UdpOffload,
+    /// Whether listen ports below 1024 may be bound. Off (`--no-low-ports`), such a port is
+    /// refused with EACCES before any bind, whatever capabilities the process still holds
+    /// (a request can arrive before the monitor has dropped them).
+    pub low_ports: bool,
 }
 
 impl SocketOwner {
@@ -154,6 +158,9 @@ impl SocketOwner {
     /// only re-marks the current sockets. On failure nothing changed and the errno says why
     /// (EADDRINUSE for a taken port).
     pub fn reconfigure(&mut self, port: u16, fwmark: u32) -> Result<bool, i32> {
+        if !self.low_ports && port != 0 && port < 1024 && port != self.sockets.port {
+            return Err(nix::errno::Errno::EACCES as i32);
+        }
         // Never 0, which keyd would take for success.
         let errno = |e: io::Error| {
             e.raw_os_error()
@@ -258,6 +265,7 @@ mod tests {
             sockets: bind(0, 0, UdpOffload::default()).unwrap(),
             fwmark: 0,
             offload: UdpOffload::default(),
+            low_ports: true,
         };
         let old = owner.sockets.port;
         assert_eq!(
@@ -292,7 +300,23 @@ mod tests {
             sockets: bind(0, 0, UdpOffload::default()).unwrap(),
             fwmark: 0,
             offload: UdpOffload::default(),
+            low_ports: true,
         }
+    }
+
+    #[test]
+    fn with_low_ports_off_a_port_below_1024_is_refused_before_any_bind() {
+        let mut owner = owner();
+        owner.low_ports = false;
+        let old = owner.sockets.port;
+        // Refused by policy (the test runs as root, where a bind would succeed).
+        assert_eq!(
+            owner.reconfigure(443, 0),
+            Err(nix::errno::Errno::EACCES as i32)
+        );
+        assert_eq!(owner.sockets.port, old);
+        // Other ports are unaffected.
+        assert_eq!(owner.reconfigure(0, 0), Ok(true));
     }
 
     /// The port and errno of a `Reconfigured` reply.
