@@ -154,10 +154,15 @@ impl RsProcesses {
         Ok(p)
     }
 
-    /// [`RsProcesses::of`], retried for up to `timeout` (while a data plane is being
-    /// started, its process briefly runs the spawner's program).
+    /// [`RsProcesses::of`] once the daemon is ready (the monitor logs `ready:` after it has
+    /// sandboxed itself: before, its capabilities and filter are not yet what they will
+    /// be), retried for up to `timeout` (while a data plane is being started, its process
+    /// briefly runs the spawner's program).
     pub fn wait(d: &Daemon, timeout: Duration) -> Result<Self> {
         let start = Instant::now();
+        while !d.log().contains("ready: ") && start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         loop {
             match Self::of(d) {
                 Ok(p) => return Ok(p),
