@@ -839,6 +839,22 @@ fn killing_the_monitor_leaves_no_worker_even_a_stopped_one() -> Result<()> {
         "expected keyd, spawner and datad under monitor {monitor}, found {:?}",
         guard.0
     );
+    // Stopped once each has armed its parent-death signal, which it does first thing, before
+    // its sandbox: a worker caught before that (between its exec and its first steps) would
+    // outlive its parent while stopped, but it has not read anything yet either.
+    let settled = wait_until(Duration::from_secs(10), || {
+        guard.0.iter().all(|&(_, pid)| {
+            wg_e2e::proc::Status::read(pid)
+                .ok()
+                .and_then(|s| s.get("Seccomp").ok().map(|v| v == "2"))
+                .unwrap_or(false)
+        })
+    });
+    ensure!(
+        settled,
+        "the workers did not all sandbox themselves: {}",
+        describe_left(&guard)
+    );
     for &(role, pid) in &guard.0 {
         let pid_t = i32::try_from(pid).context("pid out of range")?;
         kill(Pid::from_raw(pid_t), Signal::SIGSTOP)
