@@ -149,9 +149,9 @@ unsafe fn c_str<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, FfiError>
     if ptr.is_null() {
         return Err(FfiError::new(WG_EINVAL, format!("{what} is NULL")));
     }
-    // SAFETY: not NULL (checked above), and the caller guarantees a NUL-terminated string
-    // valid for 'a (this function's contract, which the exported functions pass on to
-    // their C callers in the header).
+    // The caller guarantees a NUL-terminated string valid for 'a (this function's
+    // contract, which the exported functions pass on to their C callers in the header).
+    // SAFETY: not NULL (checked above), NUL-terminated and valid for 'a (contract above).
     let text = unsafe { CStr::from_ptr(ptr) };
     text.to_str()
         .map_err(|_| FfiError::new(WG_EINVAL, format!("{what} is not valid UTF-8")))
@@ -355,9 +355,9 @@ pub unsafe extern "C" fn wgFreeString(s: *mut c_char) {
     if s.is_null() {
         return;
     }
-    // SAFETY: not NULL (checked above); the caller guarantees it came from
-    // `CString::into_raw` in wgGetConfig, unchanged and not yet freed, which is what
-    // `CString::from_raw` requires.
+    // The caller guarantees it came from `CString::into_raw` in wgGetConfig, unchanged
+    // and not yet freed, which is what `CString::from_raw` requires.
+    // SAFETY: not NULL (checked above) and from wgGetConfig, freed once (contract above).
     let string = unsafe { CString::from_raw(s) };
     string.into_bytes_with_nul().zeroize();
 }

@@ -72,10 +72,11 @@ pub(crate) fn set(context: *mut c_void, logger: WgLoggerFn) -> Result<(), FfiErr
 /// Calls the callback with one line.
 #[allow(unsafe_code)]
 fn deliver(sink: Sink, level: i32, line: &CString) {
-    // SAFETY: `callback` and `context` are what the C caller gave wgSetLogger, which
-    // promises they stay valid until replaced; the caller holds SINK's read lock, so
-    // wgSetLogger cannot return (and the caller cannot free them) during this call.
-    // `line` outlives the call, as the callback's contract says.
+    // `callback` and `context` are what the C caller gave wgSetLogger, which promises they
+    // stay valid until replaced; the caller holds SINK's read lock, so wgSetLogger cannot
+    // return (and the caller cannot free them) during this call. `line` outlives the call,
+    // as the callback's contract says.
+    // SAFETY: callback and context are valid for the call, line outlives it (above).
     unsafe { (sink.callback)(sink.context as *mut c_void, level, line.as_ptr()) }
 }
 

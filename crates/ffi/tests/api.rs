@@ -40,6 +40,7 @@ fn config(handle: i32) -> Option<String> {
     }
     // SAFETY: a non-NULL answer of wgGetConfig is a NUL-terminated string, freed once.
     let text = unsafe { CStr::from_ptr(ptr) }.to_str().unwrap().to_owned();
+    // SAFETY: `ptr` came from wgGetConfig and is freed exactly once, here.
     unsafe { wgFreeString(ptr) };
     Some(text)
 }

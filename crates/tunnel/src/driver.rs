@@ -111,11 +111,12 @@ pub(crate) fn run(
 /// Registers the TUN descriptor with the runtime's reactor.
 #[allow(unsafe_code)]
 fn register(tun: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: `register` needs the descriptor to stay open and refer to the same open file
+    // `register` needs the descriptor to stay open and refer to the same open file
     // description while registered, and `as_raw_fd` to return it. The `AsyncFd` takes the
     // `OwnedFd`, which keeps the descriptor open until dropped and always returns it; this
     // crate never calls `get_mut`, `try_io_mut`, `async_io_mut`, `ready_mut` or
     // `into_inner`, so nothing can close or replace it while it is registered.
+    // SAFETY: the registered descriptor stays open and unreplaced (above).
     let registered = unsafe { AsyncFd::register(tun) };
     registered.map_err(|e| e.into_parts().1)
 }
