@@ -67,6 +67,23 @@ pub(crate) fn port_error(e: &io::Error) -> TunnelError {
 }
 
 /// Runs the tunnel on this thread until it is stopped; `ready` learns whether it started.
+/// The tunnel thread's runtime; a failure to build it is reported on `ready`.
+pub(crate) fn runtime_or_report(
+    ready: &SyncSender<Result<(), TunnelError>>,
+) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            let _ = ready.send(Err(TunnelError::Io(e)));
+            None
+        }
+    }
+}
+
 pub(crate) fn run(
     tun: OwnedFd,
     framing: Framing,
@@ -74,16 +91,8 @@ pub(crate) fn run(
     control: UnboundedReceiver<Request>,
     ready: SyncSender<Result<(), TunnelError>>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = ready.send(Err(TunnelError::Io(e)));
-            return;
-        }
+    let Some(runtime) = runtime_or_report(&ready) else {
+        return;
     };
     runtime.block_on(async move {
         let mut driver = match Driver::new(tun, framing, &settings) {

@@ -49,16 +49,8 @@ pub(crate) fn run(
     control: UnboundedReceiver<Request>,
     ready: SyncSender<Result<(), TunnelError>>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = ready.send(Err(TunnelError::Io(e)));
-            return;
-        }
+    let Some(runtime) = crate::driver::runtime_or_report(&ready) else {
+        return;
     };
     runtime.block_on(async move {
         let sockets = match wg_monitor::sockets::bind(
