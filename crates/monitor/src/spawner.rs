@@ -33,6 +33,8 @@ pub(crate) fn spawn_with_channel(
     if let Some(interface) = interface {
         command.env(INTERFACE_ENV, interface);
     }
+    // So the worker can tell we died before it armed its parent-death signal.
+    command.env(wg_sandbox::PARENT_PID_ENV, std::process::id().to_string());
     let child = command
         .args(args)
         .env(

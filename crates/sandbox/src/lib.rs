@@ -674,7 +674,22 @@ pub fn ignore_stop_signals() -> Result<(), SandboxError> {
 /// Asks the kernel to kill this process when its parent dies, so no worker outlives its
 /// supervisor (fail closed). Returns an error if the parent is already gone.
 pub fn die_with_parent() -> Result<(), SandboxError> {
-    rearm_parent_death(nix::unistd::getppid())
+    let named = std::env::var(PARENT_PID_ENV).ok();
+    rearm_parent_death(expected_parent(named.as_deref(), nix::unistd::getppid()))
+}
+
+/// Environment variable in which a process names itself to the worker it starts, so the
+/// worker can tell whether its parent died before it armed its parent-death signal (then
+/// `getppid()` already names whoever adopted it).
+pub const PARENT_PID_ENV: &str = "WG_RS_PARENT_PID";
+
+/// The parent a worker must have: the one named in [`PARENT_PID_ENV`], else (started by
+/// hand, or by an older parent) whoever is the parent now.
+fn expected_parent(named: Option<&str>, current: nix::unistd::Pid) -> nix::unistd::Pid {
+    named
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .filter(|&pid| pid > 0)
+        .map_or(current, nix::unistd::Pid::from_raw)
 }
 
 /// Sets the parent-death signal and checks that `parent` is still the parent (it may have
@@ -696,6 +711,22 @@ fn rearm_parent_death(parent: nix::unistd::Pid) -> Result<(), SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_expected_parent_is_the_one_that_named_itself() {
+        use nix::unistd::Pid;
+        let now = Pid::from_raw(4242);
+        // A parent that died before the worker armed its signal: the worker was adopted
+        // (by 1 or a subreaper), and the named pid tells it so.
+        assert_eq!(
+            expected_parent(Some("17"), Pid::from_raw(1)),
+            Pid::from_raw(17)
+        );
+        assert_eq!(expected_parent(None, now), now);
+        assert_eq!(expected_parent(Some("garbage"), now), now);
+        assert_eq!(expected_parent(Some("0"), now), now);
+        assert_eq!(expected_parent(Some("-5"), now), now);
+    }
 
     #[test]
     fn worker_args_round_trip() {
