@@ -58,7 +58,7 @@ fn main() -> ExitCode {
 /// standard error.
 fn fail(life: &mut Lifecycle, message: &str) -> ExitCode {
     if !life.fail(message) {
-        eprintln!("wireguard-rs: {message}");
+        wg_ipc::worker::print_error_line(&format!("wireguard-rs: {message}"));
     }
     ExitCode::FAILURE
 }
@@ -354,7 +354,7 @@ fn run_spawner(cli: &Cli) -> ExitCode {
     let interface = std::env::var(INTERFACE_ENV).ok();
     let tag = wg_ipc::worker::log_tag(Some("spawner"), interface.as_deref());
     let fail = |message: &dyn std::fmt::Display| {
-        eprintln!("{tag}: {message}");
+        wg_ipc::worker::print_error_line(&format!("{tag}: {message}"));
         ExitCode::FAILURE
     };
     // Deaf to the group's stop signals (the monitor stops us), and dead with it.

@@ -33,7 +33,7 @@ where
     let interface = std::env::var(INTERFACE_ENV).ok();
     let tag = log_tag(Some(process), interface.as_deref());
     let fail = |message: &dyn Display, code: u8| {
-        eprintln!("{tag}: {message}");
+        print_error_line(&format!("{tag}: {message}"));
         ExitCode::from(code)
     };
     // First: the groups the spawner executed us with, not dumpable, deaf to the stop
@@ -203,6 +203,19 @@ impl LogLevel {
             Self::Trace => LevelFilter::TRACE,
         }
     }
+}
+
+/// Writes one line to standard error in a single `write`: standard error is unbuffered, so
+/// `eprintln!` writes each formatted piece separately, and the processes of one daemon share
+/// the stream — their lines would interleave mid-line (a line shorter than `PIPE_BUF` written
+/// at once stays whole on a pipe).
+pub fn print_error_line(line: &str) {
+    use std::io::Write;
+    let mut whole = String::with_capacity(line.len() + 1);
+    whole.push_str(line);
+    whole.push('\n');
+    // Nothing sensible is left to do when standard error itself fails.
+    let _ = std::io::stderr().lock().write_all(whole.as_bytes());
 }
 
 /// The tag that starts every log line of a process: `wireguard-rs[IFNAME] PROCESS`, or
