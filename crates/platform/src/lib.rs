@@ -35,6 +35,8 @@ pub mod macos;
 #[cfg(windows)]
 pub mod windows;
 
+pub use af::Os;
+
 /// The process roles a sandbox policy is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
