@@ -7,6 +7,9 @@
 //! checked on every host; a test compiled for a BSD or Apple target also checks the table
 //! against that target's `libc`.
 //!
+//! The TUN naming rules of these OSes (utun units, `tunN`, interface names) are here too:
+//! pure facts the backends rely on, tested on every host.
+//!
 //! Decoding trusts nothing: a frame that is short, names another family, or whose family
 //! does not match the packet's IP version nibble is dropped with a [`AfDrop`] reason.
 #![forbid(unsafe_code)]
@@ -173,8 +176,17 @@ impl AfHeader {
         ) else {
             return Err(AfDrop::Short(frame.len()));
         };
-        let family = u32::from_be_bytes(*header);
-        let version = packet.first().map_or(0, |b| b >> 4);
+        self.check(*header, packet).map(|()| packet)
+    }
+
+    /// Checks a header read apart from its packet (a vectored read): the packet is not
+    /// empty, the family is known and matches the packet's version nibble.
+    pub fn check(self, header: [u8; AF_HEADER_LEN], packet: &[u8]) -> Result<(), AfDrop> {
+        let Some(first) = packet.first() else {
+            return Err(AfDrop::Short(AF_HEADER_LEN));
+        };
+        let family = u32::from_be_bytes(header);
+        let version = first >> 4;
         let expected = if family == self.inet {
             4
         } else if family == self.inet6 {
@@ -183,11 +195,91 @@ impl AfHeader {
             return Err(AfDrop::UnknownFamily(family));
         };
         if version == expected {
-            Ok(packet)
+            Ok(())
         } else {
             Err(AfDrop::Mismatch { family, version })
         }
     }
+}
+
+/// Why a requested TUN interface name cannot be used on this OS.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TunNameError {
+    /// Not `utun` or `utunN` on macOS.
+    #[error(
+        "macOS names its TUN interfaces utunN: ask for \"utun\" (the next free one) or \"utunN\", not {0:?}"
+    )]
+    NotUtun(String),
+    /// Not `tun` or `tunN` where interfaces cannot be renamed (NetBSD, OpenBSD).
+    #[error(
+        "{os} cannot rename tun interfaces: ask for \"tun\" (the next free one) or \"tunN\", not {name:?}",
+        os = os.name()
+    )]
+    NotTun {
+        /// The OS.
+        os: Os,
+        /// The name asked for.
+        name: String,
+    },
+    /// Not a valid interface name at all.
+    #[error(
+        "interface name {0:?} is not valid: use 1 to 15 ASCII letters, digits, '_', '-' or '.', starting with a letter"
+    )]
+    Invalid(String),
+}
+
+/// `IFNAMSIZ` on macOS and the BSDs: 16 bytes with the terminating NUL.
+pub const IFNAMSIZ: usize = 16;
+
+/// Checks an interface name for renaming (FreeBSD `SIOCSIFNAME`) or lookup: 1 to
+/// `IFNAMSIZ - 1` bytes of ASCII letters, digits, `_`, `-`, `.`, starting with a letter.
+pub fn check_ifname(name: &str) -> Result<(), TunNameError> {
+    let ok = (1..IFNAMSIZ).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TunNameError::Invalid(name.to_owned()))
+    }
+}
+
+/// The unit number after `prefix` in `name`: `Ok(None)` for the bare prefix, `Ok(Some(n))`
+/// for `prefix` plus a decimal without leading zeros, `Err(())` otherwise.
+fn unit_after(prefix: &str, name: &str) -> Result<Option<u32>, ()> {
+    let digits = name.strip_prefix(prefix).ok_or(())?;
+    if digits.is_empty() {
+        return Ok(None);
+    }
+    let canonical =
+        digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
+    if !canonical {
+        return Err(());
+    }
+    digits.parse().map(Some).map_err(|_| ())
+}
+
+/// The `sc_unit` to connect a macOS utun control socket with, for the requested name:
+/// `utun` gives 0 (the kernel picks the next free unit), `utunN` gives N + 1.
+pub fn utun_unit(name: &str) -> Result<u32, TunNameError> {
+    match unit_after("utun", name) {
+        Ok(None) => Ok(0),
+        Ok(Some(n)) => n
+            .checked_add(1)
+            .ok_or_else(|| TunNameError::NotUtun(name.to_owned())),
+        Err(()) => Err(TunNameError::NotUtun(name.to_owned())),
+    }
+}
+
+/// The tun(4) unit for the requested name where interfaces keep their `tunN` names
+/// (NetBSD, OpenBSD): `tun` gives `None` (the next free unit), `tunN` gives `Some(N)`.
+pub fn bsd_tun_unit(os: Os, name: &str) -> Result<Option<u32>, TunNameError> {
+    unit_after("tun", name).map_err(|()| TunNameError::NotTun {
+        os,
+        name: name.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -294,6 +386,43 @@ mod tests {
         );
         assert_eq!(h.decode(&frame(2, &V4)), Ok(&V4[..]));
         assert_eq!(h.decode(&frame(30, &V6)), Ok(&V6[..]));
+    }
+
+    #[test]
+    fn utun_names_map_to_control_units() {
+        assert_eq!(utun_unit("utun"), Ok(0));
+        assert_eq!(utun_unit("utun0"), Ok(1));
+        assert_eq!(utun_unit("utun7"), Ok(8));
+        for bad in [
+            "wg0",
+            "utun07",
+            "utun-1",
+            "utun4294967295",
+            "utun 1",
+            "UTUN1",
+            "",
+        ] {
+            assert_eq!(
+                utun_unit(bad),
+                Err(TunNameError::NotUtun(bad.to_owned())),
+                "{bad}"
+            );
+        }
+        assert!(utun_unit("wg0").unwrap_err().to_string().contains("utunN"));
+    }
+
+    #[test]
+    fn bsd_tun_names_and_interface_names() {
+        assert_eq!(bsd_tun_unit(Os::NetBsd, "tun"), Ok(None));
+        assert_eq!(bsd_tun_unit(Os::NetBsd, "tun12"), Ok(Some(12)));
+        assert!(bsd_tun_unit(Os::OpenBsd, "wg0").is_err());
+        assert!(bsd_tun_unit(Os::OpenBsd, "tun012").is_err());
+        for good in ["wg0", "a", "wg-home.1", "x23456789012345"] {
+            assert_eq!(check_ifname(good), Ok(()), "{good}");
+        }
+        for bad in ["", "0wg", "x234567890123456", "wg/0", "wg 0", "wg\u{e9}"] {
+            assert!(check_ifname(bad).is_err(), "{bad}");
+        }
     }
 
     fn any_os_header() -> impl Strategy<Value = AfHeader> {
