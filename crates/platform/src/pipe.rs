@@ -337,9 +337,17 @@ mod tests {
 
     #[test]
     fn rules_match_wireguard_go() {
-        assert!(UAPI_PIPE_RULES.byte_mode);
-        assert!(UAPI_PIPE_RULES.reject_remote_clients);
-        assert!(UAPI_PIPE_RULES.first_instance_exclusive);
+        // wireguard-go's listener: byte mode, remote clients rejected, the first instance
+        // created exclusively, as many instances as clients.
+        assert_eq!(
+            UAPI_PIPE_RULES,
+            PipeCreateRules {
+                byte_mode: true,
+                reject_remote_clients: true,
+                first_instance_exclusive: true,
+                unlimited_instances: true,
+            }
+        );
     }
 
     proptest! {

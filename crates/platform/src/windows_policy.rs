@@ -159,6 +159,8 @@ pub mod ui {
     pub const DESKTOP: u32 = 0x0000_0040;
     /// `JOB_OBJECT_UILIMIT_EXITWINDOWS`.
     pub const EXIT_WINDOWS: u32 = 0x0000_0080;
+    /// `JOB_OBJECT_UILIMIT_IME`: no input method editor.
+    pub const IME: u32 = 0x0000_0100;
     /// Every restriction above.
     pub const ALL: u32 = HANDLES
         | READ_CLIPBOARD
@@ -167,7 +169,8 @@ pub mod ui {
         | DISPLAY_SETTINGS
         | GLOBAL_ATOMS
         | DESKTOP
-        | EXIT_WINDOWS;
+        | EXIT_WINDOWS
+        | IME;
 }
 
 /// `PROCESS_CREATION_CHILD_PROCESS_RESTRICTED`, the value of
@@ -528,7 +531,7 @@ mod tests {
         assert_eq!(limit::ACTIVE_PROCESS, 8);
         assert_eq!(limit::KILL_ON_JOB_CLOSE, 0x2000);
         assert_eq!(limit::DIE_ON_UNHANDLED_EXCEPTION, 0x400);
-        assert_eq!(ui::ALL, 0xff);
+        assert_eq!(ui::ALL, 0x1ff);
         assert_eq!(IntegrityLevel::Low.rid(), 4096);
         for level in [
             IntegrityLevel::Untrusted,
