@@ -1,5 +1,5 @@
 //! The whitepaper's primitives (section 5.4): HASH, MAC-free HMAC, KDF_n, AEAD with a zero
-//! nonce, and DH that refuses non-contributory results.
+//! nonce (DH lives in `x25519`).
 
 use blake2::Blake2s256;
 use blake2::digest::{Digest, KeyInit, Mac};
@@ -7,7 +7,6 @@ use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use hmac::SimpleHmac;
 use wg_wire::{KEY_LEN, TAG_LEN};
-use x25519_dalek::PublicKey as DalekPublic;
 use zeroize::Zeroizing;
 
 use crate::HandshakeError;
@@ -92,36 +91,6 @@ pub(crate) fn open(key: &[u8; KEY_LEN], buf: &mut [u8], ad: &[u8]) -> Result<(),
         .map_err(|_| HandshakeError::DecryptionFailed)
 }
 
-/// The DH operations we need from either a static or an ephemeral secret.
-pub(crate) trait DiffieHellman {
-    fn shared(&self, public: &DalekPublic) -> x25519_dalek::SharedSecret;
-}
-
-impl DiffieHellman for x25519_dalek::StaticSecret {
-    fn shared(&self, public: &DalekPublic) -> x25519_dalek::SharedSecret {
-        self.diffie_hellman(public)
-    }
-}
-
-impl DiffieHellman for x25519_dalek::ReusableSecret {
-    fn shared(&self, public: &DalekPublic) -> x25519_dalek::SharedSecret {
-        self.diffie_hellman(public)
-    }
-}
-
-/// `DH(private, public)`, refusing an all-zero result (a small-order public key), as the
-/// kernel and wireguard-go do.
-pub(crate) fn dh(
-    private: &impl DiffieHellman,
-    public: &[u8; KEY_LEN],
-) -> Result<Secret, HandshakeError> {
-    let shared = private.shared(&DalekPublic::from(*public));
-    if !shared.was_contributory() {
-        return Err(HandshakeError::InvalidPublicKey);
-    }
-    Ok(Zeroizing::new(*shared.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,15 +127,6 @@ mod tests {
         assert_eq!(
             open(&key, &mut bad_ad, b"AD"),
             Err(HandshakeError::DecryptionFailed)
-        );
-    }
-
-    #[test]
-    fn small_order_public_key_is_refused() {
-        let secret = x25519_dalek::StaticSecret::from([7u8; KEY_LEN]);
-        assert_eq!(
-            dh(&secret, &[0u8; KEY_LEN]),
-            Err(HandshakeError::InvalidPublicKey)
         );
     }
 }

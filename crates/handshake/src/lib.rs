@@ -27,6 +27,7 @@
 mod crypto;
 mod index;
 mod tai64n;
+mod x25519;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -35,12 +36,13 @@ use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
 use wg_cookie::{Mac1Key, MacSigner};
 use wg_wire::{Initiation, KEY_LEN, PresharedKey, PublicKey, Response, SessionKey, TAG_LEN};
-use x25519_dalek::{ReusableSecret, StaticSecret};
 use zeroize::Zeroizing;
 
-use crypto::{Secret, dh, hash, kdf};
+use crypto::{Secret, hash, kdf};
 pub use index::IndexTable;
 pub use tai64n::Tai64N;
+use x25519::StaticKey;
+pub use x25519::{BACKEND as X25519_BACKEND, Ephemeral};
 
 /// At most this many initiations per second are processed from one peer (the kernel's and
 /// wireguard-go's `INITIATIONS_PER_SECOND`).
@@ -108,7 +110,7 @@ pub struct Session {
 
 /// The local static key pair. The private key never leaves this value.
 pub struct LocalIdentity {
-    secret: StaticSecret,
+    secret: StaticKey,
     public: PublicKey,
     mac1_key: Mac1Key,
     /// `HASH(HASH(ck0 || IDENTIFIER) || S_pub)`: the responder's starting hash.
@@ -126,8 +128,8 @@ impl fmt::Debug for LocalIdentity {
 impl LocalIdentity {
     /// The identity for a 32-byte Curve25519 private key (clamped on use, as `wg` does).
     pub fn from_private_bytes(bytes: Zeroizing<[u8; KEY_LEN]>) -> Self {
-        let secret = StaticSecret::from(*bytes);
-        let public = PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
+        let secret = StaticKey::from_bytes(bytes);
+        let public = PublicKey(secret.public());
         let (_, h0) = crypto::initial_chain_and_hash();
         Self {
             mac1_key: Mac1Key::new(&public),
@@ -151,7 +153,7 @@ impl LocalIdentity {
 
     /// The private key bytes, for `get=1` (which `wg showconf` needs). Handle with care.
     pub fn private_bytes(&self) -> Zeroizing<[u8; KEY_LEN]> {
-        Zeroizing::new(self.secret.to_bytes())
+        self.secret.bytes()
     }
 
     /// First half of responding: checks MAC1 and decrypts the initiator's static key, which
@@ -164,7 +166,7 @@ impl LocalIdentity {
         let (c0, _) = crypto::initial_chain_and_hash();
         let [chaining] = kdf::<1>(&c0, &init.ephemeral);
         let h = hash(&[&self.responder_hash, &init.ephemeral]);
-        let es = dh(&self.secret, &init.ephemeral)?;
+        let es = self.secret.dh(&init.ephemeral)?;
         let [chaining, key] = kdf::<2>(&chaining, &es[..]);
         let mut static_buf = init.encrypted_static;
         crypto::open(&key, &mut static_buf, &h)?;
@@ -225,7 +227,7 @@ enum State {
         local_index: u32,
         chaining: Secret,
         hash: [u8; KEY_LEN],
-        ephemeral: ReusableSecret,
+        ephemeral: Ephemeral,
     },
     /// We accepted an initiation and may answer it.
     InitiationConsumed {
@@ -267,7 +269,7 @@ impl Peer {
     /// [`PresharedKey::zero`] when none is configured).
     pub fn new(local: &LocalIdentity, remote: PublicKey, psk: PresharedKey) -> Self {
         Self {
-            static_static: dh(&local.secret, remote.as_bytes()),
+            static_static: local.secret.dh(remote.as_bytes()),
             static_static_for: local.public,
             remote,
             psk,
@@ -309,7 +311,7 @@ impl Peer {
     /// The precomputed static-static DH, recomputed if the local key changed since.
     fn static_static(&mut self, local: &LocalIdentity) -> Result<Secret, HandshakeError> {
         if self.static_static_for != local.public {
-            self.static_static = dh(&local.secret, self.remote.as_bytes());
+            self.static_static = local.secret.dh(self.remote.as_bytes());
             self.static_static_for = local.public;
             self.state = State::Idle;
         }
@@ -332,12 +334,12 @@ impl Peer {
         let (c0, h0) = crypto::initial_chain_and_hash();
         let h = hash(&[&h0, self.remote.as_bytes()]);
 
-        let ephemeral = ReusableSecret::random_from_rng(rng);
-        let e_pub = x25519_dalek::PublicKey::from(&ephemeral).to_bytes();
+        let ephemeral = Ephemeral::generate(rng);
+        let e_pub = *ephemeral.public();
         let [chaining] = kdf::<1>(&c0, &e_pub);
         let h = hash(&[&h, &e_pub]);
 
-        let es = dh(&ephemeral, self.remote.as_bytes())?;
+        let es = ephemeral.dh(self.remote.as_bytes())?;
         let [chaining, key] = kdf::<2>(&chaining, &es[..]);
         let mut encrypted_static = [0u8; KEY_LEN + TAG_LEN];
         encrypted_static[..KEY_LEN].copy_from_slice(local.public.as_bytes());
@@ -429,13 +431,13 @@ impl Peer {
         else {
             return Err(HandshakeError::UnexpectedMessage);
         };
-        let ephemeral = ReusableSecret::random_from_rng(rng);
-        let e_pub = x25519_dalek::PublicKey::from(&ephemeral).to_bytes();
+        let ephemeral = Ephemeral::generate(rng);
+        let e_pub = *ephemeral.public();
         let [chaining] = kdf::<1>(&chaining, &e_pub);
         let h = hash(&[&h, &e_pub]);
-        let ee = dh(&ephemeral, &remote_ephemeral)?;
+        let ee = ephemeral.dh(&remote_ephemeral)?;
         let [chaining] = kdf::<1>(&chaining, &ee[..]);
-        let se = dh(&ephemeral, self.remote.as_bytes())?;
+        let se = ephemeral.dh(self.remote.as_bytes())?;
         let [chaining] = kdf::<1>(&chaining, &se[..]);
         let [chaining, tau, key] = kdf::<3>(&chaining, self.psk.expose_secret());
         let h = hash(&[&h, &tau[..]]);
@@ -490,9 +492,9 @@ impl Peer {
         }
         let [c] = kdf::<1>(chaining, &resp.ephemeral);
         let h = hash(&[h, &resp.ephemeral]);
-        let ee = dh(ephemeral, &resp.ephemeral)?;
+        let ee = ephemeral.dh(&resp.ephemeral)?;
         let [c] = kdf::<1>(&c, &ee[..]);
-        let se = dh(&local.secret, &resp.ephemeral)?;
+        let se = local.secret.dh(&resp.ephemeral)?;
         let [c] = kdf::<1>(&c, &se[..]);
         let [c, tau, key] = kdf::<3>(&c, self.psk.expose_secret());
         let h = hash(&[&h, &tau[..]]);
