@@ -1,0 +1,46 @@
+//! OpenBSD pledge(2) and unveil(2) with the lists of [`crate::policy`].
+//!
+//! OpenBSD is a tier-3 Rust target: this file has never been compiled, let alone run. It
+//! is kept to the two calls so a reviewer on OpenBSD can check it at a glance.
+
+use std::ffi::CString;
+
+use super::BsdError;
+use crate::Role;
+use crate::policy::{PolicyError, pledge_promises, unveil_paths};
+
+fn c_string(text: &str) -> Result<CString, BsdError> {
+    CString::new(text).map_err(|_| BsdError::Policy(PolicyError::UnsafePath(text.to_owned())))
+}
+
+fn check(rc: libc::c_int, what: &'static str) -> Result<(), BsdError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(BsdError::os(what, std::io::Error::last_os_error(), ""))
+    }
+}
+
+/// Unveils `role`'s paths, locks unveil, then pledges `role`'s promises.
+#[allow(unsafe_code)]
+pub fn enter_pledge(role: Role, datad_path: Option<&str>) -> Result<(), BsdError> {
+    for (path, permissions) in unveil_paths(role, datad_path)? {
+        let (path, permissions) = (c_string(&path)?, c_string(permissions)?);
+        // SAFETY: both are NUL-terminated strings alive for the call.
+        check(
+            unsafe { libc::unveil(path.as_ptr(), permissions.as_ptr()) },
+            "unveil",
+        )?;
+    }
+    // SAFETY: two null pointers lock the unveil list, as unveil(2) documents.
+    check(
+        unsafe { libc::unveil(std::ptr::null(), std::ptr::null()) },
+        "unveil (lock)",
+    )?;
+    let promises = c_string(pledge_promises(role))?;
+    // SAFETY: `promises` is NUL-terminated and alive; null execpromises leaves those as is.
+    check(
+        unsafe { libc::pledge(promises.as_ptr(), std::ptr::null()) },
+        "pledge",
+    )
+}
