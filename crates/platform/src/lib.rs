@@ -59,6 +59,8 @@ pub trait TunDevice {
     /// Sets the interface's MTU.
     fn set_mtu(&self, mtu: u32) -> std::io::Result<()>;
     /// Reads one IP packet into `buf`, without the OS framing; returns its length.
+    /// A frame the framing check refuses (see [`af::AfDrop`]) is an
+    /// [`std::io::ErrorKind::InvalidData`] error carrying the reason: drop it, read on.
     fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize>;
     /// Writes one IP packet (no framing: the backend adds what its OS wants).
     fn send(&self, packet: &[u8]) -> std::io::Result<usize>;
