@@ -62,11 +62,14 @@ const SBPL_COMMON: &[&str] = &[
 
 /// keyd: nothing more. Reading and writing the descriptors it was handed (the IPC
 /// channels, the UAPI listener and its accepted connections) is not a sandbox operation;
-/// opening files, creating sockets, binding, connecting and exec are.
+/// opening files, creating sockets, binding, connecting and exec are. To verify on a Mac:
+/// whether `accept` on the held UAPI listener is checked as `network-inbound`; if so, keyd
+/// gains one rule for that socket's path, nothing wider.
 const SBPL_KEYD: &[&str] = &[];
 
 /// datad: UDP to and from any peer on the sockets it was handed (macOS checks the
 /// destination of `sendto` on an unconnected socket, and inbound datagrams). No files.
+/// To verify on a Mac: that reading and writing the held utun control socket needs no rule.
 const SBPL_DATAD: &[&str] = &[
     "(allow network-outbound (remote ip \"*:*\"))",
     "(allow network-inbound (local ip \"*:*\"))",
