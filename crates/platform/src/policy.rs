@@ -1,8 +1,8 @@
 //! The sandbox policies of the Unix-like OSes other than Linux, per [`Role`], as data: the
 //! macOS sandbox profile (SBPL) and resource limits, the FreeBSD Capsicum rights of each
 //! descriptor a worker holds, and OpenBSD's pledge promises and unveil lists. The backends
-//! ([`crate::macos`], [`crate::bsd`]) only apply what is written here, so the security
-//! properties are asserted by tests on every host.
+//! (`crate::macos`, `crate::bsd`, each compiled only for its OS) only apply what is written
+//! here, so the security properties are asserted by tests on every host.
 //!
 //! The shape follows OpenSSH's portable sandboxes (facts only): deny by default, enter the
 //! sandbox after the worker holds every descriptor it will use, then add resource limits
