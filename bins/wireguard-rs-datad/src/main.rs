@@ -4,12 +4,22 @@
 #![forbid(unsafe_code)]
 
 /// The AEAD implementation of transport data (the `ring` feature, or RustCrypto).
+#[cfg(target_os = "linux")]
 const AEAD: &str = if cfg!(feature = "ring") {
     "ring"
 } else {
     "rustcrypto"
 };
 
+#[cfg(not(target_os = "linux"))]
+include!("../../unsupported-os.rs");
+
+#[cfg(not(target_os = "linux"))]
+fn main() -> std::process::ExitCode {
+    unsupported_os("wireguard-rs-datad")
+}
+
+#[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
     let version = format!(
         "{} (commit {}; aead {AEAD}{})",

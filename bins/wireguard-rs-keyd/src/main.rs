@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 /// `--version`: the version and the commit it was built from.
+#[cfg(target_os = "linux")]
 const VERSION: &str = if cfg!(feature = "test-hooks") {
     concat!(
         env!("CARGO_PKG_VERSION"),
@@ -19,6 +20,15 @@ const VERSION: &str = if cfg!(feature = "test-hooks") {
     )
 };
 
+#[cfg(not(target_os = "linux"))]
+include!("../../unsupported-os.rs");
+
+#[cfg(not(target_os = "linux"))]
+fn main() -> std::process::ExitCode {
+    unsupported_os("wireguard-rs-keyd")
+}
+
+#[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
     wg_ipc::worker::main(
         "wireguard-rs-keyd",

@@ -14,6 +14,11 @@
 //!
 //! **May depend on:** device, wire, router (job types), ipc, tun, offload, tokio, nix (the
 //! batched UDP calls), rayon (the crypto helper threads), rand (seeding the device).
+//!
+//! **Linux only:** batched Linux I/O (`sendmmsg`, UDP GSO/GRO, TUN offloads) over the Linux
+//! IPC. On every other OS this crate compiles to an empty library (see the platform table
+//! in the README).
+#![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
 mod batch;

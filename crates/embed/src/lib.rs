@@ -18,6 +18,11 @@
 //! restart, no second look at the device) a comment says why. **Trusts:** its caller for
 //! the descriptors. **May depend on:** keyd, datad, monitor (sockets, mtu), ipc, tun,
 //! tokio.
+//!
+//! **Linux only:** it runs the Linux daemon's processes (keyd's service, datad, the
+//! monitor) as tasks. On every other OS this crate compiles to an empty library (see the
+//! platform table in the README).
+#![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
 use std::io;

@@ -55,6 +55,10 @@
 //! **May depend on:** `wg-tunnel`, `tracing`, `tracing-subscriber` (the logger's layer),
 //! `zeroize`. This is the only crate with an FFI surface; every `unsafe` block is in a
 //! function marked `#[allow(unsafe_code)]`, with a `// SAFETY:` comment.
+//!
+//! **Platforms:** those of `wg-tunnel`, which takes a TUN descriptor: Linux, Android and
+//! Apple (BSDs compile). On Windows this crate compiles to an empty library for now.
+#![cfg(unix)]
 #![deny(unsafe_code)]
 // The C names are the ABI (wireguard-go's), not Rust style.
 #![allow(non_snake_case)]

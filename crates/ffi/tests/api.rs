@@ -1,6 +1,8 @@
 //! The C ABI called from Rust as C would call it, without root: a datagram socket pair
 //! stands in for the TUN device. (The C program against a real TUN and wireguard-go, also
 //! under valgrind, is tests/e2e/tests/ffi.rs.)
+// The library takes a descriptor: Unix only (see the crate doc).
+#![cfg(unix)]
 // Calling `extern "C"` functions that take raw pointers is what is under test.
 #![allow(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]

@@ -18,6 +18,12 @@
 //! worker start-up), `nix` (sockets), `tokio` (readiness), `zeroize`, `tracing`. The one
 //! `unsafe` operation is adopting file descriptors the kernel just installed for us from
 //! `SCM_RIGHTS` (and, at start-up, the ones inherited across `exec`).
+//!
+//! **Linux only:** `SOCK_SEQPACKET` channels and the Linux sandbox at worker start-up
+//! (macOS has no `SOCK_SEQPACKET`; the platform layer's stream framing is its replacement).
+//! On every other OS this crate compiles to an empty library (see the platform table in the
+//! README).
+#![cfg(target_os = "linux")]
 #![deny(unsafe_code)]
 
 mod channel;

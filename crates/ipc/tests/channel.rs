@@ -1,4 +1,6 @@
 //! Both transports carry the same messages and descriptors; malformed input closes.
+// Linux only, as the crate under test.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::io::{Read, Write};

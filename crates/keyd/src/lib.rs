@@ -30,19 +30,24 @@
 //! **May depend on:** handshake, cookie, wire, ipc, uapi, tokio, and nix for the thread's
 //! CPU clock. No network sockets, no
 //! TUN, no router.
+//!
+//! **Platforms:** the cores ([`config`], [`handshakes`], [`link`]) are plain code and
+//! build everywhere (the in-process tunnel and the simulation use them). The process
+//! itself (feature `service`: `serve`, `run_worker`) speaks the Linux IPC and sandbox and
+//! exists on Linux only; elsewhere the feature adds nothing.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod handshakes;
 pub mod link;
-#[cfg(feature = "service")]
+#[cfg(all(feature = "service", target_os = "linux"))]
 mod service;
 
-#[cfg(feature = "service")]
+#[cfg(all(feature = "service", target_os = "linux"))]
 pub use service::{KeydStartup, UapiRequest, UapiSource, serve};
 
 /// Why the key process stopped.
-#[cfg(feature = "service")]
+#[cfg(all(feature = "service", target_os = "linux"))]
 #[derive(Debug, thiserror::Error)]
 pub enum KeydError {
     /// The monitor went away or broke protocol.
@@ -59,7 +64,7 @@ pub enum KeydError {
     Io(#[from] std::io::Error),
 }
 
-#[cfg(feature = "service")]
+#[cfg(all(feature = "service", target_os = "linux"))]
 /// The key process's entry point after `exec`: waits for the monitor's `Start` with the
 /// UAPI listener and the data-plane channel, then serves.
 pub async fn run_worker(

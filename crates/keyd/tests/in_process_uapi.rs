@@ -1,5 +1,7 @@
 //! keyd's UAPI requests from the same process (`UapiSource::InProcess`): a `set` and a
 //! `get` round trip without a socket, and serving ends when the sender is dropped.
+// keyd's service (Linux only) is what this tests.
+#![cfg(all(feature = "service", target_os = "linux"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use tokio::sync::{mpsc, oneshot};

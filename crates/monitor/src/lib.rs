@@ -19,6 +19,11 @@
 //!
 //! **May depend on:** ipc, tun, uapi (for the listener), socket2, nix, tokio. Never on
 //! handshake, router or keyd/datad logic: the launcher binary holds no key code.
+//!
+//! **Linux only:** it opens the Linux TUN and starts the workers over the Linux IPC and
+//! sandbox. On every other OS this crate compiles to an empty library (see the platform
+//! table in the README).
+#![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
 pub mod mtu;

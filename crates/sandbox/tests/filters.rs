@@ -5,6 +5,8 @@
 //! The filter is compiled before the fork; the child only makes raw system calls and
 //! leaves with `_exit`, so forking from the multi-threaded test harness is sound.
 // fork, waitpid and raw system calls: each block says why it is sound.
+// Linux only, as the crate under test.
+#![cfg(target_os = "linux")]
 #![allow(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 

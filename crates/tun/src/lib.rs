@@ -19,13 +19,16 @@
 //! **May depend on**: `nix` and `libc` (system calls), `tokio` (only `AsyncFd`, in
 //! [`async_io`]), `thiserror`, `tracing`. No other wireguard-rs crate.
 //!
-//! Other operating systems come later, behind the same API.
+//! **Linux only:** the Linux TUN driver (`/dev/net/tun` ioctls, virtio-net offloads); the
+//! other systems' TUN devices belong to `wg-platform`. On every other OS this crate
+//! compiles to an empty library (see the platform table in the README).
 
 // This crate must talk to the kernel through ioctls on `struct ifreq`, which no safe
 // wrapper covers, so it cannot `forbid` unsafe code like the rest of the workspace. It
 // denies it instead: the only exceptions are the small ioctl and `ifreq` functions in
 // `sys.rs` and `AsyncTun::new` (tokio's fd registration is an `unsafe fn`), each marked
 // `#[allow(unsafe_code)]`, with a `// SAFETY:` comment on every `unsafe` block.
+#![cfg(target_os = "linux")]
 #![deny(unsafe_code)]
 
 pub mod async_io;

@@ -6,6 +6,8 @@
 //! namespace disappears with the thread. Tests skip (print and return) without root,
 //! without /dev/net/tun, and, for the parts that need it, without iproute2's `ip`.
 //! Addresses are from TEST-NET-1 (192.0.2.0/24, RFC 5737) and never leave the namespace.
+// Linux only, as the crate under test.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::io::{self, ErrorKind};

@@ -8,11 +8,15 @@
 //! TUN: `--impl 'wg-tunnel-plain=target/release/examples/tunnel --no-offloads {if}'`.
 #![allow(clippy::print_stderr)]
 
+#[cfg(target_os = "linux")]
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
 use wg_tunnel::{Framing, Tunnel, TunnelError};
+#[cfg(target_os = "linux")]
 use wg_uapi::{Errno, ParseOptions, Request, Response};
 
+#[cfg(target_os = "linux")]
 fn errno_of(error: &TunnelError) -> Errno {
     match error.errno() {
         Some(5) => Errno::Io,
@@ -24,6 +28,7 @@ fn errno_of(error: &TunnelError) -> Errno {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn answer(tunnel: &Tunnel, request: Request) -> Response {
     match request {
         Request::Get => match tunnel.get() {
@@ -43,6 +48,17 @@ fn answer(tunnel: &Tunnel, request: Request) -> Response {
     }
 }
 
+/// It creates a Linux TUN device (`wg_tun`); elsewhere it only says so.
+#[cfg(not(target_os = "linux"))]
+fn main() -> std::process::ExitCode {
+    eprintln!(
+        "tunnel: this example creates a Linux TUN device and runs only on Linux, not on {}",
+        std::env::consts::OS
+    );
+    std::process::ExitCode::FAILURE
+}
+
+#[cfg(target_os = "linux")]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

@@ -77,6 +77,10 @@
 //!   [`TunnelError::Stopped`].
 //! - Padding uses the default MTU of 1420 (it only caps the padding of full-size
 //!   packets; packets of any size up to 65535 bytes are carried).
+//! - **FreeBSD, NetBSD:** the portable driver compiles there (CI checks it); their tun(4)
+//!   framing is not wired in yet and it has not run there.
+//! - **Windows:** not yet (a Wintun session is no descriptor): this crate compiles to an
+//!   empty library there.
 //!
 //! **May depend on:** `wg-device`, `wg-router` (buffer room constants), `wg-keyd` (oracle
 //! and configuration commit, the key process's code run in process), `wg-uapi`, `wg-wire`,
@@ -85,6 +89,7 @@
 //! (binding the sockets), `wg-tun` (adopting the descriptor), `wg-ipc`. One `unsafe` call:
 //! registering the TUN descriptor with tokio's reactor (`AsyncFd::register`, whose safe
 //! form tokio deprecated as unsound), on the descriptor the tunnel owns alone.
+#![cfg(unix)]
 #![deny(unsafe_code)]
 
 mod driver;

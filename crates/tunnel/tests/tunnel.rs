@@ -1,11 +1,13 @@
 //! The tunnel through its public API, without root: a `socketpair(AF_UNIX, SOCK_DGRAM)`
 //! stands in for the TUN device (each datagram one packet), the UDP sockets are real
 //! (loopback).
+// The tunnel takes a descriptor: Unix only (see the crate doc).
+#![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixDatagram;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wg_tunnel::{Framing, PublicKey, Tunnel, TunnelError};
 use wg_uapi::SecretKey;
@@ -214,6 +216,7 @@ fn stop_and_drop_join_the_thread_and_close_everything() {
 #[test]
 fn a_tunnel_whose_tun_closes_stops_and_answers_stopped() {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    use std::time::Instant;
     let (tun, app) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,

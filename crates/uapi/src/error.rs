@@ -236,6 +236,7 @@ pub enum UapiError {
         uid: u32,
     },
     /// SO_PEERCRED failed.
+    #[cfg(unix)]
     #[error("cannot read UAPI client credentials: {0}")]
     PeerCredentials(nix::Error),
 }
@@ -265,8 +266,9 @@ impl UapiError {
             | UapiError::InvalidInterfaceName
             | UapiError::SocketInUse { .. }
             | UapiError::Socket { .. }
-            | UapiError::PeerRefused { .. }
-            | UapiError::PeerCredentials(_) => None,
+            | UapiError::PeerRefused { .. } => None,
+            #[cfg(unix)]
+            UapiError::PeerCredentials(_) => None,
             #[cfg(feature = "client")]
             UapiError::Remote { .. } => None,
         }

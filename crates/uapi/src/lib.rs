@@ -19,6 +19,11 @@
 //! `tracing`, `tokio` (socket I/O only) and `nix` (umask, SO_PEERCRED, euid). No
 //! Curve25519 code: the caller derives our public key (see [`apply`]).
 //!
+//! **Platforms:** the protocol, the configuration model and `get` are plain code and
+//! build everywhere. The Unix socket (`server`) exists on Unix systems only (peer
+//! credentials with `SO_PEERCRED` on Linux and Android, `getpeereid` elsewhere); Windows'
+//! named pipe is not here yet.
+//!
 //! **Feature `client`** (off by default): the client side, `write_set`,
 //! `SetRequest::from_config`, `parse_get_response` and `GetResponse`, for tests,
 //! fuzzing and tools. wg-keyd, which holds the private key, depends on this crate and must
@@ -67,6 +72,7 @@ mod error;
 pub mod get;
 mod keys;
 pub mod protocol;
+#[cfg(unix)]
 pub mod server;
 
 pub use config::{
@@ -83,6 +89,7 @@ pub use protocol::{
     Limits, ParseOptions, PeerChange, Request, Response, ScopeResolver, SetParser, SetRequest,
     parse_request, parse_request_with,
 };
+#[cfg(unix)]
 pub use server::{
     DEFAULT_SOCKET_DIR, SecretBufReader, SocketFileGuard, bind_listener, bind_listener_in,
     check_peer, check_peer_owned_by, peer_allowed, read_request, read_request_with,

@@ -1,4 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+// The Unix socket exists on Unix only.
+#![cfg(unix)]
 //! The socket layer against real Unix sockets in a temporary directory.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};

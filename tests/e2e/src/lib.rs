@@ -12,6 +12,10 @@
 //! Every resource is an RAII guard, dropped in a safe order (daemons, then links, then
 //! namespaces, then the private directory), on success and on failure; every wait is
 //! bounded; processes are stopped only by the PID the test started.
+//!
+//! **Linux only:** network namespaces, the Linux daemon and its sandbox. On every other OS
+//! this crate compiles to an empty library (see the platform table in the README).
+#![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
 pub mod daemon;

@@ -21,6 +21,8 @@
 //!   connect.
 //!
 //! Our daemon is on side A unless a case says otherwise; its peer is wireguard-go.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

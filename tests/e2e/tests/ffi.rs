@@ -8,6 +8,8 @@
 //! unknown handles, use after turn-off), `wgTurnOff`, and a clean exit. A second run
 //! does the same under valgrind (smaller transfers) and requires no error and no
 //! definite or indirect leak.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::io::{BufRead, BufReader, Write};

@@ -15,6 +15,8 @@
 //! current-thread runtime on the test's thread (keyd dies with the thread that started
 //! it). UAPI clients run on blocking threads, so their timings do not depend on the
 //! runtime's other tasks.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

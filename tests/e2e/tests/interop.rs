@@ -7,6 +7,8 @@
 //!
 //! The cases are a pairwise cover of role × underlay × PSK (four per implementation), one
 //! `#[test]` per implementation; every failing case is reported, not only the first.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use anyhow::{Context, Result, ensure};
 use wg_e2e::topo::{TUN4, TUN6};

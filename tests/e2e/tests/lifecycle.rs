@@ -1,6 +1,8 @@
 //! The daemon's life: `wg-quick up`/`down` with wireguard-rs as the userspace
 //! implementation, `ip link del` ending it, the created interface, `--version`, and clear
 //! errors for bad or taken interface names.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -9,6 +9,8 @@
 //! pad it to 1296, a message of 1328 bytes. The receiving peer, wireguard-go, counts
 //! exactly the message length of each transport message in its rx counter (the plaintext
 //! plus 32), so its counter grows by 1313, not 1328.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use std::time::Duration;
 

@@ -3,6 +3,8 @@
 //! super-packets (TSO), crosses the veth as segmented UDP sends (UDP GSO), and enters
 //! the receiver's TUN device coalesced again (GRO). The same transfer with the offloads
 //! turned off moves only packets of at most the MTU, which shows the check can fail.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use anyhow::{Context, Result, ensure};
 use wg_e2e::topo::TUN4;

@@ -4,6 +4,8 @@
 //! stop; systemd's `READY=1`/`STOPPING=1`; a listen port below 1024 by default; errors that
 //! name a missing capability; `LOG_LEVEL` and log lines naming the interface; the
 //! `WG_RS_*` variables; `--version` of the three binaries.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,8 @@
 //! truncations and bit flips of a real handshake initiation. Nothing may crash (no worker
 //! restarted) and the tunnel must keep working, including new handshakes.
 //! (Malformed UAPI requests are in `uapi.rs`.)
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use std::time::Duration;
 

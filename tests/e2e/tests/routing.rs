@@ -1,6 +1,8 @@
 //! Cryptokey routing and peer state on wireguard-rs ↔ wireguard-rs tunnels: counters and
 //! handshake times, removing a peer, moving an allowed IP, source filtering, roaming, and
 //! a refused listen-port change.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use std::time::Duration;
 

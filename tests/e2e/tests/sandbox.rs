@@ -9,6 +9,8 @@
 //!
 //! Our daemon is on side A; the peer on side B is wireguard-go, so every wireguard-rs
 //! process in sight belongs to the daemon under test.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use std::time::{Duration, Instant};
 

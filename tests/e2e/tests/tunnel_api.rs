@@ -5,6 +5,8 @@
 //! tunnel runs the daemon's data plane in process (`Backend::Datad`): once on a TUN
 //! created with the virtio-net header and offloads (as the daemon creates its own), once
 //! on a plain one (as an app's `VpnService` TUN is).
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::fs::File;

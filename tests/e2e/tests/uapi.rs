@@ -1,5 +1,7 @@
 //! The configuration interface: `wg setconf`/`showconf` round trips, `get=1` secrets,
 //! a peer with our own public key, concurrent UAPI clients, and malformed requests.
+// Linux only: network namespaces and the Linux daemon.
+#![cfg(target_os = "linux")]
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;

@@ -9,6 +9,10 @@
 //!
 //! Everything it creates is owned by a guard and removed on drop, on success and on
 //! error; nothing here kills a process by name.
+//!
+//! **Linux only:** network namespaces. On every other OS this crate compiles to an empty
+//! library (see the platform table in the README).
+#![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
 pub mod cmd;
