@@ -329,12 +329,27 @@ impl Peer {
         now: Instant,
         rng: &mut R,
     ) -> Result<[u8; wg_wire::INITIATION_LEN], HandshakeError> {
+        let ephemeral = Ephemeral::generate(rng);
+        self.create_initiation_with(local, local_index, timestamp, macs, now, ephemeral)
+    }
+
+    /// [`Peer::create_initiation`] with an ephemeral key the caller generated (earlier,
+    /// when it was idle). It must be fresh and never used before: the caller hands it over
+    /// by value, and it is wiped when the handshake ends or is replaced.
+    pub fn create_initiation_with(
+        &mut self,
+        local: &LocalIdentity,
+        local_index: u32,
+        timestamp: Tai64N,
+        macs: &mut MacSigner,
+        now: Instant,
+        ephemeral: Ephemeral,
+    ) -> Result<[u8; wg_wire::INITIATION_LEN], HandshakeError> {
         self.state = State::Idle;
         let ss = self.static_static(local)?;
         let (c0, h0) = crypto::initial_chain_and_hash();
         let h = hash(&[&h0, self.remote.as_bytes()]);
 
-        let ephemeral = Ephemeral::generate(rng);
         let e_pub = *ephemeral.public();
         let [chaining] = kdf::<1>(&c0, &e_pub);
         let h = hash(&[&h, &e_pub]);
@@ -422,6 +437,19 @@ impl Peer {
         now: Instant,
         rng: &mut R,
     ) -> Result<([u8; wg_wire::RESPONSE_LEN], Session), HandshakeError> {
+        let ephemeral = Ephemeral::generate(rng);
+        self.create_response_with(local_index, macs, now, ephemeral)
+    }
+
+    /// [`Peer::create_response`] with an ephemeral key the caller generated earlier (fresh,
+    /// never used; dropped, and so wiped, before this returns).
+    pub fn create_response_with(
+        &mut self,
+        local_index: u32,
+        macs: &mut MacSigner,
+        now: Instant,
+        ephemeral: Ephemeral,
+    ) -> Result<([u8; wg_wire::RESPONSE_LEN], Session), HandshakeError> {
         let State::InitiationConsumed {
             remote_index,
             remote_ephemeral,
@@ -431,7 +459,6 @@ impl Peer {
         else {
             return Err(HandshakeError::UnexpectedMessage);
         };
-        let ephemeral = Ephemeral::generate(rng);
         let e_pub = *ephemeral.public();
         let [chaining] = kdf::<1>(&chaining, &e_pub);
         let h = hash(&[&h, &e_pub]);

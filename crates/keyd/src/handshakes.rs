@@ -27,6 +27,8 @@ use wg_wire::{
     WireError, message_type,
 };
 
+use crate::pool::EphemeralPool;
+
 /// What the oracle did with a request of the data plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
@@ -93,6 +95,8 @@ pub struct Handshakes {
     peers: HashMap<PublicKey, HandshakePeer>,
     /// Receiver indices handed out: pending initiations and live sessions.
     indices: IndexTable<PublicKey>,
+    /// Ephemeral keys made while idle.
+    pool: EphemeralPool,
 }
 
 impl std::fmt::Debug for Handshakes {
@@ -101,6 +105,7 @@ impl std::fmt::Debug for Handshakes {
             .field("identity", &self.identity)
             .field("peers", &self.peers.len())
             .field("indices", &self.indices.len())
+            .field("pool", &self.pool)
             .finish()
     }
 }
@@ -130,7 +135,42 @@ impl Handshakes {
             identity: None,
             peers: HashMap::new(),
             indices: IndexTable::new(),
+            pool: EphemeralPool::new(),
         }
+    }
+
+    /// Makes every ephemeral key on demand, never ahead of time (the pool stays empty).
+    pub fn without_key_pool(mut self) -> Self {
+        self.pool = EphemeralPool::disabled();
+        self
+    }
+
+    /// Whether keyd should spend an idle moment on [`Handshakes::refill_one`].
+    pub fn wants_refill(&self) -> bool {
+        self.identity.is_some() && self.pool.wants_refill()
+    }
+
+    /// Makes one ephemeral key ahead of time (call only while no message waits).
+    pub fn refill_one<R: CryptoRng + ?Sized>(&mut self, now: Instant, rng: &mut R) {
+        if self.identity.is_some() {
+            self.pool.refill_one(now, rng);
+        }
+    }
+
+    /// When a ready ephemeral key goes stale and must be wiped, if one is ready.
+    pub fn next_key_expiry(&self) -> Option<Instant> {
+        self.pool.next_expiry()
+    }
+
+    /// Wipes the ready ephemeral keys that went stale.
+    pub fn expire_keys(&mut self, now: Instant) {
+        self.pool.expire(now);
+    }
+
+    /// The public halves of the ephemeral keys ready, oldest first (for tests and the
+    /// simulation: which key a message used).
+    pub fn ready_key_publics(&self) -> Vec<[u8; 32]> {
+        self.pool.publics()
     }
 
     /// Our public key, if a private key is set.
@@ -158,6 +198,8 @@ impl Handshakes {
     /// the old key) and the peers' static-static secrets are recomputed lazily.
     pub fn set_identity(&mut self, identity: Option<LocalIdentity>) {
         self.identity = identity;
+        // No key made under the old identity is used under the new one.
+        self.pool.clear();
         for p in self.peers.values_mut() {
             p.noise.clear();
             p.last_initiation = None;
@@ -283,10 +325,15 @@ impl Handshakes {
         }
         let index = self.indices.insert(rng, public_key);
         let timestamp = Tai64N::from_system_time(wall);
-        match p
-            .noise
-            .create_initiation(identity, index, timestamp, &mut p.macs, now, rng)
-        {
+        let ephemeral = self.pool.take(now, rng);
+        match p.noise.create_initiation_with(
+            identity,
+            index,
+            timestamp,
+            &mut p.macs,
+            now,
+            ephemeral,
+        ) {
             Ok(message) => {
                 p.last_initiation = Some(now);
                 out.push(KeydToDatad::SendHandshake {
@@ -333,7 +380,11 @@ impl Handshakes {
             self.indices.remove(index);
         }
         let index = self.indices.insert(rng, public_key);
-        match p.noise.create_response(index, &mut p.macs, now, rng) {
+        let ephemeral = self.pool.take(now, rng);
+        match p
+            .noise
+            .create_response_with(index, &mut p.macs, now, ephemeral)
+        {
             Ok((response, session)) => {
                 // Keys first: the initiator's first packet may follow the response closely.
                 out.push(session_message(public_key, session, Some(source)));
@@ -456,6 +507,44 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let _ = hs.on_datad(msg, now, wall(0), &mut rng, &mut out);
         initiations(&out)
+    }
+
+    #[test]
+    fn a_new_private_key_wipes_the_ephemeral_keys_made_ahead() {
+        let (mut hs, peer) = with_one_peer();
+        let mut rng = StdRng::seed_from_u64(3);
+        let now = Instant::now();
+        while hs.wants_refill() {
+            hs.refill_one(now, &mut rng);
+        }
+        let old = hs.ready_key_publics();
+        assert_eq!(old.len(), crate::pool::CAPACITY);
+        hs.set_identity(Some(identity(9)));
+        assert!(
+            hs.ready_key_publics().is_empty(),
+            "old keys survived a key change"
+        );
+        // The next initiation carries a key made after the change.
+        let mut out = Vec::new();
+        let msg = DatadToKeyd::WantHandshake {
+            public_key: peer,
+            retry: false,
+        };
+        hs.upsert_peer(peer, PresharedKey::zero());
+        assert_eq!(
+            hs.on_datad(msg, now, wall(0), &mut rng, &mut out),
+            Ok(Answer::Initiated)
+        );
+        let Some(KeydToDatad::SendHandshake { message, .. }) = out.first() else {
+            panic!("no initiation: {out:?}");
+        };
+        let ephemeral: [u8; 32] = message[8..40].try_into().unwrap_or_default();
+        assert!(!old.contains(&ephemeral));
+        // Without an identity nothing is made ahead.
+        hs.set_identity(None);
+        assert!(!hs.wants_refill());
+        hs.refill_one(now, &mut rng);
+        assert!(hs.ready_key_publics().is_empty());
     }
 
     /// An oracle with an identity and one configured peer.

@@ -40,6 +40,7 @@
 pub mod config;
 pub mod handshakes;
 pub mod link;
+pub mod pool;
 #[cfg(all(feature = "service", target_os = "linux"))]
 mod service;
 

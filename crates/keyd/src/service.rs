@@ -18,6 +18,7 @@ use crate::KeydError;
 use crate::config;
 use crate::handshakes::Handshakes;
 use crate::link::{DatadLink, StatsAnswer};
+use crate::pool;
 
 /// A UAPI client waiting this long for its next request is disconnected.
 const UAPI_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -218,6 +219,14 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
                 }
                 Err(e) => keyd.lost_datad(&e),
             },
+            // Last, so only a keyd with nothing else to do gets here: wipe the ready
+            // ephemeral keys that went stale, and make one more after a moment of quiet.
+            () = sleep_until(keyd.handshakes.next_key_expiry()) => {
+                keyd.handshakes.expire_keys(Instant::now());
+            }
+            () = tokio::time::sleep(pool::REFILL_AFTER_IDLE), if keyd.handshakes.wants_refill() => {
+                keyd.handshakes.refill_one(Instant::now(), &mut keyd.rng);
+            }
         }
         keyd.flush_datad();
     }

@@ -142,6 +142,7 @@ impl Node {
             config.persistent_keepalive,
             now,
         )?;
+        node.keyd_idle(now);
         Ok(node)
     }
 
@@ -296,7 +297,10 @@ impl Node {
 
     /// When the node next wants [`poll_timers`](Self::poll_timers).
     pub fn next_deadline(&mut self, now: Instant) -> Option<Instant> {
-        self.device.poll_timeout(now)
+        [self.device.poll_timeout(now), self.oracle.next_key_expiry()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Takes the datagrams waiting to be sent.
@@ -397,10 +401,28 @@ impl Node {
         }
     }
 
-    /// Runs every timer due at `now`.
+    /// Runs every timer due at `now`, then what keyd does when nothing waits for it: wipe
+    /// the ready ephemeral keys that went stale and make new ones while they are wanted.
+    /// (The simulation calls this once everything due at `now` was delivered, so a burst
+    /// of messages at one instant drains the pool as a flood would.)
     pub fn poll_timers(&mut self, now: Instant) {
         self.device.handle_timeout(now);
         self.pump(now);
+        self.keyd_idle(now);
+    }
+
+    /// keyd with nothing to do: wipes the ready ephemeral keys that went stale and makes
+    /// new ones while they are wanted (the service does this after a moment of quiet).
+    fn keyd_idle(&mut self, now: Instant) {
+        self.oracle.expire_keys(now);
+        while self.oracle.wants_refill() {
+            self.oracle.refill_one(now, &mut self.keyd_rng);
+        }
+    }
+
+    /// The ephemeral keys keyd holds ready (public halves), oldest first.
+    pub fn ready_keys(&self) -> Vec<[u8; 32]> {
+        self.oracle.ready_key_publics()
     }
 
     /// Uses up `n` send counters of the current keypair without sending anything, as if `n`
