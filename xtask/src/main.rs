@@ -36,6 +36,8 @@ mod nspawn;
 mod selftest;
 #[cfg(target_os = "linux")]
 mod setup;
+#[cfg(target_os = "linux")]
+mod wine;
 
 use std::process::ExitCode;
 
@@ -190,6 +192,16 @@ enum Task {
         #[arg(long)]
         list: bool,
     },
+    /// Build the portable crates' tests for Windows with MinGW and run them under Wine
+    /// (throwaway prefix in the target directory; Debian's wine64).
+    WineTest {
+        /// Only this crate (repeatable; default: the portable set).
+        #[arg(long = "crate", value_name = "NAME")]
+        crates: Vec<String>,
+        /// Seconds allowed to each test executable.
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        timeout: u64,
+    },
 }
 
 /// Every task drives Linux (apt, network namespaces, systemd-nspawn, the Linux daemon):
@@ -217,6 +229,7 @@ fn main() -> ExitCode {
             | Task::Install { .. }
             | Task::Deb { .. }
             | Task::NspawnTest { .. }
+            | Task::WineTest { .. }
     );
     if needs_handler && let Err(e) = cmd::install_signal_handler() {
         eprintln!("xtask: error: {e:#}");
@@ -306,6 +319,11 @@ fn main() -> ExitCode {
             target,
             seconds,
             list,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Task::WineTest { crates, timeout } => wine::run(&wine::WineTestArgs {
+            crates,
+            timeout_secs: timeout,
         })
         .map(|()| ExitCode::SUCCESS),
     };

@@ -23,6 +23,11 @@ const PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
     "valgrind",
+    // `cargo xtask wine-test`: the MinGW cross compiler (ring's and aws-lc's C, the
+    // bcryptprimitives shim), NASM (aws-lc's Windows assembly) and Wine to run the tests.
+    "gcc-mingw-w64-x86-64",
+    "nasm",
+    "wine64",
 ];
 
 /// Runs the installer.
@@ -220,6 +225,7 @@ fn rustup_targets() -> Result<()> {
     let missing: Vec<&str> = crate::ci::CROSS_TARGETS
         .iter()
         .copied()
+        .chain([crate::wine::TARGET])
         .filter(|t| !installed.lines().any(|l| l.trim() == *t))
         .collect();
     if missing.is_empty() {
