@@ -2,24 +2,6 @@
 //! `WG_RS_IPC_FD`; not meant to be run by hand (but `--version` answers).
 #![forbid(unsafe_code)]
 
-/// `--version`: the version and the commit it was built from.
-#[cfg(target_os = "linux")]
-const VERSION: &str = if cfg!(feature = "test-hooks") {
-    concat!(
-        env!("CARGO_PKG_VERSION"),
-        " (commit ",
-        env!("WG_RS_GIT_COMMIT"),
-        "; TEST HOOKS)"
-    )
-} else {
-    concat!(
-        env!("CARGO_PKG_VERSION"),
-        " (commit ",
-        env!("WG_RS_GIT_COMMIT"),
-        ")"
-    )
-};
-
 #[cfg(not(target_os = "linux"))]
 include!("../../unsupported-os.rs");
 
@@ -30,10 +12,22 @@ fn main() -> std::process::ExitCode {
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
+    // `--version`: the version, the commit it was built from and the X25519 backend.
+    let version = format!(
+        "{} (commit {}; x25519 {}{})",
+        env!("CARGO_PKG_VERSION"),
+        env!("WG_RS_GIT_COMMIT"),
+        wg_keyd::X25519_BACKEND,
+        if cfg!(feature = "test-hooks") {
+            "; TEST HOOKS"
+        } else {
+            ""
+        }
+    );
     wg_ipc::worker::main(
         "wireguard-rs-keyd",
         wg_sandbox::Role::Keyd,
-        VERSION,
+        &version,
         wg_keyd::run_worker,
     )
 }

@@ -41,6 +41,9 @@ pub mod config;
 pub mod handshakes;
 pub mod link;
 pub mod pool;
+
+/// The X25519 implementation the handshakes use (`aws-lc` or `x25519-dalek`).
+pub const X25519_BACKEND: &str = wg_handshake::X25519_BACKEND;
 #[cfg(all(feature = "service", target_os = "linux"))]
 mod service;
 
