@@ -324,7 +324,7 @@ fn lock_memory() -> Result<(), SandboxError> {
     // MCL_ONFAULT: a page is locked when it is first touched, rather than every mapped
     // page (all of libc, all of keyd's binary) being read in and locked at once. Keys live
     // only in touched pages, so they stay out of swap all the same; keyd's resident set
-    // and locked memory shrink to what it uses (6.2 -> 2.6 MiB idle, docs/benchmarks.md),
+    // and locked memory shrink to what it uses (6.2 -> 3.3 MiB idle, docs/benchmarks.md),
     // which also leaves a small memlock limit for the keys themselves.
     let lock_on_fault = MlockAllFlags::from_bits_retain(libc::MCL_ONFAULT);
     let flags = match memory_lock_plan(raised, hard, KEYD_MEMLOCK_BYTES) {
