@@ -209,30 +209,27 @@ fn cbindgen() -> Result<()> {
     Ok(())
 }
 
-/// The targets of `cargo xtask ci`'s cross-target check of the app library (wg-ffi and
-/// wg-tunnel for Android and iOS; see `crate::ci::CROSS_TARGETS`).
+/// The Rust targets `cargo xtask ci` builds for (see `crate::ci::rust_targets`): the app
+/// library's cross checks, the whole workspace's `port:` checks and `wine-test`.
 fn rustup_targets() -> Result<()> {
+    let wanted = crate::ci::rust_targets();
     if !cmd::on_path("rustup") {
         println!(
             "setup: rustup is not on PATH: add the targets {} with your toolchain manager",
-            crate::ci::CROSS_TARGETS.join(" ")
+            wanted.join(" ")
         );
         return Ok(());
     }
     let mut c = cmd::command::<&str>("rustup", &["target", "list", "--installed"]);
     let out = cmd::output(&mut c, Duration::from_secs(60))?;
     let installed = String::from_utf8_lossy(&out.stdout).into_owned();
-    let missing: Vec<&str> = crate::ci::CROSS_TARGETS
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
-        .chain([crate::wine::TARGET])
         .filter(|t| !installed.lines().any(|l| l.trim() == *t))
         .collect();
     if missing.is_empty() {
-        println!(
-            "setup: rust targets {}: installed",
-            crate::ci::CROSS_TARGETS.join(" ")
-        );
+        println!("setup: rust targets {}: installed", wanted.join(" "));
         return Ok(());
     }
     let mut args = vec!["target", "add"];
