@@ -127,6 +127,9 @@ impl UapiPipeListener {
     }
 
     /// Waits for a client, then returns its stream; a new instance waits for the next.
+    ///
+    /// An error concerns one client (one that connected and left at once, for example):
+    /// the listener has a fresh instance waiting again, so call `accept` again.
     #[allow(unsafe_code)]
     pub fn accept(&mut self) -> Result<PipeStream, WindowsError> {
         // SAFETY: `waiting` is an open pipe instance handle owned by us; a null
@@ -137,6 +140,9 @@ impl UapiPipeListener {
             let code = unsafe { GetLastError() };
             // A client that opened the pipe between creation and this call is connected.
             if code != ERROR_PIPE_CONNECTED {
+                // The instance is spent (its client left, or it broke): wait on a new one.
+                self.waiting =
+                    create_instance(&self.wide_path, &self.descriptor, &self.path, false)?;
                 return Err(WindowsError::Os {
                     call: "ConnectNamedPipe",
                     source: std::io::Error::from_raw_os_error(code as i32),

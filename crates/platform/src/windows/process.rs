@@ -462,8 +462,8 @@ fn restricted_token(rules: &TokenPolicy) -> Result<OwnedHandle, WindowsError> {
         },
     };
     // SAFETY: the label SID is valid for the call.
-    let size = std::mem::size_of::<TOKEN_MANDATORY_LABEL>() as u32
-        + unsafe { GetLengthSid(label.as_psid()) };
+    let sid_len = unsafe { GetLengthSid(label.as_psid()) };
+    let size = std::mem::size_of::<TOKEN_MANDATORY_LABEL>() as u32 + sid_len;
     // SAFETY: a token we own; the structure and its SID live across the call.
     if unsafe {
         SetTokenInformation(

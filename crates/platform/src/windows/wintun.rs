@@ -134,7 +134,7 @@ impl WintunApi {
             let code = unsafe { GetLastError() };
             return Err(WindowsError::WintunMissing { code });
         }
-        // SAFETY (every `symbol` call): the types are those of wintun.h's declarations.
+        // SAFETY: for every `symbol` call, the type is that of wintun.h's declaration.
         let api = unsafe {
             (|| -> Result<Self, WindowsError> {
                 Ok(WintunApi {
