@@ -48,27 +48,10 @@ pub(crate) const CRATES: [&str; 13] = [
 /// Tests skipped by name under Wine, each with the reason printed on every run: what
 /// Wine lacks, or a test's expectation that holds on Unix only (its crate's owners are
 /// told; the library code itself passes).
-pub(crate) const SKIPPED: [(&str, &str); 4] = [
-    (
-        "windows::pipe_server::tests::a_second_server_for_the_same_interface_is_refused",
-        "Wine 8.0 ignores FILE_FLAG_FIRST_PIPE_INSTANCE (a second pipe server is not refused)",
-    ),
-    (
-        "tai64n::tests::order_follows_time",
-        "the test adds up to 2^40 s to UNIX_EPOCH, beyond Windows' SystemTime range \
-         (100 ns ticks from 1601, about 29,000 years), and overflows; a Unix-only domain",
-    ),
-    (
-        "get_answers_parse_back",
-        "the test builds times beyond Windows' SystemTime range with `UNIX_EPOCH + d`, \
-         which overflows there; a Unix-only domain (the parser uses checked_add)",
-    ),
-    (
-        "get::tests::exact_wireguard_go_format",
-        "Windows' SystemTime has 100 ns resolution, so 123456789 ns reads back as \
-         123456700 (as wireguard-go reports on Windows); the expected text is Unix's",
-    ),
-];
+pub(crate) const SKIPPED: [(&str, &str); 1] = [(
+    "windows::pipe_server::tests::a_second_server_for_the_same_interface_is_refused",
+    "Wine 8.0 ignores FILE_FLAG_FIRST_PIPE_INSTANCE (a second pipe server is not refused)",
+)];
 
 /// The shim's C source: `ProcessPrng` as bcryptprimitives.dll exports it on Windows 10+,
 /// filled by `RtlGenRandom` in chunks (its length is a ULONG).

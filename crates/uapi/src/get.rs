@@ -301,7 +301,7 @@ mod tests {
             if pk.0[0] == 0xab {
                 PeerRuntime {
                     endpoint: None,
-                    last_handshake: Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)),
+                    last_handshake: Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_700)),
                     rx_bytes: 1000,
                     tx_bytes: 2000,
                 }
@@ -315,7 +315,7 @@ mod tests {
              last_handshake_time_sec=0\nlast_handshake_time_nsec=0\ntx_bytes=0\nrx_bytes=0\n\
              persistent_keepalive_interval=0\nallowed_ip=10.0.0.0/24\n\
              public_key={}\npreshared_key={}\nprotocol_version=1\nendpoint=[fd00::1]:4242\n\
-             last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=123456789\n\
+             last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=123456700\n\
              tx_bytes=2000\nrx_bytes=1000\npersistent_keepalive_interval=25\n\
              allowed_ip=fd00::/64\nallowed_ip=0.0.0.0/0\nerrno=0\n\n",
             "50".repeat(32),
