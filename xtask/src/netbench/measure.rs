@@ -325,6 +325,19 @@ pub(crate) fn tree_rss_kib(tree: &[(ProcStat, u32)]) -> u64 {
         .sum()
 }
 
+/// Sum of the proportional set size (`Pss` of `/proc/PID/smaps_rollup`) over the tree,
+/// KiB: every page counted once, shared pages (libc, one binary run as two processes)
+/// divided among the processes mapping them. VmRSS counts a shared page in full in each
+/// process, so a tree of several processes pays for its libc once per process there.
+pub(crate) fn tree_pss_kib(tree: &[(ProcStat, u32)]) -> u64 {
+    tree.iter()
+        .filter_map(|(p, _)| {
+            let text = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid)).ok()?;
+            parse_status_kib(&text, "Pss")
+        })
+        .sum()
+}
+
 /// `(comm@depth, VmHWM KiB)` of every process of the tree.
 pub(crate) fn tree_hwm(tree: &[(ProcStat, u32)]) -> Vec<(String, u64)> {
     tree.iter()
@@ -472,6 +485,8 @@ mod tests {
         let text = "Name:\tdatad\nVmPeak:\t  20000 kB\nVmHWM:\t    9876 kB\nVmRSS:\t    5432 kB\n";
         assert_eq!(parse_status_kib(text, "VmHWM"), Some(9876));
         assert_eq!(parse_status_kib(text, "VmRSS"), Some(5432));
+        let rollup = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:    3500 kB\nPss:    1076 kB\nPss_Dirty:   360 kB\n";
+        assert_eq!(parse_status_kib(rollup, "Pss"), Some(1076));
         assert_eq!(parse_status_kib(text, "VmSwap"), None);
     }
 

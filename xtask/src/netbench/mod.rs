@@ -1002,6 +1002,7 @@ fn memory_trial(
                 d.check_alive("the idle RSS test")?;
                 let tree = measure::daemon_tree(d.pid());
                 let kib = measure::tree_rss_kib(&tree);
+                let pss_kib = measure::tree_pss_kib(&tree);
                 let got = d.peer_count()?;
                 if got != n as usize {
                     bail!("{} reports {got} peers after wg setconf of {n}", d.ifname);
@@ -1009,6 +1010,10 @@ fn memory_trial(
                 #[allow(clippy::cast_precision_loss)]
                 let mib = kib as f64 / 1024.0;
                 sample.values.insert(report::rss_key(n), mib);
+                #[allow(clippy::cast_precision_loss)]
+                sample
+                    .values
+                    .insert(report::pss_key(n), pss_kib as f64 / 1024.0);
                 sample.details.insert(
                     format!("rss_idle_{n}_processes"),
                     json!(
@@ -1024,7 +1029,8 @@ fn memory_trial(
                 }
                 let _ = write!(
                     summary,
-                    "{mib:.1} MiB over {} process(es), setconf {:.2} s",
+                    "{mib:.1} MiB (PSS {:.1}) over {} process(es), setconf {:.2} s",
+                    pss_kib as f64 / 1024.0,
                     tree.len(),
                     took.as_secs_f64()
                 );

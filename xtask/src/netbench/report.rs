@@ -77,6 +77,11 @@ pub(crate) fn rss_key(n: u32) -> String {
     format!("rss_idle_{n}_peers_mib")
 }
 
+/// JSON key of the idle-PSS metric with `n` configured peers.
+pub(crate) fn pss_key(n: u32) -> String {
+    format!("pss_idle_{n}_peers_mib")
+}
+
 /// `10000` → `10,000`.
 pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -149,6 +154,16 @@ pub(crate) fn metric_defs(rss_peers: &[u32]) -> Vec<MetricDef> {
         v.push(MetricDef {
             key: rss_key(n),
             title: format!("RSS idle, {} peers, MiB", thousands(u64::from(n))),
+            better: Lower,
+            decimals: 1,
+            ratio: true,
+        });
+        v.push(MetricDef {
+            key: pss_key(n),
+            title: format!(
+                "PSS idle, {} peers, MiB (shared pages split)",
+                thousands(u64::from(n))
+            ),
             better: Lower,
             decimals: 1,
             ratio: true,
