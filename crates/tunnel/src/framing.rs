@@ -1,13 +1,22 @@
 //! How packets sit on the TUN descriptor: bare IP packets, or each behind a 4-byte
-//! address-family header (Apple's utun).
+//! address-family header (Apple's utun, the BSDs' tun(4)), checked by `wg-platform`'s
+//! [`AfHeader`].
 
-/// The address family of IPv4 on this target, as the utun header carries it.
-const AF_INET: u32 = libc::AF_INET as u32;
-/// The address family of IPv6 on this target (30 on Apple, 10 on Linux).
-const AF_INET6: u32 = libc::AF_INET6 as u32;
+use wg_platform::af::{AfDrop, AfHeader};
+
+/// This target's address-family numbers: `wg-platform`'s table where the OS's TUN frames
+/// a family (Apple's utun, the BSDs' tun(4)); elsewhere (Linux and Android, whose TUN has
+/// no header, but whose socket pairs and tests may use this framing) the C library's.
+const HEADER: AfHeader = match AfHeader::native() {
+    Some(header) => header,
+    None => AfHeader {
+        inet: libc::AF_INET as u32,
+        inet6: libc::AF_INET6 as u32,
+    },
+};
 
 /// Bytes of the address-family header of [`Framing::AfHeader`].
-pub const AF_HEADER_LEN: usize = 4;
+pub const AF_HEADER_LEN: usize = wg_platform::af::AF_HEADER_LEN;
 
 /// How packets are framed on the TUN descriptor.
 ///
@@ -29,8 +38,9 @@ pub enum Framing {
     /// `IFF_NO_PI` cleared: what `wg_tun` and `VpnService.Builder.establish()` hand out).
     Raw,
     /// Each packet follows a 4-byte big-endian address family: `AF_INET` or `AF_INET6` of
-    /// the target OS (2 and 30 on Apple, 2 and 10 on Linux). Apple's utun descriptor, as a
-    /// `NEPacketTunnelProvider` hands it over.
+    /// the target OS (2 and 30 on Apple, 28 on FreeBSD, 24 on NetBSD, 10 on Linux). Apple's
+    /// utun descriptor, as a `NEPacketTunnelProvider` hands it over; the BSDs' tun(4) with
+    /// `TUNSIFHEAD`.
     AfHeader,
 }
 
@@ -69,42 +79,38 @@ impl Framing {
         match self {
             Framing::Raw if frame.is_empty() => Err(FrameError::Short(0)),
             Framing::Raw => Ok(frame),
-            Framing::AfHeader => {
-                let (Some(header), Some(packet)) = (
-                    frame.first_chunk::<AF_HEADER_LEN>(),
-                    frame.get(AF_HEADER_LEN..).filter(|p| !p.is_empty()),
-                ) else {
-                    return Err(FrameError::Short(frame.len()));
-                };
-                let family = u32::from_be_bytes(*header);
-                let version = packet.first().map_or(0, |b| b >> 4);
-                match (family, version) {
-                    (AF_INET, 4) | (AF_INET6, 6) => Ok(packet),
-                    (AF_INET | AF_INET6, version) => Err(FrameError::Mismatch { family, version }),
-                    _ => Err(FrameError::UnknownFamily(family)),
-                }
-            }
+            Framing::AfHeader => HEADER.decode(frame).map_err(FrameError::from),
         }
     }
 
     /// The header to write in front of `packet`: `None` for a packet that is neither IPv4
     /// nor IPv6; empty for [`Framing::Raw`] (see [`Framing::header_len`]).
     pub fn header(self, packet: &[u8]) -> Option<[u8; AF_HEADER_LEN]> {
-        let family = match packet.first().map(|b| b >> 4) {
-            Some(4) => AF_INET,
-            Some(6) => AF_INET6,
-            _ => return None,
-        };
+        let header = HEADER.encode(packet).ok()?;
         Some(match self {
             Framing::Raw => [0; AF_HEADER_LEN],
-            Framing::AfHeader => family.to_be_bytes(),
+            Framing::AfHeader => header,
         })
+    }
+}
+
+impl From<AfDrop> for FrameError {
+    fn from(drop: AfDrop) -> Self {
+        match drop {
+            AfDrop::Short(len) => FrameError::Short(len),
+            AfDrop::UnknownFamily(family) => FrameError::UnknownFamily(family),
+            AfDrop::Mismatch { family, version } => FrameError::Mismatch { family, version },
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This target's numbers, as the header carries them.
+    const AF_INET: u32 = HEADER.inet;
+    const AF_INET6: u32 = HEADER.inet6;
 
     const V4: [u8; 4] = [0x45, 0, 0, 4];
     const V6: [u8; 4] = [0x60, 0, 0, 0];
@@ -119,6 +125,16 @@ mod tests {
         assert_eq!((AF_INET, AF_INET6), (2, 30));
         #[cfg(any(target_os = "linux", target_os = "android"))]
         assert_eq!((AF_INET, AF_INET6), (2, 10));
+        #[cfg(target_os = "freebsd")]
+        assert_eq!((AF_INET, AF_INET6), (2, 28));
+        #[cfg(target_os = "netbsd")]
+        assert_eq!((AF_INET, AF_INET6), (2, 24));
+        // Where the numbers come from wg-platform's table (Apple, the BSDs), they must be
+        // the C library's for this target.
+        assert_eq!(
+            (AF_INET, AF_INET6),
+            (libc::AF_INET as u32, libc::AF_INET6 as u32)
+        );
         for (packet, family) in [(&V4, AF_INET), (&V6, AF_INET6)] {
             let header = Framing::AfHeader.header(packet).unwrap();
             assert_eq!(header, family.to_be_bytes());
