@@ -7,7 +7,6 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::net::UdpSocket;
 use wg_device::{Device, Importance, Received, Transmit};
 use wg_ipc::messages::{DatadToKeyd, DatadToMonitor, Hello, KeydToDatad, MonitorToDatad, Role};
 use wg_ipc::{Channel, IpcError, Received as IpcReceived};
@@ -17,7 +16,7 @@ use wg_wire::{MESSAGE_TRANSPORT, message_type};
 
 use crate::batch::{MAX_PACKET, OutBatch, SLOT};
 use crate::crypto::CryptoPool;
-use crate::udp;
+use crate::udp::{self, Socket};
 use crate::{DatadError, Exit, Startup};
 
 /// UDP runs (each up to 64 datagrams) received per wakeup before the loop looks at its
@@ -31,8 +30,8 @@ const TUN_SEGMENTS: usize = 256;
 /// Everything the event loop waits on.
 struct Io {
     tun: AsyncTun,
-    udp4: UdpSocket,
-    udp6: Option<UdpSocket>,
+    udp4: Socket,
+    udp6: Option<Socket>,
     keyd: Channel,
     monitor: Option<Channel>,
 }
@@ -86,7 +85,7 @@ struct Sealed {
     endpoint: SocketAddr,
 }
 
-async fn readable(socket: Option<&UdpSocket>) -> std::io::Result<()> {
+async fn readable(socket: Option<&Socket>) -> std::io::Result<()> {
     match socket {
         Some(s) => s.readable().await,
         None => std::future::pending().await,
@@ -109,9 +108,8 @@ async fn recv_monitor(monitor: Option<&Channel>) -> Result<IpcReceived<MonitorTo
     }
 }
 
-fn to_tokio(socket: std::net::UdpSocket) -> std::io::Result<UdpSocket> {
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
+fn to_tokio(socket: std::net::UdpSocket) -> std::io::Result<Socket> {
+    Socket::new(socket)
 }
 
 /// Test builds only (feature `test-hooks`): with `WG_RS_TEST_LIE_INTERFACE_GONE=PATH`, where
@@ -567,13 +565,7 @@ impl Daemon {
             tracing::debug!("no IPv6 socket for {endpoint}");
             return false;
         };
-        let sent = match socket.try_send_to(bytes, endpoint) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                socket.send_to(bytes, endpoint).await
-            }
-            other => other,
-        };
-        match sent {
+        match socket.send_with(|s| s.send_to(bytes, endpoint)).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::debug!("send to {endpoint} failed: {e}");

@@ -3,7 +3,7 @@
 //! Both fall back to one datagram per call when the kernel or the path refuses.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
@@ -11,7 +11,7 @@ use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg,
 };
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 
 /// Most datagrams one `UDP_SEGMENT` send may carry (`UDP_MAX_SEGMENTS` in Linux).
 pub(crate) const MAX_GSO_SEGMENTS: usize = 64;
@@ -19,6 +19,61 @@ pub(crate) const MAX_GSO_SEGMENTS: usize = 64;
 /// length field (65535 minus the UDP header, and over IPv4 minus the IP header too), or
 /// the kernel refuses all of it with `EMSGSIZE`.
 pub(crate) const MAX_GSO_BYTES: usize = 65535 - 8 - 20;
+
+/// A UDP socket the reactor watches for readability only.
+///
+/// Watched for writability too (as `tokio::net::UdpSocket` is), every send wakes the
+/// reactor once more when the kernel frees the datagram (`EPOLLOUT`): an extra epoll round
+/// per packet sent, spent before the loop sleeps and so, with the receiver on the same
+/// core, before the receiver runs. Sends are tried directly instead; only one that finds
+/// the socket buffer full has a duplicate of the descriptor watched for writability while
+/// it waits.
+pub(crate) struct Socket {
+    fd: AsyncFd<UdpSocket>,
+}
+
+impl Socket {
+    /// Makes `socket` non-blocking and registers it with the current runtime.
+    pub(crate) fn new(socket: UdpSocket) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(Socket {
+            fd: register(socket, Interest::READABLE)?,
+        })
+    }
+
+    /// Waits until a receive may succeed (the readiness stays until one finds nothing).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        self.fd.readable().await.map(drop)
+    }
+
+    /// Runs `send` on the socket now and, while the socket buffer is full, again whenever
+    /// it may have room.
+    pub(crate) async fn send_with<R>(
+        &self,
+        mut send: impl FnMut(&UdpSocket) -> io::Result<R>,
+    ) -> io::Result<R> {
+        match send(self.fd.get_ref()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+        // Registered until the send went through; dropping it deregisters and closes the
+        // duplicate, never the socket.
+        let waiter = register(self.fd.get_ref().try_clone()?, Interest::WRITABLE)?;
+        waiter.async_io(Interest::WRITABLE, send).await
+    }
+}
+
+/// Registers `socket` with the current runtime for `interest` alone.
+#[allow(unsafe_code)]
+fn register(socket: UdpSocket, interest: Interest) -> io::Result<AsyncFd<UdpSocket>> {
+    // `register_with_interest` needs the descriptor to stay open and refer to the same open
+    // file description while registered, and `as_raw_fd` to return it. A `UdpSocket` owns
+    // its descriptor until dropped and always returns it; the `AsyncFd` takes the socket,
+    // and this crate only ever borrows it back (`get_ref`), never `get_mut` or `into_inner`.
+    // SAFETY: the registered descriptor stays open and unreplaced (above).
+    let registered = unsafe { AsyncFd::register_with_interest(socket, interest) };
+    registered.map_err(|e| e.into_parts().1)
+}
 
 /// Control-message space for one `UDP_GRO` segment size (an `int`).
 pub(crate) fn gro_cmsg_buffer() -> Vec<u8> {
@@ -45,8 +100,8 @@ fn socket_addr(storage: &SockaddrStorage) -> Option<SocketAddr> {
 
 /// Receives one run without waiting; `WouldBlock` when nothing is queued (and then the
 /// socket's readiness is cleared, so the next `readable().await` really waits).
-pub(crate) fn try_recv_run(socket: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Run> {
-    socket.try_io(Interest::READABLE, || {
+pub(crate) fn try_recv_run(socket: &Socket, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Run> {
+    socket.fd.try_io(Interest::READABLE, |socket| {
         let mut iov = [IoSliceMut::new(buf)];
         let msg = recvmsg::<SockaddrStorage>(
             socket.as_raw_fd(),
@@ -85,7 +140,7 @@ pub(crate) fn try_recv_run(socket: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8]) 
 /// refused segmentation (the caller then stops asking for it); the datagrams were sent
 /// one by one in that case.
 pub(crate) async fn send_run(
-    socket: &UdpSocket,
+    socket: &Socket,
     endpoint: SocketAddr,
     datagrams: &[IoSlice<'_>],
     segment: usize,
@@ -95,7 +150,7 @@ pub(crate) async fn send_run(
     if gso && datagrams.len() > 1 {
         let segment = u16::try_from(segment).map_err(|_| io::Error::from(Errno::EMSGSIZE))?;
         let sent = socket
-            .async_io(Interest::WRITABLE, || {
+            .send_with(|socket| {
                 sendmsg(
                     socket.as_raw_fd(),
                     datagrams,
@@ -128,13 +183,13 @@ pub(crate) async fn send_run(
 }
 
 async fn send_each(
-    socket: &UdpSocket,
+    socket: &Socket,
     addr: &SockaddrStorage,
     datagrams: &[IoSlice<'_>],
 ) -> io::Result<()> {
     for datagram in datagrams {
         socket
-            .async_io(Interest::WRITABLE, || {
+            .send_with(|socket| {
                 sendmsg(
                     socket.as_raw_fd(),
                     std::slice::from_ref(datagram),
@@ -147,4 +202,66 @@ async fn send_each(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::net::Ipv4Addr;
+
+    fn bound() -> Socket {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        Socket::new(socket).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_datagram_sent_is_received_once_then_the_socket_reports_nothing_queued() {
+        let (a, b) = (bound(), bound());
+        let to = b.fd.get_ref().local_addr().unwrap();
+        let payload = [7u8; 100];
+        let refused = send_run(&a, to, &[IoSlice::new(&payload)], payload.len(), false)
+            .await
+            .unwrap();
+        assert!(!refused);
+        b.readable().await.unwrap();
+        let (mut buf, mut cmsg) = (vec![0u8; 2048], gro_cmsg_buffer());
+        let run = try_recv_run(&b, &mut buf, &mut cmsg).unwrap();
+        assert_eq!((run.len, run.stride), (100, 100));
+        assert_eq!(run.source, a.fd.get_ref().local_addr().unwrap());
+        assert_eq!(&buf[..100], &payload);
+        let again = try_recv_run(&b, &mut buf, &mut cmsg).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[tokio::test]
+    async fn a_send_that_finds_the_buffer_full_is_tried_again_once_there_is_room() {
+        let a = bound();
+        let calls = Cell::new(0);
+        let sent = a
+            .send_with(|_| {
+                calls.set(calls.get() + 1);
+                if calls.get() == 1 {
+                    Err(io::Error::from(io::ErrorKind::WouldBlock))
+                } else {
+                    Ok(42)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!((sent, calls.get()), (42, 2));
+        // Any other outcome of the first try is final.
+        let calls = Cell::new(0);
+        let refused = a
+            .send_with(|_| -> io::Result<()> {
+                calls.set(calls.get() + 1);
+                Err(io::Error::from(io::ErrorKind::PermissionDenied))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.kind(), calls.get()),
+            (io::ErrorKind::PermissionDenied, 1)
+        );
+    }
 }
