@@ -591,8 +591,10 @@ impl Supervisor {
 
         let mut poll = tokio::time::interval(INTERFACE_POLL);
         lockdown().map_err(MonitorError::Sandbox)?;
-        lifecycle.ready();
+        // The line first: whoever waits on the readiness pipe may read the log as soon as
+        // it returns (seen as a flaky e2e test when the line came after).
         tracing::info!("ready: {}", lifecycle.status);
+        lifecycle.ready();
 
         loop {
             tokio::select! {
