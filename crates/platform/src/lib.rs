@@ -22,6 +22,7 @@
 #![deny(unsafe_code)]
 
 pub mod af;
+mod error;
 pub mod pipe;
 pub mod policy;
 pub mod routing_mark;
@@ -36,6 +37,7 @@ pub mod macos;
 pub mod windows;
 
 pub use af::Os;
+pub use error::PlatformError;
 
 /// The process roles a sandbox policy is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

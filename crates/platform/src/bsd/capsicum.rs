@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-use super::BsdError;
+use crate::PlatformError;
 use crate::Role;
 use crate::policy::{
     CapabilityMode, DescriptorKind, capsicum_descriptors, capsicum_mode, capsicum_rights,
@@ -20,18 +20,18 @@ use crate::policy::{
 pub fn enter_capsicum(
     role: Role,
     fds: &[(BorrowedFd<'_>, DescriptorKind)],
-) -> Result<(), BsdError> {
+) -> Result<(), PlatformError> {
     for &(fd, kind) in fds {
         if !capsicum_descriptors(role).contains(&kind) {
-            return Err(BsdError::UnexpectedDescriptor { kind });
+            return Err(PlatformError::UnexpectedDescriptor { kind });
         }
         let flags =
-            fcntl(fd, FcntlArg::F_GETFL).map_err(|e| BsdError::os("fcntl(F_GETFL)", e, ""))?;
+            fcntl(fd, FcntlArg::F_GETFL).map_err(|e| PlatformError::os("fcntl(F_GETFL)", e, ""))?;
         fcntl(
             fd,
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         )
-        .map_err(|e| BsdError::os("fcntl(F_SETFL)", e, ""))?;
+        .map_err(|e| PlatformError::os("fcntl(F_SETFL)", e, ""))?;
         // SAFETY: `cap_rights_t` is two `u64` words; all-zero is a valid (empty) value,
         // which `__cap_rights_init` then stamps with the version.
         let mut rights: libc::cap_rights_t = unsafe { std::mem::zeroed() };
@@ -46,7 +46,7 @@ pub fn enter_capsicum(
         // only reads.
         let rc = unsafe { libc::cap_rights_limit(fd.as_raw_fd(), &rights) };
         if rc != 0 {
-            return Err(BsdError::os(
+            return Err(PlatformError::os(
                 "cap_rights_limit",
                 std::io::Error::last_os_error(),
                 " (is the kernel built with options CAPABILITIES?)",
@@ -57,7 +57,7 @@ pub fn enter_capsicum(
         // SAFETY: takes no argument; from here on the process is in capability mode.
         let rc = unsafe { libc::cap_enter() };
         if rc != 0 {
-            return Err(BsdError::os(
+            return Err(PlatformError::os(
                 "cap_enter",
                 std::io::Error::last_os_error(),
                 " (is the kernel built with options CAPABILITY_MODE?)",

@@ -5,25 +5,25 @@
 
 use std::ffi::CString;
 
-use super::BsdError;
+use crate::PlatformError;
 use crate::Role;
 use crate::policy::{PolicyError, pledge_promises, unveil_paths};
 
-fn c_string(text: &str) -> Result<CString, BsdError> {
-    CString::new(text).map_err(|_| BsdError::Policy(PolicyError::UnsafePath(text.to_owned())))
+fn c_string(text: &str) -> Result<CString, PlatformError> {
+    CString::new(text).map_err(|_| PlatformError::Policy(PolicyError::UnsafePath(text.to_owned())))
 }
 
-fn check(rc: libc::c_int, what: &'static str) -> Result<(), BsdError> {
+fn check(rc: libc::c_int, what: &'static str) -> Result<(), PlatformError> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(BsdError::os(what, std::io::Error::last_os_error(), ""))
+        Err(PlatformError::os(what, std::io::Error::last_os_error(), ""))
     }
 }
 
 /// Unveils `role`'s paths, locks unveil, then pledges `role`'s promises.
 #[allow(unsafe_code)]
-pub fn enter_pledge(role: Role, datad_path: Option<&str>) -> Result<(), BsdError> {
+pub fn enter_pledge(role: Role, datad_path: Option<&str>) -> Result<(), PlatformError> {
     for (path, permissions) in unveil_paths(role, datad_path)? {
         let (path, permissions) = (c_string(&path)?, c_string(permissions)?);
         // SAFETY: both are NUL-terminated strings alive for the call.

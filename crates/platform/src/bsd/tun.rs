@@ -16,7 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use libc::{c_char, c_int};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
 
-use super::BsdError;
+use crate::PlatformError;
 use crate::TunDevice;
 use crate::af::{AF_HEADER_LEN, AfHeader, IFNAMSIZ};
 
@@ -205,10 +205,10 @@ fn set_int(
     value: c_int,
     what: &'static str,
     ioctl: unsafe fn(c_int, *const c_int) -> nix::Result<c_int>,
-) -> Result<(), BsdError> {
+) -> Result<(), PlatformError> {
     // SAFETY: `file` is open for the call; `value` is a live `int`, the argument type the
     // request encodes, which the kernel only reads.
-    unsafe { ioctl(file.as_raw_fd(), &value) }.map_err(|e| BsdError::os(what, e, ""))?;
+    unsafe { ioctl(file.as_raw_fd(), &value) }.map_err(|e| PlatformError::os(what, e, ""))?;
     Ok(())
 }
 
@@ -231,10 +231,10 @@ impl BsdTun {
     /// Creates the interface: on FreeBSD any valid name (`tun` for the next free `tunN`);
     /// on NetBSD and OpenBSD `tun` or `tunN`.
     #[cfg(target_os = "freebsd")]
-    pub fn create(requested: &str) -> Result<BsdTun, BsdError> {
+    pub fn create(requested: &str) -> Result<BsdTun, PlatformError> {
         crate::af::check_ifname(requested)?;
         let file = open_rw("/dev/tun").map_err(|e| {
-            BsdError::os(
+            PlatformError::os(
                 "opening /dev/tun",
                 e,
                 " (run as root; load the driver with kldload if_tuntap)",
@@ -263,7 +263,7 @@ impl BsdTun {
 
     /// Creates the interface: `tun` (the next free unit) or `tunN`.
     #[cfg(any(target_os = "netbsd", target_os = "openbsd"))]
-    pub fn create(requested: &str) -> Result<BsdTun, BsdError> {
+    pub fn create(requested: &str) -> Result<BsdTun, PlatformError> {
         let os = crate::Os::current().unwrap_or(crate::Os::NetBsd);
         let units: Vec<u32> = match crate::af::bsd_tun_unit(os, requested)? {
             Some(unit) => vec![unit],
@@ -301,24 +301,24 @@ impl BsdTun {
             }
         }
         match last {
-            Some(e) if requested != "tun" => Err(BsdError::os(
+            Some(e) if requested != "tun" => Err(PlatformError::os(
                 "opening the tun device",
                 e,
                 " (run as root; EBUSY means it is in use)",
             )),
-            _ => Err(BsdError::NoFreeTun),
+            _ => Err(PlatformError::NoFreeTun),
         }
     }
 
     /// Removes the interface (`SIOCIFDESTROY`); the descriptor closes with `self`.
     #[allow(unsafe_code)]
-    pub fn destroy(self) -> Result<(), BsdError> {
-        let sock = inet_socket().map_err(|e| BsdError::os("socket(AF_INET)", e, ""))?;
+    pub fn destroy(self) -> Result<(), PlatformError> {
+        let sock = inet_socket().map_err(|e| PlatformError::os("socket(AF_INET)", e, ""))?;
         let req = IfReq::new(&self.name);
         // SAFETY: `sock` is open for the call; `req` is a live `ifreq` of the size the
         // request encodes, naming a NUL-terminated interface; the kernel only reads it.
         unsafe { raw::siocifdestroy(sock.as_raw_fd(), &req) }
-            .map_err(|e| BsdError::os("ioctl(SIOCIFDESTROY)", e, ""))?;
+            .map_err(|e| PlatformError::os("ioctl(SIOCIFDESTROY)", e, ""))?;
         Ok(())
     }
 }
@@ -326,7 +326,7 @@ impl BsdTun {
 /// The name of the tun device `file` is (FreeBSD `FIODGNAME`, as `fdevname(3)` does).
 #[cfg(target_os = "freebsd")]
 #[allow(unsafe_code)]
-fn device_name(file: &File) -> Result<String, BsdError> {
+fn device_name(file: &File) -> Result<String, PlatformError> {
     let mut buf = [0u8; 64];
     let arg = FiodgnameArg {
         len: buf.len() as c_int,
@@ -335,10 +335,10 @@ fn device_name(file: &File) -> Result<String, BsdError> {
     // SAFETY: `file` is open; `arg` points to `buf`, live and `len` bytes long for the call;
     // the kernel writes at most `len` bytes there.
     unsafe { raw::fiodgname(file.as_raw_fd(), &arg) }
-        .map_err(|e| BsdError::os("ioctl(FIODGNAME)", e, ""))?;
+        .map_err(|e| PlatformError::os("ioctl(FIODGNAME)", e, ""))?;
     let name = buf.split(|&b| b == 0).next().unwrap_or_default();
     let name = String::from_utf8(name.to_vec())
-        .map_err(|_| BsdError::os("reading the tun name", io::ErrorKind::InvalidData, ""))?;
+        .map_err(|_| PlatformError::os("reading the tun name", io::ErrorKind::InvalidData, ""))?;
     crate::af::check_ifname(&name)?;
     Ok(name)
 }
@@ -346,19 +346,19 @@ fn device_name(file: &File) -> Result<String, BsdError> {
 /// Renames interface `from` to `to` (FreeBSD `SIOCSIFNAME`); `to` is checked.
 #[cfg(target_os = "freebsd")]
 #[allow(unsafe_code)]
-fn rename(from: &str, to: &str) -> Result<(), BsdError> {
+fn rename(from: &str, to: &str) -> Result<(), PlatformError> {
     crate::af::check_ifname(to)?;
     let mut new_name = [0u8; IFNAMSIZ];
     for (dst, &src) in new_name.iter_mut().zip(to.as_bytes()) {
         *dst = src;
     }
-    let sock = inet_socket().map_err(|e| BsdError::os("socket(AF_INET)", e, ""))?;
+    let sock = inet_socket().map_err(|e| PlatformError::os("socket(AF_INET)", e, ""))?;
     let mut req = IfReq::new(from);
     req.ifru.data = new_name.as_mut_ptr().cast();
     // SAFETY: `sock` is open; `req` is a live `ifreq` whose `ifru_data` points to
     // `new_name`, a NUL-terminated name alive for the call; the kernel only reads both.
     unsafe { raw::siocsifname(sock.as_raw_fd(), &req) }.map_err(|e| {
-        BsdError::os(
+        PlatformError::os(
             "renaming the tun interface (SIOCSIFNAME)",
             e,
             " (EEXIST: an interface of that name exists already)",

@@ -4,7 +4,7 @@
 
 use std::ffi::{CStr, CString, c_char, c_int};
 
-use super::MacosError;
+use crate::PlatformError;
 use crate::Role;
 use crate::policy::{macos_profile, rlimits};
 
@@ -31,10 +31,10 @@ fn role_name(role: Role) -> &'static str {
 /// program `datad_path` it may start), then sets the role's resource limits. There is no
 /// way back.
 #[allow(unsafe_code)]
-pub fn enter_sandbox(role: Role, datad_path: Option<&str>) -> Result<(), MacosError> {
+pub fn enter_sandbox(role: Role, datad_path: Option<&str>) -> Result<(), PlatformError> {
     let profile = macos_profile(role, datad_path)?;
     // The policy refuses control characters in paths, so no NUL is inside.
-    let profile = CString::new(profile).map_err(|_| MacosError::Sandbox {
+    let profile = CString::new(profile).map_err(|_| PlatformError::Sandbox {
         role: role_name(role),
         message: "the profile contains a NUL byte".to_owned(),
     })?;
@@ -55,7 +55,7 @@ pub fn enter_sandbox(role: Role, datad_path: Option<&str>) -> Result<(), MacosEr
             unsafe { sandbox_free_error(error) };
             text
         };
-        return Err(MacosError::Sandbox {
+        return Err(PlatformError::Sandbox {
             role: role_name(role),
             message,
         });
@@ -75,7 +75,7 @@ pub fn enter_sandbox(role: Role, datad_path: Option<&str>) -> Result<(), MacosEr
 
 /// Sets `resource`'s soft and hard limit to `value`, so it cannot be raised again.
 #[allow(unsafe_code)]
-fn set_rlimit(resource: c_int, value: u64, what: &'static str) -> Result<(), MacosError> {
+fn set_rlimit(resource: c_int, value: u64, what: &'static str) -> Result<(), PlatformError> {
     let limit = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,
@@ -85,6 +85,6 @@ fn set_rlimit(resource: c_int, value: u64, what: &'static str) -> Result<(), Mac
     if rc == 0 {
         Ok(())
     } else {
-        Err(MacosError::os(what, std::io::Error::last_os_error(), ""))
+        Err(PlatformError::os(what, std::io::Error::last_os_error(), ""))
     }
 }

@@ -8,7 +8,7 @@ use nix::sys::socket::{
     self, AddressFamily, SockFlag, SockProtocol, SockType, SysControlAddr, sockopt,
 };
 
-use super::MacosError;
+use crate::PlatformError;
 use crate::TunDevice;
 use crate::af::{AF_HEADER_LEN, AfHeader, utun_unit};
 
@@ -74,7 +74,7 @@ pub struct Utun {
 
 impl Utun {
     /// Creates `utun` (the next free unit) or `utunN`.
-    pub fn create(requested: &str) -> Result<Utun, MacosError> {
+    pub fn create(requested: &str) -> Result<Utun, PlatformError> {
         let unit = utun_unit(requested)?;
         let fd = socket::socket(
             AddressFamily::System,
@@ -82,11 +82,11 @@ impl Utun {
             SockFlag::empty(),
             SockProtocol::KextControl,
         )
-        .map_err(|e| MacosError::os("socket(PF_SYSTEM, SYSPROTO_CONTROL)", e, ""))?;
+        .map_err(|e| PlatformError::os("socket(PF_SYSTEM, SYSPROTO_CONTROL)", e, ""))?;
         let addr = SysControlAddr::from_name(fd.as_raw_fd(), UTUN_CONTROL_NAME, unit)
-            .map_err(|e| MacosError::os("ioctl(CTLIOCGINFO) for utun", e, ""))?;
+            .map_err(|e| PlatformError::os("ioctl(CTLIOCGINFO) for utun", e, ""))?;
         socket::connect(fd.as_raw_fd(), &addr).map_err(|e| {
-            MacosError::os(
+            PlatformError::os(
                 "connecting the utun control",
                 e,
                 " (run as root; EBUSY means that utunN is taken: ask for \"utun\")",
@@ -97,19 +97,21 @@ impl Utun {
 
     /// Adopts a connected utun control socket (created here, or inherited): reads its
     /// interface name and sets it non-blocking and close-on-exec.
-    pub fn adopt(fd: OwnedFd) -> Result<Utun, MacosError> {
+    pub fn adopt(fd: OwnedFd) -> Result<Utun, PlatformError> {
         let name = socket::getsockopt(&fd, sockopt::UtunIfname)
             .map_err(|e| {
-                MacosError::os(
+                PlatformError::os(
                     "getsockopt(UTUN_OPT_IFNAME)",
                     e,
                     " (is this a utun descriptor?)",
                 )
             })?
             .into_string()
-            .map_err(|_| MacosError::os("reading the utun name", io::ErrorKind::InvalidData, ""))?;
+            .map_err(|_| {
+                PlatformError::os("reading the utun name", io::ErrorKind::InvalidData, "")
+            })?;
         let index = nix::net::if_::if_nametoindex(name.as_str())
-            .map_err(|e| MacosError::os("if_nametoindex", e, ""))?;
+            .map_err(|e| PlatformError::os("if_nametoindex", e, ""))?;
         set_flags(fd.as_fd())?;
         let header = AfHeader::APPLE;
         Ok(Utun {
@@ -122,13 +124,14 @@ impl Utun {
 }
 
 /// Non-blocking (the data plane polls it) and close-on-exec (no program inherits it).
-fn set_flags(fd: BorrowedFd<'_>) -> Result<(), MacosError> {
+fn set_flags(fd: BorrowedFd<'_>) -> Result<(), PlatformError> {
     use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
-    let fl = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| MacosError::os("fcntl(F_GETFL)", e, ""))?;
+    let fl =
+        fcntl(fd, FcntlArg::F_GETFL).map_err(|e| PlatformError::os("fcntl(F_GETFL)", e, ""))?;
     let fl = OFlag::from_bits_truncate(fl) | OFlag::O_NONBLOCK;
-    fcntl(fd, FcntlArg::F_SETFL(fl)).map_err(|e| MacosError::os("fcntl(F_SETFL)", e, ""))?;
+    fcntl(fd, FcntlArg::F_SETFL(fl)).map_err(|e| PlatformError::os("fcntl(F_SETFL)", e, ""))?;
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-        .map_err(|e| MacosError::os("fcntl(F_SETFD)", e, ""))?;
+        .map_err(|e| PlatformError::os("fcntl(F_SETFD)", e, ""))?;
     Ok(())
 }
 

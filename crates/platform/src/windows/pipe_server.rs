@@ -25,7 +25,7 @@ use windows_sys::Win32::System::Pipes::{
     PIPE_TYPE_BYTE, PIPE_UNLIMITED_INSTANCES, PIPE_WAIT,
 };
 
-use super::WindowsError;
+use crate::PlatformError;
 use crate::pipe::{self, PipeCreateRules, UAPI_PIPE_RULES, UAPI_PIPE_SDDL};
 
 /// The pipe's buffer sizes: the OS grows them as needed; a `get` answer for a few peers
@@ -38,7 +38,7 @@ pub struct SecurityDescriptor(PSECURITY_DESCRIPTOR);
 impl SecurityDescriptor {
     /// Parses `sddl` with `ConvertStringSecurityDescriptorToSecurityDescriptorW`.
     #[allow(unsafe_code)]
-    pub fn from_sddl(sddl: &str) -> Result<Self, WindowsError> {
+    pub fn from_sddl(sddl: &str) -> Result<Self, PlatformError> {
         let wide = pipe::to_wide(sddl);
         let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
         // SAFETY: `wide` is NUL-terminated and outlives the call; `sd` is a valid out
@@ -52,7 +52,7 @@ impl SecurityDescriptor {
             )
         };
         if ok == 0 || sd.is_null() {
-            return Err(WindowsError::last(
+            return Err(PlatformError::last(
                 "ConvertStringSecurityDescriptorToSecurityDescriptorW",
             ));
         }
@@ -107,8 +107,8 @@ pub struct UapiPipeListener {
 
 impl UapiPipeListener {
     /// Creates the first instance of `\\.\pipe\ProtectedPrefix\Administrators\WireGuard\IFNAME`.
-    /// Fails with [`WindowsError::PipeInUse`] if the name exists (another process owns it).
-    pub fn bind(ifname: &str) -> Result<Self, WindowsError> {
+    /// Fails with [`PlatformError::PipeInUse`] if the name exists (another process owns it).
+    pub fn bind(ifname: &str) -> Result<Self, PlatformError> {
         let path = pipe::uapi_pipe_path(ifname)?;
         let wide_path = pipe::to_wide(&path);
         let descriptor = SecurityDescriptor::from_sddl(UAPI_PIPE_SDDL)?;
@@ -131,7 +131,7 @@ impl UapiPipeListener {
     /// An error concerns one client (one that connected and left at once, for example):
     /// the listener has a fresh instance waiting again, so call `accept` again.
     #[allow(unsafe_code)]
-    pub fn accept(&mut self) -> Result<PipeStream, WindowsError> {
+    pub fn accept(&mut self) -> Result<PipeStream, PlatformError> {
         // SAFETY: `waiting` is an open pipe instance handle owned by us; a null
         // OVERLAPPED makes the call synchronous (the handle is not overlapped).
         let ok = unsafe { ConnectNamedPipe(self.waiting.as_raw_handle(), ptr::null_mut()) };
@@ -143,10 +143,11 @@ impl UapiPipeListener {
                 // The instance is spent (its client left, or it broke): wait on a new one.
                 self.waiting =
                     create_instance(&self.wide_path, &self.descriptor, &self.path, false)?;
-                return Err(WindowsError::Os {
-                    call: "ConnectNamedPipe",
-                    source: std::io::Error::from_raw_os_error(code as i32),
-                });
+                return Err(PlatformError::os(
+                    "ConnectNamedPipe",
+                    std::io::Error::from_raw_os_error(code as i32),
+                    "",
+                ));
             }
         }
         let next = create_instance(&self.wide_path, &self.descriptor, &self.path, false)?;
@@ -162,7 +163,7 @@ fn create_instance(
     descriptor: &SecurityDescriptor,
     path: &str,
     first: bool,
-) -> Result<OwnedHandle, WindowsError> {
+) -> Result<OwnedHandle, PlatformError> {
     let rules = UAPI_PIPE_RULES;
     let mut open_mode = PIPE_ACCESS_DUPLEX;
     if first && rules.first_instance_exclusive {
@@ -197,14 +198,15 @@ fn create_instance(
         let code = unsafe { GetLastError() };
         // FILE_FLAG_FIRST_PIPE_INSTANCE on an existing name fails with access denied.
         if first && code == ERROR_ACCESS_DENIED {
-            return Err(WindowsError::PipeInUse {
+            return Err(PlatformError::PipeInUse {
                 path: path.to_owned(),
             });
         }
-        return Err(WindowsError::Os {
-            call: "CreateNamedPipeW",
-            source: std::io::Error::from_raw_os_error(code as i32),
-        });
+        return Err(PlatformError::os(
+            "CreateNamedPipeW",
+            std::io::Error::from_raw_os_error(code as i32),
+            "",
+        ));
     }
     // SAFETY: `handle` is a valid pipe handle just returned to us and owned by no one else.
     Ok(unsafe { OwnedHandle::from_raw_handle(handle) })
@@ -328,7 +330,7 @@ mod tests {
         let ifname = unique_ifname("b");
         let _first = UapiPipeListener::bind(&ifname).unwrap();
         match UapiPipeListener::bind(&ifname) {
-            Err(WindowsError::PipeInUse { path }) => assert!(path.ends_with(&ifname)),
+            Err(PlatformError::PipeInUse { path }) => assert!(path.ends_with(&ifname)),
             Err(other) => panic!("wrong error: {other}"),
             Ok(_) => panic!("a second listener was created on the same pipe name"),
         }
@@ -338,7 +340,7 @@ mod tests {
     fn bad_interface_names_never_reach_the_os() {
         assert!(matches!(
             UapiPipeListener::bind(r"..\..\x"),
-            Err(WindowsError::Name(_))
+            Err(PlatformError::Name(_))
         ));
     }
 }

@@ -46,7 +46,7 @@ use windows_sys::Win32::System::Threading::{
     PROCESS_INFORMATION, ResumeThread, STARTUPINFOEXW, TerminateProcess, UpdateProcThreadAttribute,
 };
 
-use super::WindowsError;
+use crate::PlatformError;
 use crate::Role;
 use crate::windows_policy::{
     CHILD_PROCESS_RESTRICTED, HANDLES_ENV, HandleKind, JobPolicy, RolePolicy, Sid, TokenPolicy,
@@ -122,8 +122,8 @@ pub fn start_worker(
     exe: &Path,
     args: &[&str],
     handles: &[(HandleKind, BorrowedHandle<'_>)],
-) -> Result<Worker, WindowsError> {
-    let rules: &RolePolicy = policy(role).ok_or(WindowsError::NoPolicy(role))?;
+) -> Result<Worker, PlatformError> {
+    let rules: &RolePolicy = policy(role).ok_or(PlatformError::NoPolicy(role))?;
     let token = restricted_token(&rules.token)?;
     let job = job_object(&rules.job)?;
 
@@ -131,7 +131,7 @@ pub fn start_worker(
     for &h in &raw_handles {
         // SAFETY: `h` is a live handle borrowed for this call; only its inherit flag changes.
         if unsafe { SetHandleInformation(h, HANDLE_FLAG_INHERIT, HANDLE_FLAG_INHERIT) } == 0 {
-            return Err(WindowsError::last("SetHandleInformation"));
+            return Err(PlatformError::last("SetHandleInformation"));
         }
     }
     let list: Vec<(HandleKind, u64)> = handles
@@ -198,7 +198,7 @@ pub fn start_worker(
         )
     };
     if ok == 0 {
-        return Err(WindowsError::last("CreateProcessAsUserW"));
+        return Err(PlatformError::last("CreateProcessAsUserW"));
     }
     // SAFETY: both handles were just returned by CreateProcessAsUserW and are ours.
     let (process, thread) = unsafe {
@@ -209,14 +209,14 @@ pub fn start_worker(
     };
     // SAFETY: live job and process handles.
     if unsafe { AssignProcessToJobObject(job.as_raw_handle(), process.as_raw_handle()) } == 0 {
-        let error = WindowsError::last("AssignProcessToJobObject");
+        let error = PlatformError::last("AssignProcessToJobObject");
         // SAFETY: our suspended child, which must not run outside its job.
         unsafe { TerminateProcess(process.as_raw_handle(), 1) };
         return Err(error);
     }
     // SAFETY: the suspended primary thread of our child.
     if unsafe { ResumeThread(thread.as_raw_handle()) } == u32::MAX {
-        let error = WindowsError::last("ResumeThread");
+        let error = PlatformError::last("ResumeThread");
         // SAFETY: our child, which never ran.
         unsafe { TerminateProcess(process.as_raw_handle(), 1) };
         return Err(error);
@@ -236,7 +236,7 @@ struct AttributeList {
 
 impl AttributeList {
     #[allow(unsafe_code)]
-    fn new(count: u32) -> Result<Self, WindowsError> {
+    fn new(count: u32) -> Result<Self, PlatformError> {
         let mut bytes = 0usize;
         // SAFETY: the documented size query: null list, valid out pointer; it fails with
         // ERROR_INSUFFICIENT_BUFFER by design.
@@ -249,7 +249,7 @@ impl AttributeList {
         if unsafe { InitializeProcThreadAttributeList(list.as_ptr(), count, 0, &mut bytes) } == 0 {
             // Not initialised: forget it so Drop does not delete it.
             list.storage.clear();
-            return Err(WindowsError::last("InitializeProcThreadAttributeList"));
+            return Err(PlatformError::last("InitializeProcThreadAttributeList"));
         }
         Ok(list)
     }
@@ -265,7 +265,7 @@ impl AttributeList {
         attribute: usize,
         value: *const c_void,
         size: usize,
-    ) -> Result<(), WindowsError> {
+    ) -> Result<(), PlatformError> {
         // SAFETY: an initialised list; the caller keeps `value` alive for the list's use.
         let ok = unsafe {
             UpdateProcThreadAttribute(
@@ -279,7 +279,7 @@ impl AttributeList {
             )
         };
         if ok == 0 {
-            return Err(WindowsError::last("UpdateProcThreadAttribute"));
+            return Err(PlatformError::last("UpdateProcThreadAttribute"));
         }
         Ok(())
     }
@@ -303,12 +303,12 @@ enum OwnedSid {
 
 impl OwnedSid {
     #[allow(unsafe_code)]
-    fn from_string(text: &str) -> Result<Self, WindowsError> {
+    fn from_string(text: &str) -> Result<Self, PlatformError> {
         let wide = crate::pipe::to_wide(text);
         let mut sid: PSID = ptr::null_mut();
         // SAFETY: NUL-terminated string; valid out pointer.
         if unsafe { ConvertStringSidToSidW(wide.as_ptr(), &mut sid) } == 0 {
-            return Err(WindowsError::last("ConvertStringSidToSidW"));
+            return Err(PlatformError::last("ConvertStringSidToSidW"));
         }
         Ok(OwnedSid::Local(sid))
     }
@@ -343,7 +343,7 @@ impl Drop for OwnedSid {
 
 /// Reads a variable-size token information class into a usize-aligned buffer.
 #[allow(unsafe_code)]
-fn token_information(token: HANDLE, class: i32) -> Result<Vec<usize>, WindowsError> {
+fn token_information(token: HANDLE, class: i32) -> Result<Vec<usize>, PlatformError> {
     let mut needed = 0u32;
     // SAFETY: the documented size query (null buffer, zero length).
     unsafe { GetTokenInformation(token, class, ptr::null_mut(), 0, &mut needed) };
@@ -358,14 +358,14 @@ fn token_information(token: HANDLE, class: i32) -> Result<Vec<usize>, WindowsErr
     if unsafe { GetTokenInformation(token, class, buffer.as_mut_ptr().cast(), bytes, &mut needed) }
         == 0
     {
-        return Err(WindowsError::last("GetTokenInformation"));
+        return Err(PlatformError::last("GetTokenInformation"));
     }
     Ok(buffer)
 }
 
 /// The SIDs of `sids`, resolved against `token` for the per-token ones.
 #[allow(unsafe_code)]
-fn resolve(token: HANDLE, sids: &[Sid]) -> Result<Vec<OwnedSid>, WindowsError> {
+fn resolve(token: HANDLE, sids: &[Sid]) -> Result<Vec<OwnedSid>, PlatformError> {
     let mut out = Vec::with_capacity(sids.len());
     for sid in sids {
         if let Some(text) = sid.string_sid() {
@@ -401,7 +401,7 @@ fn resolve(token: HANDLE, sids: &[Sid]) -> Result<Vec<OwnedSid>, WindowsError> {
 
 /// The restricted primary token of `rules`, derived from this process's token.
 #[allow(unsafe_code)]
-fn restricted_token(rules: &TokenPolicy) -> Result<OwnedHandle, WindowsError> {
+fn restricted_token(rules: &TokenPolicy) -> Result<OwnedHandle, PlatformError> {
     let mut own: HANDLE = ptr::null_mut();
     // SAFETY: the pseudo-handle of this process; valid out pointer.
     if unsafe {
@@ -412,7 +412,7 @@ fn restricted_token(rules: &TokenPolicy) -> Result<OwnedHandle, WindowsError> {
         )
     } == 0
     {
-        return Err(WindowsError::last("OpenProcessToken"));
+        return Err(PlatformError::last("OpenProcessToken"));
     }
     // SAFETY: a token handle just opened for us.
     let own = unsafe { OwnedHandle::from_raw_handle(own) };
@@ -449,7 +449,7 @@ fn restricted_token(rules: &TokenPolicy) -> Result<OwnedHandle, WindowsError> {
         )
     };
     if ok == 0 {
-        return Err(WindowsError::last("CreateRestrictedToken"));
+        return Err(PlatformError::last("CreateRestrictedToken"));
     }
     // SAFETY: a token handle just created for us.
     let restricted = unsafe { OwnedHandle::from_raw_handle(restricted) };
@@ -474,7 +474,7 @@ fn restricted_token(rules: &TokenPolicy) -> Result<OwnedHandle, WindowsError> {
         )
     } == 0
     {
-        return Err(WindowsError::last(
+        return Err(PlatformError::last(
             "SetTokenInformation(TokenIntegrityLevel)",
         ));
     }
@@ -483,11 +483,11 @@ fn restricted_token(rules: &TokenPolicy) -> Result<OwnedHandle, WindowsError> {
 
 /// A job object with `rules`' limits.
 #[allow(unsafe_code)]
-fn job_object(rules: &JobPolicy) -> Result<OwnedHandle, WindowsError> {
+fn job_object(rules: &JobPolicy) -> Result<OwnedHandle, PlatformError> {
     // SAFETY: default security, no name.
     let raw = unsafe { CreateJobObjectW(ptr::null(), ptr::null()) };
     if raw.is_null() {
-        return Err(WindowsError::last("CreateJobObjectW"));
+        return Err(PlatformError::last("CreateJobObjectW"));
     }
     // SAFETY: a job handle just created for us.
     let job = unsafe { OwnedHandle::from_raw_handle(raw) };
@@ -505,7 +505,7 @@ fn job_object(rules: &JobPolicy) -> Result<OwnedHandle, WindowsError> {
         )
     } == 0
     {
-        return Err(WindowsError::last("SetInformationJobObject(limits)"));
+        return Err(PlatformError::last("SetInformationJobObject(limits)"));
     }
     let ui = JOBOBJECT_BASIC_UI_RESTRICTIONS {
         UIRestrictionsClass: rules.ui_restrictions,
@@ -520,7 +520,7 @@ fn job_object(rules: &JobPolicy) -> Result<OwnedHandle, WindowsError> {
         )
     } == 0
     {
-        return Err(WindowsError::last(
+        return Err(PlatformError::last(
             "SetInformationJobObject(UI restrictions)",
         ));
     }

@@ -30,7 +30,7 @@ use windows_sys::Win32::System::LibraryLoader::{
 use windows_sys::Win32::System::Threading::{INFINITE, WaitForSingleObject};
 use windows_sys::core::{GUID, PCWSTR};
 
-use super::WindowsError;
+use crate::PlatformError;
 use crate::TunDevice;
 use crate::pipe::to_wide;
 
@@ -48,11 +48,11 @@ pub const TUNNEL_TYPE: &str = "WireGuard";
 pub const DEFAULT_MTU: u32 = 1420;
 
 /// Checks a ring capacity against Wintun's rule: a power of two within the bounds.
-pub fn check_ring_capacity(capacity: u32) -> Result<u32, WindowsError> {
+pub fn check_ring_capacity(capacity: u32) -> Result<u32, PlatformError> {
     if capacity.is_power_of_two() && (MIN_RING_CAPACITY..=MAX_RING_CAPACITY).contains(&capacity) {
         Ok(capacity)
     } else {
-        Err(WindowsError::BadRingCapacity(capacity))
+        Err(PlatformError::BadRingCapacity(capacity))
     }
 }
 
@@ -102,13 +102,13 @@ unsafe impl Sync for WintunApi {}
 /// # Safety
 /// `F` must be the function-pointer type of the export's real signature.
 #[allow(unsafe_code)]
-unsafe fn symbol<F: Copy>(module: HMODULE, name: &'static str) -> Result<F, WindowsError> {
+unsafe fn symbol<F: Copy>(module: HMODULE, name: &'static str) -> Result<F, PlatformError> {
     debug_assert!(name.ends_with('\0'));
     let shown = name.trim_end_matches('\0');
     // SAFETY: `module` is a loaded module; `name` is NUL-terminated static ASCII.
     let found = unsafe { GetProcAddress(module, name.as_ptr()) };
     let Some(function) = found else {
-        return Err(WindowsError::WintunFunctionMissing { name: shown });
+        return Err(PlatformError::WintunFunctionMissing { name: shown });
     };
     debug_assert_eq!(std::mem::size_of::<F>(), std::mem::size_of_val(&function));
     // SAFETY: both are plain function pointers of the same size; the caller names the
@@ -119,7 +119,7 @@ unsafe fn symbol<F: Copy>(module: HMODULE, name: &'static str) -> Result<F, Wind
 impl WintunApi {
     /// Loads `wintun.dll` from the application's directory or System32.
     #[allow(unsafe_code)]
-    pub fn load() -> Result<Arc<Self>, WindowsError> {
+    pub fn load() -> Result<Arc<Self>, PlatformError> {
         let file = to_wide("wintun.dll");
         // SAFETY: `file` is NUL-terminated; no file handle (reserved, must be null).
         let module = unsafe {
@@ -132,11 +132,11 @@ impl WintunApi {
         if module.is_null() {
             // SAFETY: reads the calling thread's last-error value.
             let code = unsafe { GetLastError() };
-            return Err(WindowsError::WintunMissing { code });
+            return Err(PlatformError::WintunMissing { code });
         }
         // SAFETY: for every `symbol` call, the type is that of wintun.h's declaration.
         let api = unsafe {
-            (|| -> Result<Self, WindowsError> {
+            (|| -> Result<Self, PlatformError> {
                 Ok(WintunApi {
                     module,
                     create_adapter: symbol(module, "WintunCreateAdapter\0")?,
@@ -208,7 +208,7 @@ impl WintunTun {
         api: Arc<WintunApi>,
         name: &str,
         ring_capacity: u32,
-    ) -> Result<Self, WindowsError> {
+    ) -> Result<Self, PlatformError> {
         crate::pipe::validate_interface_name(name)?;
         let capacity = check_ring_capacity(ring_capacity)?;
         let wide_name = to_wide(name);
@@ -222,12 +222,12 @@ impl WintunTun {
             };
         }
         if adapter.is_null() {
-            return Err(WindowsError::last("WintunCreateAdapter"));
+            return Err(PlatformError::last("WintunCreateAdapter"));
         }
         // SAFETY: `adapter` is the valid adapter just opened.
         let session = unsafe { (api.start_session)(adapter, capacity) };
         if session.is_null() {
-            let error = WindowsError::last("WintunStartSession");
+            let error = PlatformError::last("WintunStartSession");
             // SAFETY: the adapter is ours and has no session.
             unsafe { (api.close_adapter)(adapter) };
             return Err(error);
@@ -392,7 +392,7 @@ mod tests {
     fn missing_dll_says_where_to_get_it() {
         // No wintun.dll beside the test binary nor in (Wine's) System32.
         match WintunApi::load() {
-            Err(e @ WindowsError::WintunMissing { .. }) => {
+            Err(e @ PlatformError::WintunMissing { .. }) => {
                 let message = e.to_string();
                 assert!(message.contains("https://www.wintun.net/"), "{message}");
                 assert!(message.contains("beside"), "{message}");
