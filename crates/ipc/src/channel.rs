@@ -1,21 +1,27 @@
 //! Transports: a `SOCK_SEQPACKET` socket (one datagram per message, so message boundaries
-//! come from the kernel, not from a length prefix an attacker could forge) and an in-memory
-//! pair with the same interface.
+//! come from the kernel, not from a length prefix an attacker could forge; not on macOS), a
+//! `SOCK_STREAM` socket with length-prefixed frames ([`crate::stream`]) and an in-memory
+//! pair, all with the same interface.
 
+#[cfg(not(target_os = "macos"))]
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+#[cfg(not(target_os = "macos"))]
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    AddressFamily, ControlMessage, SockFlag, SockType, recvmsg, sendmsg, socketpair,
 };
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, RecvMsg};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Mutex, mpsc};
-use zeroize::{Zeroize, Zeroizing};
+#[cfg(not(target_os = "macos"))]
+use zeroize::Zeroize;
+use zeroize::Zeroizing;
 
+use crate::stream::StreamChannel;
 use crate::{IpcError, MAX_FDS, MAX_MESSAGE_LEN, decode, encode};
 
 /// A decoded message and the descriptors that came with it.
@@ -29,10 +35,12 @@ pub struct Received<T> {
 
 /// An encoded message and its descriptors. The bytes may hold session keys: they are
 /// zeroized wherever a frame is dropped.
-type Frame = (Zeroizing<Vec<u8>>, Vec<OwnedFd>);
+pub(crate) type Frame = (Zeroizing<Vec<u8>>, Vec<OwnedFd>);
 
 enum Transport {
+    #[cfg(not(target_os = "macos"))]
     Seqpacket(AsyncFd<OwnedFd>),
+    Stream(StreamChannel),
     Memory {
         tx: mpsc::Sender<Frame>,
         rx: Mutex<mpsc::Receiver<Frame>>,
@@ -47,14 +55,28 @@ pub struct Channel {
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.transport {
+            #[cfg(not(target_os = "macos"))]
             Transport::Seqpacket(fd) => write!(f, "Channel(seqpacket fd {})", fd.as_raw_fd()),
+            Transport::Stream(stream) => write!(f, "Channel(stream fd {})", stream.raw_fd()),
             Transport::Memory { .. } => f.write_str("Channel(memory)"),
         }
     }
 }
 
+/// A connected pair of the transport this system's daemon uses, for [`Channel::from_fd`]:
+/// [`seqpacket_pair`] on Linux, FreeBSD and NetBSD, [`crate::stream_pair`] on macOS (which has
+/// no `SOCK_SEQPACKET`). Close-on-exec (clear the flag on the end a child process should
+/// inherit).
+pub fn pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(not(target_os = "macos"))]
+    return seqpacket_pair();
+    #[cfg(target_os = "macos")]
+    return crate::stream_pair();
+}
+
 /// A connected `SOCK_SEQPACKET` pair, close-on-exec (clear the flag on the end a child
-/// process should inherit).
+/// process should inherit). Not on macOS, which has no `SOCK_SEQPACKET`.
+#[cfg(not(target_os = "macos"))]
 pub fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     socketpair(
         AddressFamily::Unix,
@@ -75,7 +97,59 @@ fn adopt(raw: Vec<RawFd>) -> Vec<OwnedFd> {
         .collect()
 }
 
-fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+/// `recvmsg` flags: descriptors arrive close-on-exec where the system can do it atomically.
+#[cfg(not(target_os = "macos"))]
+pub(crate) const RECV_FLAGS: MsgFlags = MsgFlags::MSG_CMSG_CLOEXEC;
+/// macOS has no `MSG_CMSG_CLOEXEC`: [`received_fds`] sets the flag right after `recvmsg`.
+/// (A `fork` and `exec` by another thread of this process in between could leak them: the
+/// daemon's processes do not start programs while they receive.)
+#[cfg(target_os = "macos")]
+pub(crate) const RECV_FLAGS: MsgFlags = MsgFlags::empty();
+
+/// `sendmsg` flags: a closed peer is an `EPIPE` error, not a `SIGPIPE` (macOS, which lacks
+/// the flag, gets `SO_NOSIGPIPE` on the socket instead).
+#[cfg(not(target_os = "macos"))]
+pub(crate) const SEND_FLAGS: MsgFlags = MsgFlags::MSG_NOSIGNAL;
+/// See the other systems' `SEND_FLAGS`.
+#[cfg(target_os = "macos")]
+pub(crate) const SEND_FLAGS: MsgFlags = MsgFlags::empty();
+
+/// The descriptors one `recvmsg` brought, adopted (so they are closed if refused) and
+/// close-on-exec; `Err(BadFds)` when the ancillary data was truncated (the peer sent more
+/// than [`MAX_FDS`]), held anything but descriptors, or held too many.
+pub(crate) fn received_fds<S>(msg: &RecvMsg<'_, '_, S>) -> Result<Vec<OwnedFd>, IpcError> {
+    let mut fds = Vec::new();
+    let mut bad = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    match msg.cmsgs() {
+        Ok(cmsgs) => {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::ScmRights(raw) => fds.extend(adopt(raw)),
+                    _ => bad = true,
+                }
+            }
+        }
+        Err(_) => bad = true,
+    }
+    #[cfg(target_os = "macos")]
+    for fd in &fds {
+        set_cloexec(fd)?;
+    }
+    if bad || fds.len() > MAX_FDS {
+        return Err(IpcError::BadFds);
+    }
+    Ok(fds)
+}
+
+/// Marks `fd` close-on-exec.
+#[cfg(target_os = "macos")]
+fn set_cloexec(fd: &OwnedFd) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+pub(crate) fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = fcntl(fd, FcntlArg::F_GETFL)?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
@@ -83,39 +157,72 @@ fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Registers a socket with the tokio reactor for both directions.
+#[allow(unsafe_code)]
+pub(crate) fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    let interest = Interest::READABLE | Interest::WRITABLE;
+    // SAFETY: an `OwnedFd` stays open and returns the same descriptor from `as_raw_fd`
+    // for as long as it is owned, and the `AsyncFd` owns it until it is dropped.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(std::io::Error::from)
+}
+
+/// The uid of the process at the other end of a Unix socket, as the kernel recorded it.
+pub(crate) fn socket_peer_uid(fd: &OwnedFd) -> std::io::Result<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        Ok(getsockopt(fd, PeerCredentials)?.uid())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (uid, _gid) = nix::unistd::getpeereid(fd)?;
+        Ok(uid.as_raw())
+    }
+}
+
 impl Channel {
-    /// Wraps one end of a `SOCK_SEQPACKET` pair. Needs a tokio runtime.
-    #[allow(unsafe_code)]
+    /// Wraps one end of a pair made by [`pair`]: a `SOCK_SEQPACKET` socket on Linux, FreeBSD
+    /// and NetBSD, a `SOCK_STREAM` socket on macOS (as [`Channel::from_stream_fd`]). Needs a
+    /// tokio runtime.
     pub fn from_fd(fd: OwnedFd) -> std::io::Result<Self> {
-        set_nonblocking(&fd)?;
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        // SAFETY: an `OwnedFd` stays open and returns the same descriptor from `as_raw_fd`
-        // for as long as it is owned, and the `AsyncFd` owns it until it is dropped.
-        let registered = unsafe { AsyncFd::register_with_interest(fd, interest) }
-            .map_err(std::io::Error::from)?;
+        #[cfg(not(target_os = "macos"))]
+        {
+            set_nonblocking(&fd)?;
+            Ok(Self {
+                transport: Transport::Seqpacket(register(fd)?),
+            })
+        }
+        #[cfg(target_os = "macos")]
+        Self::from_stream_fd(fd)
+    }
+
+    /// Wraps one end of a `SOCK_STREAM` pair ([`crate::stream_pair`]): every message is
+    /// framed (`wg-platform`'s `stream_frame`). Needs a tokio runtime.
+    pub fn from_stream_fd(fd: OwnedFd) -> std::io::Result<Self> {
         Ok(Self {
-            transport: Transport::Seqpacket(registered),
+            transport: Transport::Stream(StreamChannel::new(fd)?),
         })
     }
 
     /// The socket's descriptor (none for an in-memory channel): where a sandboxed
-    /// process reports a refused syscall.
+    /// process reports a refused syscall (a datagram: the `SOCK_SEQPACKET` transport's).
     pub fn raw_fd(&self) -> Option<RawFd> {
         match &self.transport {
+            #[cfg(not(target_os = "macos"))]
             Transport::Seqpacket(fd) => Some(fd.as_raw_fd()),
+            Transport::Stream(stream) => Some(stream.raw_fd()),
             Transport::Memory { .. } => None,
         }
     }
 
     /// The uid of the process at the other end, as the kernel recorded it when the pair
-    /// was made (`SO_PEERCRED`); for an in-memory pair, this process's effective uid.
+    /// was made (`SO_PEERCRED` on Linux, `getpeereid` elsewhere); for an in-memory pair,
+    /// this process's effective uid.
     pub fn peer_uid(&self) -> std::io::Result<u32> {
         match &self.transport {
-            Transport::Seqpacket(fd) => {
-                use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-                let creds = getsockopt(fd.get_ref(), PeerCredentials)?;
-                Ok(creds.uid())
-            }
+            #[cfg(not(target_os = "macos"))]
+            Transport::Seqpacket(fd) => socket_peer_uid(fd.get_ref()),
+            Transport::Stream(stream) => stream.peer_uid(),
             Transport::Memory { .. } => Ok(nix::unistd::geteuid().as_raw()),
         }
     }
@@ -134,7 +241,9 @@ impl Channel {
         (end(a_tx, a_rx), end(b_tx, b_rx))
     }
 
-    /// Sends one message with optional descriptors (duplicated into the receiver).
+    /// Sends one message with optional descriptors (duplicated into the receiver), waiting
+    /// while the other end's queue is full. On a stream channel, a message this future
+    /// started writing before it was dropped is completed by the channel's next operation.
     pub async fn send<T: Serialize>(
         &self,
         msg: &T,
@@ -145,6 +254,7 @@ impl Channel {
         }
         let bytes = Zeroizing::new(encode(msg)?);
         match &self.transport {
+            #[cfg(not(target_os = "macos"))]
             Transport::Seqpacket(fd) => {
                 let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
                 loop {
@@ -174,6 +284,7 @@ impl Channel {
                     }
                 }
             }
+            Transport::Stream(stream) => stream.send(&bytes, fds).await,
             Transport::Memory { tx, .. } => {
                 let owned = fds
                     .iter()
@@ -188,6 +299,11 @@ impl Channel {
     /// end's queue is full and nothing was sent, so the caller can keep serving its other
     /// sources (two processes that each block on sending to the other deadlock) and retry
     /// once [`Channel::writable`] returns.
+    ///
+    /// On a stream channel `Ok(true)` means the message is committed: if the socket took
+    /// only its beginning, the rest is written by the channel's next `send`, `try_send`,
+    /// `writable` or `recv` (before any other message), so keep a `recv` or `writable`
+    /// pending, as an event loop does.
     pub fn try_send<T: Serialize>(&self, msg: &T) -> Result<bool, IpcError> {
         self.try_send_encoded(&Zeroizing::new(encode(msg)?))
     }
@@ -200,6 +316,7 @@ impl Channel {
             return Err(wg_messages::MessageError::TooLarge(bytes.len()).into());
         }
         match &self.transport {
+            #[cfg(not(target_os = "macos"))]
             Transport::Seqpacket(fd) => {
                 let sent = fd.try_io(Interest::WRITABLE, |inner| {
                     sendmsg::<()>(
@@ -218,6 +335,7 @@ impl Channel {
                     Err(e) => Err(e.into()),
                 }
             }
+            Transport::Stream(stream) => stream.try_send(bytes),
             Transport::Memory { tx, .. } => {
                 match tx.try_send((Zeroizing::new(bytes.to_vec()), Vec::new())) {
                     Ok(()) => Ok(true),
@@ -228,12 +346,15 @@ impl Channel {
         }
     }
 
-    /// Waits until [`Channel::try_send`] may succeed again.
+    /// Waits until [`Channel::try_send`] may succeed again (on a stream channel: until the
+    /// rest of a message the socket took only in part is written, and then some room).
     pub async fn writable(&self) -> Result<(), IpcError> {
         match &self.transport {
             // The guard is dropped without clearing: readiness is cleared only by a
             // `try_send` that really found the queue full.
+            #[cfg(not(target_os = "macos"))]
             Transport::Seqpacket(fd) => fd.writable().await.map(drop).map_err(Into::into),
+            Transport::Stream(stream) => stream.writable().await,
             Transport::Memory { tx, .. } => {
                 tx.reserve().await.map(drop).map_err(|_| IpcError::Closed)
             }
@@ -241,20 +362,29 @@ impl Channel {
     }
 
     /// Receives and decodes one message. Any error means the channel is finished.
+    ///
+    /// Cancel-safe: an event loop may drop this future and make a new one; on a stream
+    /// channel the part of a message read so far stays with the channel.
     pub async fn recv<T: DeserializeOwned>(&self) -> Result<Received<T>, IpcError> {
         let (bytes, fds) = match &self.transport {
+            #[cfg(not(target_os = "macos"))]
             Transport::Seqpacket(fd) => recv_frame(fd).await?,
+            Transport::Stream(stream) => stream.recv_frame().await?,
             Transport::Memory { rx, .. } => rx.lock().await.recv().await.ok_or(IpcError::Closed)?,
         };
         let msg = decode(&bytes).inspect_err(|e| {
             tracing::error!("IPC: {e}");
+            // A stream channel is shut down, so the peer sees the end too.
+            if let Transport::Stream(stream) = &self.transport {
+                stream.close();
+            }
         })?;
         Ok(Received { msg, fds })
     }
 }
 
 /// The other end is gone: `EPIPE`, or `ECONNRESET` when it left messages unread.
-fn is_closed(e: &std::io::Error) -> bool {
+pub(crate) fn is_closed(e: &std::io::Error) -> bool {
     use nix::errno::Errno;
     matches!(
         e.raw_os_error().map(Errno::from_raw),
@@ -262,6 +392,7 @@ fn is_closed(e: &std::io::Error) -> bool {
     )
 }
 
+#[cfg(not(target_os = "macos"))]
 async fn recv_frame(fd: &AsyncFd<OwnedFd>) -> Result<Frame, IpcError> {
     // A peer that dies with our messages unread makes the next receive fail with
     // ECONNRESET once, even though what it sent before dying (a SIGSYS or failure report
@@ -275,34 +406,16 @@ async fn recv_frame(fd: &AsyncFd<OwnedFd>) -> Result<Frame, IpcError> {
         let got = guard.try_io(|inner| {
             let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
             let mut iov = [IoSliceMut::new(buf.as_mut_slice())];
-            let msg = recvmsg::<()>(
-                inner.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )
-            .map_err(std::io::Error::from)?;
-            let mut fds = Vec::new();
-            let mut bad_fds = false;
-            match msg.cmsgs() {
-                Ok(cmsgs) => {
-                    for c in cmsgs {
-                        match c {
-                            ControlMessageOwned::ScmRights(raw) => fds.extend(adopt(raw)),
-                            _ => bad_fds = true,
-                        }
-                    }
-                }
-                Err(_) => bad_fds = true,
-            }
-            Ok((msg.bytes, msg.flags, fds, bad_fds))
+            let msg = recvmsg::<()>(inner.as_raw_fd(), &mut iov, Some(&mut cmsg), RECV_FLAGS)
+                .map_err(std::io::Error::from)?;
+            Ok((msg.bytes, msg.flags, received_fds(&msg)))
         });
         match got {
-            Ok(Ok((len, flags, fds, bad_fds))) => {
-                if bad_fds || fds.len() > MAX_FDS || flags.contains(MsgFlags::MSG_CTRUNC) {
+            Ok(Ok((len, flags, fds))) => {
+                let Ok(fds) = fds else {
                     buf.zeroize();
                     return Err(IpcError::BadFds);
-                }
+                };
                 if flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_MESSAGE_LEN {
                     buf.zeroize();
                     return Err(wg_messages::MessageError::TooLarge(len).into());

@@ -1,36 +1,66 @@
 //! The OS side of the IPC between the wireguard-rs processes (monitor, keyd, datad): the
 //! channel, descriptor passing and the start of a worker process.
 //!
-//! **Owns:** two transports with the same interface ([`Channel`]): a `SOCK_SEQPACKET`
-//! socketpair with `SCM_RIGHTS` fd passing between processes, and an in-memory pair for the
-//! in-process mode (tests and embedding) that still encodes every message, so both modes run
-//! the same decoding path; recognising a sandboxed peer's `SIGSYS` report; inherited
-//! descriptors; the start of a process ([`worker`]: a worker's first steps, logging, the
-//! data plane's default number of crypto threads).
+//! **Owns:** three transports with the same interface ([`Channel`]):
+//! - a `SOCK_SEQPACKET` socketpair ([`seqpacket_pair`]) with `SCM_RIGHTS` descriptor passing:
+//!   one datagram per message, so the kernel keeps the boundaries. What the daemon uses on
+//!   Linux, FreeBSD and NetBSD;
+//! - a `SOCK_STREAM` socketpair ([`stream_pair`], [`Channel::from_stream_fd`]) for systems
+//!   without `SOCK_SEQPACKET` (macOS uses it, [`pair`]): every message framed with
+//!   `wg-platform`'s [`stream_frame`](wg_platform::stream_frame) (a `u32` little-endian length,
+//!   then the message), its descriptors carried by the `sendmsg` that writes the frame's
+//!   first byte, and a frame the socket took only in part completed before the next one
+//!   starts. It builds, and its tests run, on every system here, Linux included;
+//! - an in-memory pair for the in-process mode (tests and embedding) that still encodes every
+//!   message, so all modes run the same decoding path.
+//!
+//! Also: recognising a peer's `SIGSYS` and failure reports; inherited descriptors; and, on
+//! Linux only, the start of a process ([`worker`]: a worker's first steps and sandbox,
+//! logging, the data plane's default number of crypto threads).
 //! The messages themselves and their encoding are `wg-messages`' (re-exported here as
 //! [`messages`], [`encode`] and [`decode`]), so code that only speaks the protocol (the
 //! device core, the simulation) does not link any of this.
 //!
-//! **Trusts:** nothing it receives. A peer process may be compromised: every datagram is
-//! size-checked and fully decoded or rejected, and any decode error closes the channel.
+//! **Trusts:** nothing it receives. A peer process may be compromised: every message is
+//! size-checked (a stream frame's length before any of its bytes are buffered) and fully
+//! decoded or rejected, at most [`MAX_FDS`] descriptors come with one message (on a stream:
+//! only with a frame's first byte), memory held per channel is bounded by a message or two,
+//! and any error ends the channel (a stream channel shuts its socket down).
 //!
-//! **May depend on:** `wg-messages`, `wg-sandbox` (syscall names in `SIGSYS` reports and
-//! worker start-up), `nix` (sockets), `tokio` (readiness), `zeroize`, `tracing`. The one
-//! `unsafe` operation is adopting file descriptors the kernel just installed for us from
-//! `SCM_RIGHTS` (and, at start-up, the ones inherited across `exec`).
+//! **May depend on:** `wg-messages`, `wg-platform` (stream framing, pure), `nix` (sockets),
+//! `tokio` (readiness), `zeroize`, `tracing`; on Linux also `wg-sandbox` (syscall names in
+//! `SIGSYS` reports, worker start-up) and `tracing-subscriber` (logging); on macOS `libc`
+//! (`SO_NOSIGPIPE`). The `unsafe` operations are adopting descriptors the kernel just
+//! installed for us from `SCM_RIGHTS` (and, at start-up, the ones inherited across `exec`),
+//! registering a socket with the reactor, and on macOS one `setsockopt`.
 //!
-//! **Linux only:** `SOCK_SEQPACKET` channels and the Linux sandbox at worker start-up
-//! (macOS has no `SOCK_SEQPACKET`; the platform layer's stream framing is its replacement).
-//! On every other OS this crate compiles to an empty library (see the platform table in the
-//! README).
-#![cfg(target_os = "linux")]
+//! **Per OS:** Linux, FreeBSD, NetBSD: all three transports, the daemon's being
+//! `SOCK_SEQPACKET`; descriptors arrive close-on-exec (`MSG_CMSG_CLOEXEC`). macOS has no
+//! `SOCK_SEQPACKET`: the stream and in-memory transports; received descriptors are made
+//! close-on-exec right after `recvmsg` (macOS has no `MSG_CMSG_CLOEXEC`), and `SO_NOSIGPIPE`
+//! replaces `MSG_NOSIGNAL`. [`worker`] (and everything else that needs `wg-sandbox`) is Linux
+//! only. Windows, OpenBSD, Android, iOS: this crate compiles to an empty library (Windows
+//! passes handles differently; the others are not checked here). See the platform table in
+//! the README.
+#![cfg(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "netbsd"
+))]
 #![deny(unsafe_code)]
 
 mod channel;
+mod stream;
+#[cfg(target_os = "linux")]
 pub mod worker;
 
-pub use channel::{Channel, Received, seqpacket_pair};
+#[cfg(not(target_os = "macos"))]
+pub use channel::seqpacket_pair;
+pub use channel::{Channel, Received, pair};
+pub use stream::stream_pair;
 pub use wg_messages::{MAX_MESSAGE_LEN, MessageError, PROTOCOL_VERSION, encode, messages};
+pub use wg_platform::stream_frame::StreamFrameError;
 
 use serde::de::DeserializeOwned;
 
@@ -52,6 +82,10 @@ pub enum IpcError {
     /// The socket failed.
     #[error("IPC socket error: {0}")]
     Io(#[from] std::io::Error),
+    /// A stream channel's peer ended the stream inside a message (it died mid-write) or
+    /// broke the framing.
+    #[error(transparent)]
+    Framing(#[from] StreamFrameError),
     /// The peer process failed and said why before exiting ([`FAILURE_REPORT_PREFIX`]).
     #[error("it failed: {0}")]
     PeerFailed(String),
@@ -100,7 +134,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
         let number = u32::from_le_bytes(number);
         return Err(IpcError::Seccomp {
             number,
-            name: wg_sandbox::syscall_name(number).unwrap_or("unknown"),
+            name: syscall_name(number),
         });
     }
     if let Some(reason) = bytes.strip_prefix(&FAILURE_REPORT_PREFIX) {
@@ -113,6 +147,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, IpcError> {
         return Err(IpcError::PeerFailed(clean));
     }
     Ok(wg_messages::decode(bytes)?)
+}
+
+/// The name of syscall `number` on this machine's architecture, for `SIGSYS` reports.
+#[cfg(target_os = "linux")]
+fn syscall_name(number: u32) -> &'static str {
+    wg_sandbox::syscall_name(number).unwrap_or("unknown")
+}
+
+/// Only Linux has the seccomp filters that send `SIGSYS` reports; a report from elsewhere
+/// is still recognised, with the number only.
+#[cfg(not(target_os = "linux"))]
+fn syscall_name(_number: u32) -> &'static str {
+    "unknown"
 }
 
 /// Environment variable naming the descriptor of a worker's channel to the monitor.
@@ -198,7 +245,7 @@ mod sigsys_tests {
         report.extend_from_slice(&41u32.to_le_bytes());
         match decode::<KeydToMonitor>(&report) {
             Err(IpcError::Seccomp { number: 41, name }) => {
-                if cfg!(target_arch = "x86_64") {
+                if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
                     assert_eq!(name, "socket");
                 }
             }
