@@ -5,7 +5,9 @@
 
 #[cfg(not(target_os = "macos"))]
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+#[cfg(not(target_os = "macos"))]
+use std::os::fd::AsRawFd;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 #[cfg(not(target_os = "macos"))]
 use nix::sys::socket::{
