@@ -340,7 +340,7 @@ mod tests {
     fn bad_interface_names_never_reach_the_os() {
         assert!(matches!(
             UapiPipeListener::bind(r"..\..\x"),
-            Err(PlatformError::Name(_))
+            Err(PlatformError::PipeName(_))
         ));
     }
 }
