@@ -163,8 +163,9 @@ pub(crate) fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
 #[allow(unsafe_code)]
 pub(crate) fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     let interest = Interest::READABLE | Interest::WRITABLE;
-    // SAFETY: an `OwnedFd` stays open and returns the same descriptor from `as_raw_fd`
+    // an `OwnedFd` stays open and returns the same descriptor from `as_raw_fd`
     // for as long as it is owned, and the `AsyncFd` owns it until it is dropped.
+    // SAFETY: upheld as the lines above say.
     unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(std::io::Error::from)
 }
 

@@ -66,8 +66,9 @@ fn set_no_sigpipe(fd: &OwnedFd) -> std::io::Result<()> {
     let on: libc::c_int = 1;
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
         .map_err(std::io::Error::other)?;
-    // SAFETY: `fd` is an open socket for the duration of the call, and the option value
+    // `fd` is an open socket for the duration of the call, and the option value
     // points at a live `c_int` whose size is passed alongside it.
+    // SAFETY: upheld as the lines above say.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),

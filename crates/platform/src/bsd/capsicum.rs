@@ -32,18 +32,21 @@ pub fn enter_capsicum(
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         )
         .map_err(|e| PlatformError::os("fcntl(F_SETFL)", e, ""))?;
-        // SAFETY: `cap_rights_t` is two `u64` words; all-zero is a valid (empty) value,
+        // `cap_rights_t` is two `u64` words; all-zero is a valid (empty) value,
         // which `__cap_rights_init` then stamps with the version.
+        // SAFETY: upheld as the lines above say.
         let mut rights: libc::cap_rights_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `rights` is live and exclusively borrowed; the variadic list ends with
+        // `rights` is live and exclusively borrowed; the variadic list ends with
         // 0, as the `cap_rights_init` macro of `<sys/capsicum.h>` ends it.
+        // SAFETY: upheld as the lines above say.
         unsafe { libc::__cap_rights_init(libc::CAP_RIGHTS_VERSION, &mut rights, 0u64) };
         for &right in capsicum_rights(kind) {
             // SAFETY: as above; `right` is one `CAP_*` value of `<sys/capsicum.h>`.
             unsafe { libc::__cap_rights_set(&mut rights, right, 0u64) };
         }
-        // SAFETY: `fd` is open for the call; `rights` is a live, initialized set the kernel
+        // `fd` is open for the call; `rights` is a live, initialized set the kernel
         // only reads.
+        // SAFETY: upheld as the lines above say.
         let rc = unsafe { libc::cap_rights_limit(fd.as_raw_fd(), &rights) };
         if rc != 0 {
             return Err(PlatformError::os(

@@ -26,20 +26,20 @@ fn check(rc: libc::c_int, what: &'static str) -> Result<(), PlatformError> {
 pub fn enter_pledge(role: Role, datad_path: Option<&str>) -> Result<(), PlatformError> {
     for (path, permissions) in unveil_paths(role, datad_path)? {
         let (path, permissions) = (c_string(&path)?, c_string(permissions)?);
-        // SAFETY: both are NUL-terminated strings alive for the call.
         check(
+            // SAFETY: both are NUL-terminated strings alive for the call.
             unsafe { libc::unveil(path.as_ptr(), permissions.as_ptr()) },
             "unveil",
         )?;
     }
-    // SAFETY: two null pointers lock the unveil list, as unveil(2) documents.
     check(
+        // SAFETY: two null pointers lock the unveil list, as unveil(2) documents.
         unsafe { libc::unveil(std::ptr::null(), std::ptr::null()) },
         "unveil (lock)",
     )?;
     let promises = c_string(pledge_promises(role))?;
-    // SAFETY: `promises` is NUL-terminated and alive; null execpromises leaves those as is.
     check(
+        // SAFETY: `promises` is NUL-terminated and alive; null execpromises leaves those as is.
         unsafe { libc::pledge(promises.as_ptr(), std::ptr::null()) },
         "pledge",
     )

@@ -206,8 +206,9 @@ fn set_int(
     what: &'static str,
     ioctl: unsafe fn(c_int, *const c_int) -> nix::Result<c_int>,
 ) -> Result<(), PlatformError> {
-    // SAFETY: `file` is open for the call; `value` is a live `int`, the argument type the
+    // `file` is open for the call; `value` is a live `int`, the argument type the
     // request encodes, which the kernel only reads.
+    // SAFETY: upheld as the lines above say.
     unsafe { ioctl(file.as_raw_fd(), &value) }.map_err(|e| PlatformError::os(what, e, ""))?;
     Ok(())
 }
@@ -315,8 +316,9 @@ impl BsdTun {
     pub fn destroy(self) -> Result<(), PlatformError> {
         let sock = inet_socket().map_err(|e| PlatformError::os("socket(AF_INET)", e, ""))?;
         let req = IfReq::new(&self.name);
-        // SAFETY: `sock` is open for the call; `req` is a live `ifreq` of the size the
+        // `sock` is open for the call; `req` is a live `ifreq` of the size the
         // request encodes, naming a NUL-terminated interface; the kernel only reads it.
+        // SAFETY: upheld as the lines above say.
         unsafe { raw::siocifdestroy(sock.as_raw_fd(), &req) }
             .map_err(|e| PlatformError::os("ioctl(SIOCIFDESTROY)", e, ""))?;
         Ok(())
@@ -332,8 +334,9 @@ fn device_name(file: &File) -> Result<String, PlatformError> {
         len: buf.len() as c_int,
         buf: buf.as_mut_ptr().cast(),
     };
-    // SAFETY: `file` is open; `arg` points to `buf`, live and `len` bytes long for the call;
+    // `file` is open; `arg` points to `buf`, live and `len` bytes long for the call;
     // the kernel writes at most `len` bytes there.
+    // SAFETY: upheld as the lines above say.
     unsafe { raw::fiodgname(file.as_raw_fd(), &arg) }
         .map_err(|e| PlatformError::os("ioctl(FIODGNAME)", e, ""))?;
     let name = buf.split(|&b| b == 0).next().unwrap_or_default();
@@ -355,8 +358,9 @@ fn rename(from: &str, to: &str) -> Result<(), PlatformError> {
     let sock = inet_socket().map_err(|e| PlatformError::os("socket(AF_INET)", e, ""))?;
     let mut req = IfReq::new(from);
     req.ifru.data = new_name.as_mut_ptr().cast();
-    // SAFETY: `sock` is open; `req` is a live `ifreq` whose `ifru_data` points to
+    // `sock` is open; `req` is a live `ifreq` whose `ifru_data` points to
     // `new_name`, a NUL-terminated name alive for the call; the kernel only reads both.
+    // SAFETY: upheld as the lines above say.
     unsafe { raw::siocsifname(sock.as_raw_fd(), &req) }.map_err(|e| {
         PlatformError::os(
             "renaming the tun interface (SIOCSIFNAME)",
@@ -382,8 +386,9 @@ impl TunDevice for BsdTun {
     fn mtu(&self) -> io::Result<u32> {
         let sock = inet_socket()?;
         let mut req = IfReq::new(&self.name);
-        // SAFETY: `sock` is open for the call; `req` is a live, exclusively borrowed
+        // `sock` is open for the call; `req` is a live, exclusively borrowed
         // `ifreq` of the size the request encodes, naming a NUL-terminated interface.
+        // SAFETY: upheld as the lines above say.
         unsafe { raw::siocgifmtu(sock.as_raw_fd(), &mut req) }?;
         // SAFETY: the kernel wrote `ifru_mtu`; every bit pattern is a valid `c_int`.
         let mtu = unsafe { req.ifru.mtu };

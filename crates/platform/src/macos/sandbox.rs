@@ -39,15 +39,17 @@ pub fn enter_sandbox(role: Role, datad_path: Option<&str>) -> Result<(), Platfor
         message: "the profile contains a NUL byte".to_owned(),
     })?;
     let mut error: *mut c_char = std::ptr::null_mut();
-    // SAFETY: `profile` is a NUL-terminated string alive for the call; `error` is a valid
+    // `profile` is a NUL-terminated string alive for the call; `error` is a valid
     // place for the library to store a message pointer.
+    // SAFETY: upheld as the lines above say.
     let rc = unsafe { sandbox_init(profile.as_ptr(), 0, &mut error) };
     if rc != 0 {
         let message = if error.is_null() {
             std::io::Error::last_os_error().to_string()
         } else {
-            // SAFETY: on failure a non-null `error` is a NUL-terminated string owned by
+            // on failure a non-null `error` is a NUL-terminated string owned by
             // the library until `sandbox_free_error`, which is called right after the copy.
+            // SAFETY: upheld as the lines above say.
             let text = unsafe { CStr::from_ptr(error) }
                 .to_string_lossy()
                 .into_owned();

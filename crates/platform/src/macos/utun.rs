@@ -38,9 +38,10 @@ mod raw {
 /// A `struct ifreq` naming `name` (already checked to fit: utun names are short).
 #[allow(unsafe_code)]
 fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: `ifreq` is a C struct of a `c_char` array and a union of integers, byte
+    // `ifreq` is a C struct of a `c_char` array and a union of integers, byte
     // arrays, `sockaddr`s and one pointer: all-zero bits are valid for each (the null
     // pointer is never followed by us or by the MTU ioctls).
+    // SAFETY: upheld as the lines above say.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, &src) in req
         .ifr_name
@@ -150,8 +151,9 @@ impl TunDevice for Utun {
     fn mtu(&self) -> io::Result<u32> {
         let sock = inet_socket()?;
         let mut req = ifreq(&self.name);
-        // SAFETY: `sock` is open for the call; `req` is a live, exclusively borrowed
+        // `sock` is open for the call; `req` is a live, exclusively borrowed
         // `ifreq` of the size the request code encodes, naming a NUL-terminated interface.
+        // SAFETY: upheld as the lines above say.
         unsafe { raw::siocgifmtu(sock.as_raw_fd(), &mut req) }?;
         // SAFETY: the kernel wrote `ifru_mtu`; every bit pattern is a valid `c_int`.
         let mtu = unsafe { req.ifr_ifru.ifru_mtu };

@@ -41,8 +41,9 @@ impl SecurityDescriptor {
     pub fn from_sddl(sddl: &str) -> Result<Self, PlatformError> {
         let wide = pipe::to_wide(sddl);
         let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
-        // SAFETY: `wide` is NUL-terminated and outlives the call; `sd` is a valid out
+        // `wide` is NUL-terminated and outlives the call; `sd` is a valid out
         // pointer; the size out pointer may be null.
+        // SAFETY: upheld as the lines above say.
         let ok = unsafe {
             ConvertStringSecurityDescriptorToSecurityDescriptorW(
                 wide.as_ptr(),
@@ -68,8 +69,9 @@ impl SecurityDescriptor {
 impl Drop for SecurityDescriptor {
     #[allow(unsafe_code)]
     fn drop(&mut self) {
-        // SAFETY: the descriptor was allocated by the SDDL conversion with LocalAlloc and
+        // the descriptor was allocated by the SDDL conversion with LocalAlloc and
         // is freed exactly once, here.
+        // SAFETY: upheld as the lines above say.
         unsafe { LocalFree(self.0) };
     }
 }
@@ -132,8 +134,9 @@ impl UapiPipeListener {
     /// the listener has a fresh instance waiting again, so call `accept` again.
     #[allow(unsafe_code)]
     pub fn accept(&mut self) -> Result<PipeStream, PlatformError> {
-        // SAFETY: `waiting` is an open pipe instance handle owned by us; a null
+        // `waiting` is an open pipe instance handle owned by us; a null
         // OVERLAPPED makes the call synchronous (the handle is not overlapped).
+        // SAFETY: upheld as the lines above say.
         let ok = unsafe { ConnectNamedPipe(self.waiting.as_raw_handle(), ptr::null_mut()) };
         if ok == 0 {
             // SAFETY: reads the calling thread's last-error value; no memory involved.
@@ -179,8 +182,9 @@ fn create_instance(
         lpSecurityDescriptor: descriptor.as_ptr(),
         bInheritHandle: 0,
     };
-    // SAFETY: `wide_path` is NUL-terminated (built by `pipe::to_wide`); `attributes` and
+    // `wide_path` is NUL-terminated (built by `pipe::to_wide`); `attributes` and
     // the descriptor it points to live across the call.
+    // SAFETY: upheld as the lines above say.
     let handle = unsafe {
         CreateNamedPipeW(
             wide_path.as_ptr(),
@@ -251,8 +255,9 @@ mod tests {
     #[allow(unsafe_code)]
     fn open_client(path: &str) -> std::io::Result<File> {
         let wide = pipe::to_wide(path);
-        // SAFETY: `wide` is NUL-terminated and outlives the call; no security attributes,
+        // `wide` is NUL-terminated and outlives the call; no security attributes,
         // no template.
+        // SAFETY: upheld as the lines above say.
         let handle = unsafe {
             CreateFileW(
                 wide.as_ptr(),

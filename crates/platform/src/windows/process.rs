@@ -176,9 +176,10 @@ pub fn start_worker(
     startup.lpAttributeList = attributes.as_ptr();
     // SAFETY: PROCESS_INFORMATION is plain data filled by the call.
     let mut info: PROCESS_INFORMATION = unsafe { std::mem::zeroed() };
-    // SAFETY: every pointer is valid for the call: NUL-terminated wide strings (the
+    // every pointer is valid for the call: NUL-terminated wide strings (the
     // command line mutable, as the API requires), a double-NUL environment block, the
     // attribute list initialised above and alive until after the call.
+    // SAFETY: upheld as the lines above say.
     let ok = unsafe {
         CreateProcessAsUserW(
             token.as_raw_handle(),
@@ -238,8 +239,9 @@ impl AttributeList {
     #[allow(unsafe_code)]
     fn new(count: u32) -> Result<Self, PlatformError> {
         let mut bytes = 0usize;
-        // SAFETY: the documented size query: null list, valid out pointer; it fails with
+        // the documented size query: null list, valid out pointer; it fails with
         // ERROR_INSUFFICIENT_BUFFER by design.
+        // SAFETY: upheld as the lines above say.
         unsafe { InitializeProcThreadAttributeList(ptr::null_mut(), count, 0, &mut bytes) };
         let words = bytes.div_ceil(std::mem::size_of::<usize>()).max(1);
         let mut list = AttributeList {
@@ -381,8 +383,9 @@ fn resolve(token: HANDLE, sids: &[Sid]) -> Result<Vec<OwnedSid>, PlatformError> 
             }
             Sid::LogonSession => {
                 let buffer = token_information(token, TokenGroups)?;
-                // SAFETY: GetTokenInformation(TokenGroups) filled a TOKEN_GROUPS whose
+                // GetTokenInformation(TokenGroups) filled a TOKEN_GROUPS whose
                 // `GroupCount` entries follow in the same buffer.
+                // SAFETY: upheld as the lines above say.
                 let groups = unsafe {
                     let header = &*buffer.as_ptr().cast::<TOKEN_GROUPS>();
                     std::slice::from_raw_parts(header.Groups.as_ptr(), header.GroupCount as usize)

@@ -111,8 +111,9 @@ unsafe fn symbol<F: Copy>(module: HMODULE, name: &'static str) -> Result<F, Plat
         return Err(PlatformError::WintunFunctionMissing { name: shown });
     };
     debug_assert_eq!(std::mem::size_of::<F>(), std::mem::size_of_val(&function));
-    // SAFETY: both are plain function pointers of the same size; the caller names the
+    // both are plain function pointers of the same size; the caller names the
     // export's real signature as `F`.
+    // SAFETY: upheld as the lines above say.
     Ok(unsafe { std::mem::transmute_copy::<unsafe extern "system" fn() -> isize, F>(&function) })
 }
 
@@ -290,8 +291,9 @@ impl TunDevice for WintunTun {
             if !packet.is_null() {
                 let len = size as usize;
                 let copied = if len <= buf.len() {
-                    // SAFETY: Wintun returned `size` readable bytes at `packet`, valid
+                    // Wintun returned `size` readable bytes at `packet`, valid
                     // until released below; `buf` has room for them.
+                    // SAFETY: upheld as the lines above say.
                     let src = unsafe { std::slice::from_raw_parts(packet, len) };
                     buf[..len].copy_from_slice(src);
                     Ok(len)
