@@ -62,11 +62,13 @@ pub use wg_router::{DropReason, OpenJob, SealJob};
 
 use crate::deadline::DeadlineCache;
 use crate::load::LoadMeter;
+pub use crate::load::MAX_QUEUED_HANDSHAKES;
 use crate::ratelimit::RateLimiter;
 
-/// Handshake messages waiting for keyd beyond which new ones are dropped (wireguard-go's
-/// handshake queue holds 1024 as well): a flood costs bounded memory, and the initiator
-/// retries.
+/// Messages waiting in this process to be written to keyd's socket beyond which new
+/// handshake messages are dropped: a flood costs bounded memory here, and the initiator
+/// retries. (Those written but not yet taken by keyd are bounded by
+/// [`MAX_QUEUED_HANDSHAKES`].)
 pub const MAX_KEYD_BACKLOG: usize = 1024;
 /// Events kept for [`Device::poll_event`] before new ones are counted as lost instead
 /// (a driver drains them after every input; only a timer round over thousands of peers
@@ -97,7 +99,8 @@ pub enum Discard {
     /// Under load, a valid cookie-bearing message from a source over its rate.
     #[error("handshake message rate-limited (under load)")]
     RateLimited,
-    /// keyd has [`MAX_KEYD_BACKLOG`] messages waiting: this one is dropped.
+    /// keyd has [`MAX_KEYD_BACKLOG`] messages waiting to be written, or
+    /// [`MAX_QUEUED_HANDSHAKES`] handshake messages not yet taken: this one is dropped.
     #[error("key process busy: handshake message dropped")]
     KeydBusy,
     /// Under load, a cookie reply could not be made.
@@ -392,6 +395,9 @@ pub struct Device {
     limiter: RateLimiter,
     load: LoadMeter,
     always_under_load: bool,
+    /// Handshake messages queued for keyd that keyd has not reported taken: the
+    /// kernel's handshake queue length.
+    handshakes_queued: usize,
     to_keyd: VecDeque<DatadToKeyd>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -445,6 +451,7 @@ impl Device {
             limiter: RateLimiter::default(),
             load: LoadMeter::default(),
             always_under_load: false,
+            handshakes_queued: 0,
             to_keyd: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -478,9 +485,30 @@ impl Device {
         self.router.set_learn_endpoints(enabled);
     }
 
-    /// Whether handshake messages must carry a valid MAC2 at `now`.
-    pub fn under_load(&self, now: Instant) -> bool {
-        self.always_under_load || self.load.under_load(now)
+    /// Whether handshake messages must carry a valid MAC2 at `now`: keyd has at least
+    /// an eighth of [`MAX_QUEUED_HANDSHAKES`] waiting, or had within the last second.
+    pub fn under_load(&mut self, now: Instant) -> bool {
+        let queue_says = self.load.under_load(self.handshakes_queued, now);
+        self.always_under_load || queue_says
+    }
+
+    /// Handshake messages queued for keyd that keyd has not yet reported taken.
+    pub fn handshakes_queued(&self) -> usize {
+        self.handshakes_queued
+    }
+
+    /// An in-process key oracle handled `count` handshake messages taken from
+    /// [`Device::poll_keyd`] (a separate keyd says so with
+    /// [`KeydToDatad::HandshakesTaken`]). A driver that runs the oracle in its own thread
+    /// calls this after each one, or the queue looks ever longer.
+    pub fn handshakes_taken(&mut self, count: usize) -> Result<(), DeviceError> {
+        self.handshakes_queued =
+            self.handshakes_queued
+                .checked_sub(count)
+                .ok_or(DeviceError::Protocol(
+                    "keyd reported more handshake messages taken than were sent",
+                ))?;
+        Ok(())
     }
 
     /// The router (keypairs, staging, counters), read-only.
@@ -724,7 +752,6 @@ impl Device {
                 if under_load && !self.limiter.allow(source.ip(), now) {
                     return Err(Discard::RateLimited);
                 }
-                self.load.record(now);
                 self.handshake_to_keyd(DatadToKeyd::Handshake {
                     message: datagram.to_vec(),
                     source,
@@ -734,12 +761,16 @@ impl Device {
         }
     }
 
-    /// Queues a handshake message for keyd, unless keyd is [`MAX_KEYD_BACKLOG`] behind.
+    /// Queues a handshake message for keyd, unless [`MAX_KEYD_BACKLOG`] wait here or
+    /// [`MAX_QUEUED_HANDSHAKES`] wait for keyd.
     fn handshake_to_keyd(&mut self, msg: DatadToKeyd) -> Result<(), Discard> {
-        if self.to_keyd.len() >= MAX_KEYD_BACKLOG {
+        debug_assert!(msg.is_handshake(), "counted as taken by keyd");
+        if self.to_keyd.len() >= MAX_KEYD_BACKLOG || self.handshakes_queued >= MAX_QUEUED_HANDSHAKES
+        {
             return Err(Discard::KeydBusy);
         }
         self.to_keyd.push_back(msg);
+        self.handshakes_queued += 1;
         Ok(())
     }
 
@@ -863,6 +894,9 @@ impl Device {
                 endpoint,
             } => self.send_handshake(public_key, message, endpoint, now),
             KeydToDatad::StatsRequest { request } => self.answer_stats(request, now, wall),
+            KeydToDatad::HandshakesTaken { count } => {
+                self.handshakes_taken(usize::try_from(count).unwrap_or(usize::MAX))?;
+            }
         }
         Ok(())
     }

@@ -1,42 +1,36 @@
-//! Whether we are under load: the rate of handshake messages that passed MAC1, over
-//! one-second windows. wireguard-go measures its handshake queue's depth instead; a rate is
-//! the same signal without a queue of our own.
+//! Whether we are under load, as the Linux kernel decides it: when the queue of handshake
+//! messages waiting for the handshake worker (here: keyd) holds at least an eighth of its
+//! capacity, and for a second after the last time it did. A burst that keyd keeps up with
+//! costs nobody a cookie round trip; a backlog, whatever its cause, does.
+//!
+//! The queue's length is datad's count of handshake messages keyd has not yet reported
+//! taken ([`wg_messages::messages::KeydToDatad::HandshakesTaken`]).
 
 use std::time::{Duration, Instant};
 
-/// Handshake messages per second above which we demand cookies (MAC2).
-pub(crate) const UNDER_LOAD_RATE: u32 = 128;
-/// Once under load, stay so for this long (wireguard-go: 1 s).
+/// The kernel's `MAX_QUEUED_INCOMING_HANDSHAKES`: handshake messages keyd has not taken
+/// beyond which new ones are dropped.
+pub const MAX_QUEUED_HANDSHAKES: usize = 4096;
+/// Queued handshake messages from which cookies (MAC2) are demanded (the kernel: an eighth
+/// of its queue).
+pub(crate) const UNDER_LOAD_QUEUE: usize = MAX_QUEUED_HANDSHAKES / 8;
+/// Once under load, stay so for this long (the kernel and wireguard-go: 1 s).
 pub(crate) const UNDER_LOAD_AFTER: Duration = Duration::from_secs(1);
-const WINDOW: Duration = Duration::from_secs(1);
 
-/// Handshake load over one-second windows.
+/// The load decision: the queue's length now, and since when it was last long.
 #[derive(Debug, Default)]
 pub(crate) struct LoadMeter {
-    window_start: Option<Instant>,
-    count: u32,
     under_load_until: Option<Instant>,
 }
 
 impl LoadMeter {
-    /// A handshake message was accepted for keyd at `now`.
-    pub(crate) fn record(&mut self, now: Instant) {
-        match self.window_start {
-            Some(start) if now.saturating_duration_since(start) < WINDOW => {
-                self.count = self.count.saturating_add(1);
-            }
-            _ => {
-                self.window_start = Some(now);
-                self.count = 1;
-            }
-        }
-        if self.count > UNDER_LOAD_RATE {
+    /// Whether handshake messages must carry MAC2 at `now`, with `queued` messages waiting
+    /// for keyd.
+    pub(crate) fn under_load(&mut self, queued: usize, now: Instant) -> bool {
+        if queued >= UNDER_LOAD_QUEUE {
             self.under_load_until = Some(now + UNDER_LOAD_AFTER);
+            return true;
         }
-    }
-
-    /// Whether handshake messages must carry MAC2 at `now`.
-    pub(crate) fn under_load(&self, now: Instant) -> bool {
         self.under_load_until.is_some_and(|until| now < until)
     }
 }
@@ -46,40 +40,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn more_than_the_rate_within_a_window_means_load_for_a_second() {
+    fn a_long_queue_means_load_for_a_second_after_it_was_last_seen() {
         let t0 = Instant::now();
         let mut meter = LoadMeter::default();
-        for _ in 0..UNDER_LOAD_RATE {
-            meter.record(t0);
-        }
-        assert!(!meter.under_load(t0), "exactly the rate is not load");
-        meter.record(t0 + Duration::from_millis(10));
-        assert!(meter.under_load(t0 + Duration::from_millis(10)));
-        assert!(meter.under_load(t0 + Duration::from_millis(1009)));
-        assert!(!meter.under_load(t0 + Duration::from_millis(1010)));
+        assert!(!meter.under_load(UNDER_LOAD_QUEUE - 1, t0), "just below");
+        assert!(meter.under_load(UNDER_LOAD_QUEUE, t0));
+        let later = t0 + Duration::from_millis(500);
+        assert!(meter.under_load(UNDER_LOAD_QUEUE + 10, later));
+        // The queue drained: still under load until a second after `later`.
+        assert!(meter.under_load(0, later + UNDER_LOAD_AFTER - Duration::from_nanos(1)));
+        assert!(!meter.under_load(0, later + UNDER_LOAD_AFTER));
     }
 
     #[test]
-    fn the_window_restarts_so_a_steady_trickle_is_never_load() {
+    fn any_rate_that_keyd_keeps_up_with_is_never_load() {
         let t0 = Instant::now();
         let mut meter = LoadMeter::default();
-        // 100 per second for ten seconds: under the rate in every window.
-        for i in 0..1000u64 {
-            let at = t0 + Duration::from_millis(i * 10);
-            meter.record(at);
-            assert!(!meter.under_load(at), "at {i}");
+        // 100,000 messages over ten seconds, each taken before the next arrives.
+        for i in 0..100_000u64 {
+            assert!(
+                !meter.under_load(1, t0 + Duration::from_micros(i * 100)),
+                "at {i}"
+            );
         }
     }
 
     #[test]
-    fn load_lasts_from_the_last_message_over_the_rate() {
-        let t0 = Instant::now();
-        let mut meter = LoadMeter::default();
-        for i in 0..=UNDER_LOAD_RATE * 2 {
-            meter.record(t0 + Duration::from_micros(u64::from(i)));
-        }
-        let last = t0 + Duration::from_micros(u64::from(UNDER_LOAD_RATE * 2));
-        assert!(meter.under_load(last + UNDER_LOAD_AFTER - Duration::from_nanos(1)));
-        assert!(!meter.under_load(last + UNDER_LOAD_AFTER));
+    fn the_kernels_numbers() {
+        assert_eq!(MAX_QUEUED_HANDSHAKES, 4096);
+        assert_eq!(UNDER_LOAD_QUEUE, 512);
     }
 }

@@ -44,6 +44,11 @@ pub const HANDSHAKE_BURST: u64 = 2_048;
 /// Share of keyd's time that the data plane's requests may take; the rest is kept for
 /// UAPI, the monitor, and reading (and dropping) whatever else datad sends.
 pub const WORK_SHARE_PERCENT: u32 = 90;
+/// Handshake messages taken per [`KeydToDatad::HandshakesTaken`] report. Up to one step
+/// less may stay unreported: far below the queue length at which datad demands cookies
+/// (512), so an idle keyd owes nothing that matters, and a flood costs one more small
+/// message per 32 handshakes.
+pub const TAKEN_REPORT_STEP: u32 = 32;
 /// Work time that may be spent at once before the share applies.
 const WORK_BURST: Duration = Duration::from_millis(250);
 /// A last handshake may be this far ahead of keyd's clock (both read the same clock an
@@ -162,6 +167,8 @@ pub struct DatadLink {
     handshake_budget: Bucket,
     work: WorkBudget,
     max_outbox_bytes: usize,
+    /// Handshake messages taken and not yet reported to datad.
+    taken_unreported: u32,
 }
 
 impl std::fmt::Debug for DatadLink {
@@ -193,6 +200,7 @@ impl DatadLink {
             handshake_budget: Bucket::new(),
             work: WorkBudget::new(),
             max_outbox_bytes: MAX_OUTBOX_BYTES,
+            taken_unreported: 0,
         }
     }
 
@@ -312,6 +320,14 @@ impl DatadLink {
         rng: &mut R,
     ) -> Result<Outcome, Misbehaviour> {
         let mut outcome = Outcome::default();
+        if msg.is_handshake() {
+            // Taken, whatever happens to it below (answered, refused or dropped).
+            self.taken_unreported += 1;
+            if self.taken_unreported >= TAKEN_REPORT_STEP {
+                let count = std::mem::take(&mut self.taken_unreported);
+                self.queue([KeydToDatad::HandshakesTaken { count }], now)?;
+            }
+        }
         match msg {
             // A repeated hello changes nothing (the version was checked with the first).
             DatadToKeyd::Hello(_) => {}
@@ -417,6 +433,58 @@ mod tests {
             rx_bytes: 1,
             tx_bytes: 2,
         }
+    }
+
+    /// Every handshake message counts as taken, answered or not; the count goes to datad
+    /// every [`TAKEN_REPORT_STEP`], and nothing else counts.
+    #[test]
+    fn handshake_messages_taken_are_reported_in_steps() {
+        let mut link = DatadLink::new();
+        let mut hs = Handshakes::new();
+        let mut rng = StdRng::seed_from_u64(1);
+        let now = Instant::now();
+        let handshake = || DatadToKeyd::Handshake {
+            message: vec![1; 148],
+            source: "192.0.2.1:51820".parse().unwrap(),
+        };
+        let mut send = |link: &mut DatadLink, msg| {
+            link.on_message(msg, &mut hs, now, SystemTime::now(), &mut rng)
+                .unwrap();
+        };
+        let reports = |link: &mut DatadLink| {
+            let mut counts = Vec::new();
+            while let Some(bytes) = link.front() {
+                if let Ok(KeydToDatad::HandshakesTaken { count }) =
+                    wg_messages::decode::<KeydToDatad>(bytes)
+                {
+                    counts.push(count);
+                }
+                link.sent_front(now);
+            }
+            counts
+        };
+        for _ in 0..TAKEN_REPORT_STEP - 1 {
+            send(&mut link, handshake());
+        }
+        let want = DatadToKeyd::WantHandshake {
+            public_key: PublicKey([9; 32]),
+            retry: false,
+        };
+        send(&mut link, want);
+        send(
+            &mut link,
+            DatadToKeyd::CookieReply {
+                message: vec![3; 64],
+            },
+        );
+        assert_eq!(reports(&mut link), vec![TAKEN_REPORT_STEP]);
+        for _ in 0..TAKEN_REPORT_STEP * 2 + 5 {
+            send(&mut link, handshake());
+        }
+        assert_eq!(
+            reports(&mut link),
+            vec![TAKEN_REPORT_STEP, TAKEN_REPORT_STEP]
+        );
     }
 
     fn answer(

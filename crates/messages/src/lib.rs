@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Version of the message set; both ends send it first and refuse a mismatch.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest encoded message. Bulk data (stats for many peers) is sent in chunks below it.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
 

@@ -207,6 +207,14 @@ pub enum KeydToDatad {
     /// wireguard-go expire current keypairs on a key change. Receiving with them still works
     /// until they expire.
     ExpireSessions,
+    /// keyd has taken this many more handshake messages ([`DatadToKeyd::is_handshake`]) off
+    /// its queue, whether it answered or dropped them. datad's count of those still
+    /// waiting is the kernel's handshake queue length: it decides when cookies are
+    /// demanded. keyd reports in steps, so up to a step may stay counted.
+    HandshakesTaken {
+        /// How many since the last report; never more than datad sent.
+        count: u32,
+    },
 }
 
 /// datad → keyd.
@@ -252,6 +260,15 @@ pub enum DatadToKeyd {
         /// Whether this is the last chunk.
         done: bool,
     },
+}
+
+impl DatadToKeyd {
+    /// Whether this message is a peer's handshake message (a [`DatadToKeyd::Handshake`] or
+    /// [`DatadToKeyd::CookieReply`]): the messages datad queues for keyd on a peer's
+    /// behalf, which keyd acknowledges with [`KeydToDatad::HandshakesTaken`].
+    pub fn is_handshake(&self) -> bool {
+        matches!(self, Self::Handshake { .. } | Self::CookieReply { .. })
+    }
 }
 
 /// keyd → monitor: the privileged operations keyd may ask for.

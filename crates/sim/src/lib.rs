@@ -44,7 +44,7 @@ mod star;
 
 pub use clock::Clock;
 pub use network::{Capture, Datagram, LinkConditions, Network, NetworkStats};
-pub use node::{Node, NodeConfig};
+pub use node::{KEYD_HANDSHAKE_COST, Node, NodeConfig};
 pub use packet::{INNER_PACKET_LEN, inner_packet, payload_id};
 pub use record::{Counters, Event, EventKind, Receipt, Rejection, SendOutcome};
 pub use sim::{Side, Sim, SimConfig};

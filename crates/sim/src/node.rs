@@ -13,7 +13,7 @@
 //! keyd's data-plane budgets (`wg_keyd::link`) are left out (they bound a hostile data
 //! plane; this one is honest).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use ipnet::{IpNet, Ipv4Net};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use wg_device::{DatadToKeyd, Device, Encapsulated, KeydToDatad, Received};
+use wg_device::{Device, Encapsulated, KeydToDatad, Received};
 use wg_handshake::{LocalIdentity, Peer};
 use wg_keyd::handshakes::{Answer, Handshakes, Refusal};
 use wg_messages::messages::PeerUpdate;
@@ -31,6 +31,11 @@ use wg_wire::{KEY_LEN, PresharedKey, PublicKey};
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
+
+/// keyd's time per handshake message unless [`Node::set_keyd_handshake_cost`] says
+/// otherwise: what the release build's responder spends per handshake on the 2-core
+/// benchmark machine (docs/benchmarks.md), so about 4,000 a second.
+pub const KEYD_HANDSHAKE_COST: Duration = Duration::from_micros(250);
 use crate::network::Datagram;
 use crate::packet::{inner_packet, payload_id};
 use crate::record::{Counters, Event, EventKind, Receipt, SendOutcome};
@@ -86,6 +91,13 @@ pub struct Node {
     oracle: Handshakes,
     /// keyd's RNG (indices, ephemeral keys); the device has its own.
     keyd_rng: StdRng,
+    /// keyd's time per handshake message on the virtual clock.
+    keyd_handshake_cost: Duration,
+    /// When keyd finishes the handshake messages it was given.
+    keyd_busy_until: Instant,
+    /// When keyd starts on each handshake message it was given and has not yet started:
+    /// the queue whose length puts the device under load.
+    keyd_queue: VecDeque<Instant>,
     outbox: Vec<Datagram>,
     events: Vec<Event>,
     delivered: HashMap<u64, u32>,
@@ -124,6 +136,9 @@ impl Node {
             device,
             oracle,
             keyd_rng: StdRng::from_rng(&mut seeds),
+            keyd_handshake_cost: KEYD_HANDSHAKE_COST,
+            keyd_busy_until: now,
+            keyd_queue: VecDeque::new(),
             outbox: Vec::new(),
             events: Vec::new(),
             delivered: HashMap::new(),
@@ -285,7 +300,8 @@ impl Node {
 
     /// Whether the node answers handshake messages without a valid MAC2 with cookie replies
     /// right now (its load meter, or [`set_under_load`](Self::set_under_load)).
-    pub fn under_load(&self, now: Instant) -> bool {
+    pub fn under_load(&mut self, now: Instant) -> bool {
+        self.keyd_take_due(now);
         self.device.under_load(now)
     }
 
@@ -353,6 +369,7 @@ impl Node {
 
     /// A datagram arrived from `from`.
     pub fn receive(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) -> Receipt {
+        self.keyd_take_due(now);
         let mut bytes = datagram.to_vec();
         let received = self.device.handle_datagram(&mut bytes, from, now);
         let answer = self.pump(now);
@@ -401,11 +418,47 @@ impl Node {
         }
     }
 
+    /// Sets keyd's time per handshake message ([`KEYD_HANDSHAKE_COST`] by default).
+    pub fn set_keyd_handshake_cost(&mut self, cost: Duration) {
+        self.keyd_handshake_cost = cost;
+    }
+
+    /// Handshake messages handed to keyd that it has not started on at `now`.
+    pub fn keyd_queue_len(&mut self, now: Instant) -> usize {
+        self.keyd_take_due(now);
+        self.keyd_queue.len()
+    }
+
+    /// keyd was handed a handshake message at `now`: it starts on it when it finished
+    /// the ones before. (Its answer is computed at once; the model delays only the
+    /// moment keyd reports it taken, which is what the device's load decision reads.)
+    fn keyd_enqueue(&mut self, now: Instant) {
+        let start = self.keyd_busy_until.max(now);
+        self.keyd_busy_until = start + self.keyd_handshake_cost;
+        self.keyd_queue.push_back(start);
+        self.keyd_take_due(now);
+    }
+
+    /// Tells the device about the handshake messages keyd has started on by `now`, as
+    /// keyd's `HandshakesTaken` does (at once here, not in steps).
+    fn keyd_take_due(&mut self, now: Instant) {
+        let mut taken = 0;
+        while self.keyd_queue.front().is_some_and(|&start| start <= now) {
+            self.keyd_queue.pop_front();
+            taken += 1;
+        }
+        if taken > 0 {
+            let counted = self.device.handshakes_taken(taken);
+            debug_assert!(counted.is_ok(), "the node counts only what the device queued");
+        }
+    }
+
     /// Runs every timer due at `now`, then what keyd does when nothing waits for it: wipe
     /// the ready ephemeral keys that went stale and make new ones while they are wanted.
     /// (The simulation calls this once everything due at `now` was delivered, so a burst
     /// of messages at one instant drains the pool as a flood would.)
     pub fn poll_timers(&mut self, now: Instant) {
+        self.keyd_take_due(now);
         self.device.handle_timeout(now);
         self.pump(now);
         self.keyd_idle(now);
@@ -454,10 +507,10 @@ impl Node {
         let wall = self.clock.wall(now);
         let mut first = None;
         while let Some(msg) = self.device.poll_keyd() {
-            let from_network = matches!(
-                msg,
-                DatadToKeyd::Handshake { .. } | DatadToKeyd::CookieReply { .. }
-            );
+            let from_network = msg.is_handshake();
+            if from_network {
+                self.keyd_enqueue(now);
+            }
             let mut answers = Vec::new();
             let verdict = self
                 .oracle

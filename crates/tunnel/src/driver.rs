@@ -480,12 +480,17 @@ impl Driver {
     async fn pump(&mut self) -> Result<(), Fatal> {
         let (now, wall) = (Instant::now(), SystemTime::now());
         while let Some(msg) = self.device.poll_keyd() {
+            let handshake = msg.is_handshake();
             let mut answers = Vec::new();
             if let Err(refusal) =
                 self.oracle
                     .on_datad(msg, now, wall, &mut self.keyd_rng, &mut answers)
             {
                 tracing::debug!("handshake: {refusal}");
+            }
+            if handshake {
+                // Taken at once: in one thread, the queue never grows.
+                self.device.handshakes_taken(1)?;
             }
             for answer in answers {
                 self.device.handle_keyd(answer, now, wall)?;

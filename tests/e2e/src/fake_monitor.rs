@@ -573,6 +573,7 @@ fn kind(m: &KeydToDatad) -> &'static str {
         KeydToDatad::ClearPeers => "ClearPeers",
         KeydToDatad::AllowedIps { .. } => "AllowedIps",
         KeydToDatad::ExpireSessions => "ExpireSessions",
+        KeydToDatad::HandshakesTaken { .. } => "HandshakesTaken",
     }
 }
 
@@ -813,7 +814,8 @@ async fn read_keyd(
                 }
                 KeydToDatad::Session(_)
                 | KeydToDatad::AllowedIps { .. }
-                | KeydToDatad::ExpireSessions => {}
+                | KeydToDatad::ExpireSessions
+                | KeydToDatad::HandshakesTaken { .. } => {}
             }
         }
         if answer.is_empty() {
