@@ -449,7 +449,10 @@ impl Node {
         }
         if taken > 0 {
             let counted = self.device.handshakes_taken(taken);
-            debug_assert!(counted.is_ok(), "the node counts only what the device queued");
+            debug_assert!(
+                counted.is_ok(),
+                "the node counts only what the device queued"
+            );
         }
     }
 
