@@ -381,7 +381,24 @@ fn wine_command(wine: &Path, prefix: &Path) -> Command {
 /// Creates the prefix (Wine's first start, tens of seconds) with a persistent
 /// wineserver, so the tests' own runs neither pay for it nor share their output pipes
 /// with a server they started.
+/// Creates the prefix; a failed start of Wine (seen in CI: "could not load kernel32.dll")
+/// is tried once more from scratch, loudly.
 fn init_prefix(wine: &Path, wineserver: &Path, prefix: &Path) -> Result<()> {
+    let Err(first) = init_prefix_once(wine, wineserver, prefix) else {
+        return Ok(());
+    };
+    println!("wine-test: {first:#}; creating the prefix ONCE MORE from scratch");
+    let mut kill = Command::new(wineserver);
+    kill.arg("-k").env("WINEPREFIX", prefix);
+    let _ = cmd::output(&mut kill, Duration::from_secs(30));
+    if prefix.exists() {
+        std::fs::remove_dir_all(prefix)
+            .with_context(|| format!("removing the failed prefix {}", prefix.display()))?;
+    }
+    init_prefix_once(wine, wineserver, prefix)
+}
+
+fn init_prefix_once(wine: &Path, wineserver: &Path, prefix: &Path) -> Result<()> {
     let t0 = Instant::now();
     println!(
         "wine-test: creating the Wine prefix {} (first start takes a while)",
