@@ -54,6 +54,8 @@ pub(crate) struct BenchArgs {
     pub(crate) rss_peers: Option<String>,
     /// Initiations in flight at most in the handshake flood.
     pub(crate) hs_window: usize,
+    /// iperf3's rate in the paced TCP test, Mbit/s.
+    pub(crate) paced_rate: u32,
     /// Record a failing implementation and go on.
     pub(crate) keep_going: bool,
     /// Use the release binaries as they are.
@@ -393,6 +395,7 @@ struct TunnelPlan {
     tests: netbench::Tests,
     rss_peers: Vec<u32>,
     hs_window: usize,
+    paced_rate: u32,
     extra: Vec<impls::Impl>,
     only: Option<Vec<String>>,
 }
@@ -421,6 +424,12 @@ impl TunnelPlan {
                 args.hs_window
             );
         }
+        if !(1..=100_000).contains(&args.paced_rate) {
+            bail!(
+                "--paced-rate must be between 1 and 100000 Mbit/s (got {})",
+                args.paced_rate
+            );
+        }
         let extra = args
             .impls
             .iter()
@@ -438,6 +447,7 @@ impl TunnelPlan {
             tests,
             rss_peers,
             hs_window: args.hs_window,
+            paced_rate: args.paced_rate,
             extra,
             only,
         })
@@ -718,14 +728,15 @@ fn tunnel(root: &Path, args: &BenchArgs, plan: &TunnelPlan) -> Result<()> {
         command_line,
         flood_exe,
         hs_window: plan.hs_window,
+        paced_rate: plan.paced_rate,
     };
-    // Measured: a daemon takes about 3 x duration + 20 s per round (start, pings, the
-    // single-daemon tests), plain veth 3 x duration + 5 s.
+    // Measured: a daemon takes about 4 x duration + 20 s per round (start, pings, the
+    // single-daemon tests), plain veth 4 x duration + 5 s.
     let per_round: u64 = opts
         .impls
         .iter()
         .map(|i| {
-            u64::from(opts.duration) * 3
+            u64::from(opts.duration) * 4
                 + match i.kind {
                     impls::Kind::Plain => 5,
                     impls::Kind::Daemon(_) => 20,

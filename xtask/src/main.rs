@@ -102,7 +102,7 @@ enum Task {
         /// wireguard-rs-rustcrypto, wireguard-go, boringtun, wg-tunnel (the library tunnel), plain, or an --impl label).
         #[arg(long, value_name = "LABELS")]
         only: Option<String>,
-        /// Only these tests (comma-separated: ping,tcp1,tcp4,udp,rss,hs; default all).
+        /// Only these tests (comma-separated: ping,tcp1,tcp4,tcppaced,udp,rss,hs; default all).
         #[arg(long, value_name = "TESTS")]
         tests: Option<String>,
         /// Peer counts for the idle-RSS test (default 0,1000,10000).
@@ -112,6 +112,11 @@ enum Task {
         /// after 1 s).
         #[arg(long, value_name = "N", default_value_t = 128)]
         hs_window: usize,
+        /// The paced TCP test (`tcppaced`): iperf3's rate, Mbit/s, below every
+        /// implementation's ceiling, so that the ping beside it compares queueing at equal
+        /// goodput rather than how busy each leaves the machine.
+        #[arg(long, value_name = "MBIT_S", default_value_t = 500)]
+        paced_rate: u32,
         /// Record a failing implementation (e.g. a tunnel that never comes up) and go on.
         #[arg(long)]
         keep_going: bool,
@@ -257,6 +262,7 @@ fn main() -> ExitCode {
             tests,
             rss_peers,
             hs_window,
+            paced_rate,
             keep_going,
             no_build,
             out,
@@ -274,6 +280,7 @@ fn main() -> ExitCode {
             tests,
             rss_peers,
             hs_window,
+            paced_rate,
             keep_going,
             no_build,
             out,

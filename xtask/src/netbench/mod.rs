@@ -66,6 +66,8 @@ pub(crate) struct Tests {
     pub(crate) ping: bool,
     pub(crate) tcp1: bool,
     pub(crate) tcp4: bool,
+    /// TCP 1 stream at `--paced-rate`, ping alongside.
+    pub(crate) tcppaced: bool,
     pub(crate) udp: bool,
     pub(crate) rss: bool,
     pub(crate) hs: bool,
@@ -77,6 +79,7 @@ impl Tests {
         ping: true,
         tcp1: true,
         tcp4: true,
+        tcppaced: true,
         udp: true,
         rss: true,
         hs: true,
@@ -87,12 +90,13 @@ impl Tests {
         ping: false,
         tcp1: false,
         tcp4: false,
+        tcppaced: false,
         udp: false,
         rss: false,
         hs: false,
     };
 
-    /// Parses `ping,tcp1,tcp4,udp,rss,hs` (any subset).
+    /// Parses `ping,tcp1,tcp4,tcppaced,udp,rss,hs` (any subset).
     pub(crate) fn parse(list: &str) -> Result<Self> {
         let mut t = Self::NONE;
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -100,10 +104,13 @@ impl Tests {
                 "ping" => t.ping = true,
                 "tcp1" => t.tcp1 = true,
                 "tcp4" => t.tcp4 = true,
+                "tcppaced" => t.tcppaced = true,
                 "udp" => t.udp = true,
                 "rss" => t.rss = true,
                 "hs" => t.hs = true,
-                other => bail!("unknown test {other:?}; the tests are ping,tcp1,tcp4,udp,rss,hs"),
+                other => bail!(
+                    "unknown test {other:?}; the tests are ping,tcp1,tcp4,tcppaced,udp,rss,hs"
+                ),
             }
         }
         if t == Self::NONE {
@@ -114,7 +121,7 @@ impl Tests {
 
     /// Whether a tunnel pair is needed (anything but the single-daemon tests).
     fn tunnel(self) -> bool {
-        self.ping || self.tcp1 || self.tcp4 || self.udp
+        self.ping || self.tcp1 || self.tcp4 || self.tcppaced || self.udp
     }
 }
 
@@ -140,6 +147,8 @@ pub(crate) struct Options {
     pub(crate) flood_exe: PathBuf,
     /// Unanswered initiations in flight at most during the handshake flood.
     pub(crate) hs_window: usize,
+    /// iperf3's rate in the paced TCP test, Mbit/s.
+    pub(crate) paced_rate: u32,
 }
 
 /// `YYYYMMDD-HHMMSS` (UTC) of a Unix time.
@@ -357,6 +366,7 @@ pub(crate) fn run(opts: &Options) -> Result<()> {
             "tests": format!("{:?}", opts.tests), "rss_peers": opts.rss_peers,
             "hs_peers": HS_PEERS, "hs_initiations": HS_INITIATIONS, "hs_seconds": HS_SECONDS,
             "hs_flood_binary": opts.flood_exe, "hs_window": opts.hs_window,
+            "paced_rate_mbps": opts.paced_rate,
             "implementations": opts.impls.iter().map(|i| {
                 let command = match &i.kind {
                     Kind::Daemon(t) => t.as_str(),
@@ -770,19 +780,28 @@ fn traffic_tests(
         alive("the idle ping")?;
     }
 
-    let tcp = |streams: u32, with_ping: bool| {
-        tcp_run(ctx, round, label, target, &pids, streams, with_ping)
+    let tcp = |streams: u32, with_ping: bool, rate: Option<u32>| {
+        tcp_run(ctx, round, label, target, &pids, streams, with_ping, rate)
     };
 
-    for (streams, run) in [(1u32, tests.tcp1), (4, tests.tcp4)] {
+    let paced = Some(ctx.opts.paced_rate);
+    for (streams, run, rate) in [
+        (1u32, tests.tcp1, None),
+        (4, tests.tcp4, None),
+        (1, tests.tcppaced, paced),
+    ] {
         if !run {
             continue;
         }
         let with_ping = streams == 1;
-        let what = if with_ping {
-            format!("tcp{streams} ({secs} s, ping alongside)")
-        } else {
-            format!("tcp{streams} ({secs} s)")
+        let key = match rate {
+            Some(_) => "tcp1paced".to_owned(),
+            None => format!("tcp{streams}"),
+        };
+        let what = match (with_ping, rate) {
+            (true, Some(r)) => format!("{key} ({secs} s at {r} Mbit/s, ping alongside)"),
+            (true, None) => format!("{key} ({secs} s, ping alongside)"),
+            _ => format!("{key} ({secs} s)"),
         };
         let TcpRun {
             tcp: t,
@@ -790,7 +809,7 @@ fn traffic_tests(
             busy,
             ping,
         } = ctx.step(round, label, &what, || {
-            let r = tcp(streams, with_ping)?;
+            let r = tcp(streams, with_ping, rate)?;
             let TcpRun {
                 tcp: t,
                 cpu_per_gb,
@@ -809,7 +828,6 @@ fn traffic_tests(
             }
             Ok((r, s))
         })?;
-        let key = format!("tcp{streams}");
         sample
             .values
             .insert(format!("{key}_mbps"), t.received_bps / 1e6);
@@ -826,10 +844,15 @@ fn traffic_tests(
         }
         if streams == 1 {
             if let Some(b) = busy {
-                sample.values.insert("busy_tcp1_cores".into(), b);
+                sample.values.insert(format!("busy_{key}_cores"), b);
             }
             if let Some((m, _)) = ping {
-                sample.values.insert("ping_load_ms".into(), m);
+                let name = if rate.is_some() {
+                    "ping_paced_ms"
+                } else {
+                    "ping_load_ms"
+                };
+                sample.values.insert(name.into(), m);
             }
         }
         sample
@@ -891,8 +914,8 @@ struct TcpRun {
     ping: Option<(f64, usize)>,
 }
 
-/// iperf3 TCP A→B with `streams` streams (and ping alongside if asked), with CPU marks of
-/// the daemon trees `pids` around it.
+/// iperf3 TCP A→B with `streams` streams (at `rate` Mbit/s if given; and ping alongside
+/// if asked), with CPU marks of the daemon trees `pids` around it.
 #[allow(clippy::too_many_arguments)]
 fn tcp_run(
     ctx: &Ctx<'_>,
@@ -902,6 +925,7 @@ fn tcp_run(
     pids: &[u32],
     streams: u32,
     with_ping: bool,
+    rate: Option<u32>,
 ) -> Result<TcpRun> {
     let (a, b) = (&ctx.hosts.a, &ctx.hosts.b);
     let secs = ctx.opts.duration;
@@ -909,11 +933,15 @@ fn tcp_run(
     let log = ctx.log_path(round, label, &format!("iperf3-tcp{streams}-server"));
     let server = IperfServer::start(b, &log)?;
     let parallel = streams.to_string();
-    let extra: Vec<&str> = if streams > 1 {
+    let bitrate = rate.map(|r| format!("{r}M"));
+    let mut extra: Vec<&str> = if streams > 1 {
         vec!["-P", &parallel]
     } else {
         vec![]
     };
+    if let Some(b) = &bitrate {
+        extra.extend(["-b", b]);
+    }
     let before = cpu_mark(pids);
     let (json, load_ping) = std::thread::scope(|s| {
         let pinger = with_ping.then(|| {
@@ -1122,7 +1150,7 @@ mod tests {
     #[test]
     fn test_lists() {
         assert_eq!(
-            Tests::parse("ping,tcp1,tcp4,udp,rss,hs").unwrap(),
+            Tests::parse("ping,tcp1,tcp4,tcppaced,udp,rss,hs").unwrap(),
             Tests::ALL
         );
         let t = Tests::parse("hs").unwrap();

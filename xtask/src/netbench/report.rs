@@ -117,6 +117,24 @@ pub(crate) fn metric_defs(rss_peers: &[u32]) -> Vec<MetricDef> {
         def("udp_loss_pct", "UDP 64 B, loss %", Info, 1),
         def("ping_idle_ms", "ping idle, avg ms", Lower, 3),
         def("ping_load_ms", "ping during TCP 1 stream, avg ms", Lower, 2),
+        def(
+            "ping_paced_ms",
+            "ping during TCP 1 stream at --paced-rate, avg ms",
+            Lower,
+            3,
+        ),
+        def(
+            "tcp1paced_mbps",
+            "TCP 1 stream at --paced-rate, Mbit/s",
+            Higher,
+            1,
+        ),
+        no_ratio(def(
+            "tcp1paced_retransmits",
+            "TCP 1 stream at --paced-rate, retransmits",
+            Lower,
+            0,
+        )),
         def("first_ping_ms", "first ping incl. handshake, ms", Lower, 2),
         def(
             "hs_per_s",
@@ -197,6 +215,18 @@ pub(crate) fn metric_defs(rss_peers: &[u32]) -> Vec<MetricDef> {
         def(
             "busy_tcp1_cores",
             "machine busy during TCP 1 stream, cores",
+            Info,
+            2,
+        ),
+        def(
+            "cpu_s_per_gb_tcp1paced",
+            "daemon CPU s per GB, TCP 1 stream at --paced-rate",
+            Lower,
+            2,
+        ),
+        def(
+            "busy_tcp1paced_cores",
+            "machine busy during TCP 1 stream at --paced-rate, cores",
             Info,
             2,
         ),
@@ -668,6 +698,16 @@ mod tests {
         assert!(keys.contains(&"rss_idle_0_peers_mib".to_owned()));
         assert!(keys.contains(&"rss_idle_1000_peers_mib".to_owned()));
         assert!(keys.contains(&"setconf_max_s".to_owned()));
+        // The paced TCP test's figures (the keys `tcp_run`'s caller inserts).
+        for key in [
+            "tcp1paced_mbps",
+            "tcp1paced_retransmits",
+            "ping_paced_ms",
+            "cpu_s_per_gb_tcp1paced",
+            "busy_tcp1paced_cores",
+        ] {
+            assert!(keys.contains(&key.to_owned()), "{key}");
+        }
         assert!(!metric_defs(&[0]).iter().any(|m| m.key == "setconf_max_s"));
         assert_eq!(thousands(10_000), "10,000");
         assert_eq!(thousands(999), "999");
