@@ -416,6 +416,7 @@ impl std::fmt::Debug for Device {
             .field("peers", &self.slots.len())
             .field("private_key_set", &self.checker.is_some())
             .field("to_keyd", &self.to_keyd.len())
+            .field("handshakes_queued", &self.handshakes_queued)
             .field("transmits", &self.transmits.len())
             .field("events", &self.events.len())
             .finish_non_exhaustive()

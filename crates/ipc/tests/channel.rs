@@ -35,6 +35,13 @@ fn stream_channels() -> (Channel, Channel) {
     )
 }
 
+/// Two connected `SOCK_SEQPACKET` channels (every OS but macOS).
+#[cfg(not(target_os = "macos"))]
+fn seqpacket_channels() -> (Channel, Channel) {
+    let (x, y) = wg_ipc::seqpacket_pair().unwrap();
+    (Channel::from_fd(x).unwrap(), Channel::from_fd(y).unwrap())
+}
+
 /// A stream channel and the raw other end, blocking, for playing a hostile peer.
 fn stream_and_raw() -> (Channel, UnixStream) {
     let (x, y) = stream_pair().unwrap();
@@ -112,8 +119,8 @@ async fn exchange(a: Channel, b: Channel) {
 #[cfg(not(target_os = "macos"))]
 #[tokio::test]
 async fn seqpacket_carries_messages_and_fds() {
-    let (x, y) = wg_ipc::seqpacket_pair().unwrap();
-    exchange(Channel::from_fd(x).unwrap(), Channel::from_fd(y).unwrap()).await;
+    let (a, b) = seqpacket_channels();
+    exchange(a, b).await;
 }
 
 #[tokio::test]
@@ -164,9 +171,8 @@ async fn descriptors_stay_with_their_message(a: Channel, b: Channel) {
 #[cfg(not(target_os = "macos"))]
 #[tokio::test]
 async fn seqpacket_descriptors_stay_with_their_message() {
-    let (x, y) = wg_ipc::seqpacket_pair().unwrap();
-    descriptors_stay_with_their_message(Channel::from_fd(x).unwrap(), Channel::from_fd(y).unwrap())
-        .await;
+    let (a, b) = seqpacket_channels();
+    descriptors_stay_with_their_message(a, b).await;
 }
 
 #[tokio::test]
@@ -396,8 +402,8 @@ async fn try_send_reports_a_full_queue(a: Channel, b: Channel) {
 #[cfg(not(target_os = "macos"))]
 #[tokio::test]
 async fn seqpacket_try_send_reports_a_full_queue() {
-    let (x, y) = wg_ipc::seqpacket_pair().unwrap();
-    try_send_reports_a_full_queue(Channel::from_fd(x).unwrap(), Channel::from_fd(y).unwrap()).await;
+    let (a, b) = seqpacket_channels();
+    try_send_reports_a_full_queue(a, b).await;
 }
 
 #[tokio::test]
