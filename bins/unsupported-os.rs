@@ -1,19 +1,10 @@
 // What a binary does on an OS it has no backend for yet: say so and exit non-zero, never
 // pretend. `include!`d by the `main.rs` of each of the three binaries on every OS but
-// Linux; the table of what exists where is the README's.
+// Linux, macOS, FreeBSD and NetBSD; the table of what exists where is the README's.
 
 /// The running OS as people write it, and what the daemon still lacks there.
 fn os_and_missing() -> (&'static str, &'static str) {
     match std::env::consts::OS {
-        "macos" => (
-            "macOS",
-            "utun, an IPC transport without SOCK_SEQPACKET and the macOS sandbox",
-        ),
-        "freebsd" => (
-            "FreeBSD",
-            "tun(4), the workers' IPC and their Capsicum sandbox",
-        ),
-        "netbsd" => ("NetBSD", "tun(4), the workers' IPC and a sandbox"),
         "openbsd" => (
             "OpenBSD",
             "tun(4), the workers' IPC and their pledge/unveil sandbox",
@@ -36,7 +27,7 @@ fn unsupported_os(program: &str) -> std::process::ExitCode {
         ""
     };
     eprintln!(
-        "{program}: the wireguard-rs daemon runs only on Linux so far; on {os} it lacks \
+        "{program}: the wireguard-rs daemon runs on Linux, macOS, FreeBSD and NetBSD so far; on {os} it lacks \
          {missing} (see the platform table in the README).{instead}"
     );
     std::process::ExitCode::FAILURE

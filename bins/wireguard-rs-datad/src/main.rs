@@ -4,22 +4,42 @@
 #![forbid(unsafe_code)]
 
 /// The AEAD implementation of transport data (the `ring` feature, or RustCrypto).
-#[cfg(target_os = "linux")]
+#[cfg(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "netbsd"
+))]
 const AEAD: &str = if cfg!(feature = "ring") {
     "ring"
 } else {
     "rustcrypto"
 };
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "netbsd"
+)))]
 include!("../../unsupported-os.rs");
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "netbsd"
+)))]
 fn main() -> std::process::ExitCode {
     unsupported_os("wireguard-rs-datad")
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "netbsd"
+))]
 fn main() -> std::process::ExitCode {
     let version = format!(
         "{} (commit {}; aead {AEAD}{})",

@@ -2,15 +2,30 @@
 //! `WG_RS_IPC_FD`; not meant to be run by hand (but `--version` answers).
 #![forbid(unsafe_code)]
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "netbsd"
+)))]
 include!("../../unsupported-os.rs");
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "netbsd"
+)))]
 fn main() -> std::process::ExitCode {
     unsupported_os("wireguard-rs-keyd")
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "netbsd"
+))]
 fn main() -> std::process::ExitCode {
     // `--version`: the version, the commit it was built from and the X25519 backend.
     let version = format!(

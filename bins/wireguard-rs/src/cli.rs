@@ -122,8 +122,13 @@ pub struct Cli {
     pub interface: Option<String>,
 }
 
-// The workers' users and sandbox exist on Linux only (wg-sandbox).
-#[cfg(target_os = "linux")]
+// The workers' users and sandbox (wg-sandbox): Linux, macOS, FreeBSD, NetBSD.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "netbsd"
+))]
 impl Cli {
     /// The key process's user: `--keyd-user`, else `--user`, else the default.
     pub fn keyd_user(&self) -> String {
@@ -147,6 +152,7 @@ impl Cli {
             enabled: !self.no_sandbox,
             user,
             low_ports: !self.no_low_ports,
+            exec_program: None,
         }
     }
 }

@@ -13,13 +13,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use wg_ipc::worker::{INTERFACE_ENV, LogLevel};
+use wg_monitor::device;
 use wg_monitor::notify::{self, Lifecycle, Notifier, READY_FD_ENV, Report};
 use wg_monitor::{Prepared, Stopped, Supervisor};
-use wg_tun::Tun;
 use wireguard_rs::cli::Cli;
 
-/// Default MTU, as wireguard-go sets it at creation.
-const DEFAULT_MTU: u32 = 1420;
 /// wireguard-go's variable: `1` means foreground (also set in our background child).
 const FOREGROUND_ENV: &str = "WG_PROCESS_FOREGROUND";
 /// How long the command waits for its background child to be ready. The child's own
@@ -28,7 +26,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The git commit this binary was built from (`build.rs`).
 const COMMIT: &str = env!("WG_RS_GIT_COMMIT");
 
-/// The daemon's entry point (Linux).
+/// The daemon's entry point (Linux, macOS, FreeBSD, NetBSD).
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.spawner {
@@ -70,7 +68,7 @@ fn start(cli: &Cli, life: &mut Lifecycle, level: LogLevel) -> Result<(), String>
     let Some(interface) = cli.interface.clone() else {
         return Err("an interface name is required".into());
     };
-    wg_tun::validate_interface_name(&interface).map_err(|e| e.to_string())?;
+    device::check_name(&interface)?;
     if options.enabled && wg_sandbox::running_as_root() {
         match wg_sandbox::check_worker_users(
             &cli.keyd_user(),
@@ -81,6 +79,7 @@ fn start(cli: &Cli, life: &mut Lifecycle, level: LogLevel) -> Result<(), String>
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
         }
+        #[cfg(target_os = "linux")]
         wg_sandbox::check_start_capabilities().map_err(|e| e.to_string())?;
     }
     let worker_dir = wg_monitor::worker_dir(cli.libexec_dir.as_deref());
@@ -96,12 +95,29 @@ fn start(cli: &Cli, life: &mut Lifecycle, level: LogLevel) -> Result<(), String>
         || life.has_pipe()
         || std::env::var_os(FOREGROUND_ENV).is_some_and(|v| v == "1");
 
-    let tun = match inherited_tun {
-        Some(fd) => Tun::from_fd(fd),
-        None if cli.no_tun_offload => Tun::create(&interface, DEFAULT_MTU),
-        None => Tun::create_offloaded(&interface, DEFAULT_MTU),
+    // Elsewhere than on Linux the background child creates the interface itself: their
+    // TUN descriptors cannot be adopted by name (the BSDs') or are not passed on here.
+    #[cfg(not(target_os = "linux"))]
+    if !foreground {
+        if inherited_tun.is_some() || inherited_uapi.is_some() {
+            return Err("WG_TUN_FD and WG_UAPI_FD are supported on Linux only; unset them".into());
+        }
+        return daemonize(cli, &interface, None, level);
     }
-    .map_err(|e| e.to_string())?;
+    #[cfg(target_os = "linux")]
+    let tun = match inherited_tun {
+        Some(fd) => wg_tun::Tun::from_fd(fd).map_err(|e| e.to_string()),
+        None => device::create(&interface, !cli.no_tun_offload),
+    }?;
+    #[cfg(not(target_os = "linux"))]
+    let tun = match (inherited_tun, inherited_uapi.as_ref()) {
+        (None, None) => device::create(&interface, !cli.no_tun_offload),
+        _ => Err("WG_TUN_FD and WG_UAPI_FD are supported on Linux only; unset them".into()),
+    }?;
+    // The kernel's name: on macOS `utunN`, whatever was asked for. The UAPI socket, the
+    // log lines and `wg` go by it, as with wireguard-go.
+    let interface = device::name(&tun).to_owned();
+    write_name_file(&interface)?;
     let uapi = match inherited_uapi {
         Some(fd) => Ok(UnixListener::from(fd)),
         None => wg_uapi::server::bind_listener(&interface),
@@ -110,9 +126,10 @@ fn start(cli: &Cli, life: &mut Lifecycle, level: LogLevel) -> Result<(), String>
     let socket_path =
         wg_uapi::server::socket_path(Path::new(wg_uapi::server::DEFAULT_SOCKET_DIR), &interface);
 
+    #[cfg(target_os = "linux")]
     if !foreground {
         // The background child owns the interface and the socket file from here on.
-        return match daemonize(cli, &interface, tun.into_fd(), uapi, level) {
+        return match daemonize(cli, &interface, Some((tun.into_fd(), uapi)), level) {
             Ok(()) => Ok(()),
             Err(e) => {
                 let _ = std::fs::remove_file(&socket_path);
@@ -132,6 +149,7 @@ fn start(cli: &Cli, life: &mut Lifecycle, level: LogLevel) -> Result<(), String>
         gso: !cli.no_udp_gso,
         gro: !cli.no_udp_gro,
     };
+    #[cfg(target_os = "linux")]
     tracing::debug!(tun_offloads = ?tun.offloads(), vnet_hdr = tun.vnet_hdr(), "TUN device ready");
     let sockets = wg_monitor::sockets::bind(0, 0, udp_offload)
         .map_err(|e| format!("cannot open UDP sockets: {e}"))?;
@@ -180,15 +198,18 @@ fn start(cli: &Cli, life: &mut Lifecycle, level: LogLevel) -> Result<(), String>
 fn daemonize(
     cli: &Cli,
     interface: &str,
-    tun: OwnedFd,
-    uapi: UnixListener,
+    opened: Option<(OwnedFd, UnixListener)>,
     level: LogLevel,
 ) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("cannot start in the background: {what}: {e}");
-    let uapi = OwnedFd::from(uapi);
+    let opened = opened.map(|(tun, uapi)| (tun, OwnedFd::from(uapi)));
     let (reader, writer) = std::io::pipe().map_err(|e| io("pipe", e))?;
     let writer = OwnedFd::from(writer);
-    for fd in [&tun, &uapi, &writer] {
+    for fd in opened
+        .iter()
+        .flat_map(|(tun, uapi)| [tun, uapi])
+        .chain([&writer])
+    {
         wg_ipc::make_inheritable(fd).map_err(|e| io("descriptor", e))?;
     }
     let exe = std::env::current_exe().map_err(|e| io("locating this program", e))?;
@@ -222,10 +243,12 @@ fn daemonize(
         }
     }
     let logging = std::env::var_os("LOG_LEVEL").is_some() && level != LogLevel::Silent;
+    if let Some((tun, uapi)) = &opened {
+        cmd.env("WG_TUN_FD", tun.as_raw_fd().to_string())
+            .env("WG_UAPI_FD", uapi.as_raw_fd().to_string());
+    }
     cmd.arg(interface)
         .env(FOREGROUND_ENV, "1")
-        .env("WG_TUN_FD", tun.as_raw_fd().to_string())
-        .env("WG_UAPI_FD", uapi.as_raw_fd().to_string())
         .env(READY_FD_ENV, writer.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -238,8 +261,7 @@ fn daemonize(
     let mut child = cmd.spawn().map_err(|e| io("starting it", e))?;
     // Only the child may hold the write end, or its end would never be seen.
     drop(writer);
-    drop(tun);
-    drop(uapi);
+    drop(opened);
 
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -316,15 +338,50 @@ fn print_version(cli: &Cli) {
     for binary in [wg_monitor::KEYD_BINARY, wg_monitor::DATAD_BINARY] {
         println!("  {}", helper_version(&dir.join(binary)));
     }
-    let sandbox = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
-        "seccomp policies for this architecture"
+    println!("platform: {}", platform_line());
+}
+
+/// The `platform:` line of `--version`: the OS, the architecture and the sandbox it has.
+fn platform_line() -> String {
+    let arch = std::env::consts::ARCH;
+    if cfg!(target_os = "linux") {
+        let sandbox = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            "seccomp policies for this architecture"
+        } else {
+            "NO seccomp policy for this architecture: --no-sandbox only"
+        };
+        format!("Linux {arch} ({sandbox})")
     } else {
-        "NO seccomp policy for this architecture: --no-sandbox only"
+        let (os, sandbox) = if cfg!(target_os = "macos") {
+            ("macOS", "the macOS sandbox profiles")
+        } else if cfg!(target_os = "freebsd") {
+            ("FreeBSD", "Capsicum")
+        } else {
+            (
+                "NetBSD",
+                "resource limits only: NetBSD has no syscall sandbox",
+            )
+        };
+        format!("{os} {arch} ({sandbox}; built, NOT YET RUN on {os}: see the README)")
+    }
+}
+
+/// On macOS, wireguard-go writes the name the kernel gave the interface (`utunN`) to the
+/// file named in `WG_TUN_NAME_FILE`, which `wg-quick` reads: so do we. Elsewhere the name
+/// is the one asked for, and the variable is ignored as wireguard-go ignores it.
+fn write_name_file(interface: &str) -> Result<(), String> {
+    if !cfg!(target_os = "macos") {
+        return Ok(());
+    }
+    let Some(path) = std::env::var_os("WG_TUN_NAME_FILE") else {
+        return Ok(());
     };
-    println!(
-        "platform: Linux {} ({sandbox}); Linux x86_64/aarch64 only for now",
-        std::env::consts::ARCH
-    );
+    std::fs::write(&path, format!("{interface}\n")).map_err(|e| {
+        format!(
+            "cannot write the interface name to WG_TUN_NAME_FILE={}: {e}",
+            Path::new(&path).display()
+        )
+    })
 }
 
 /// What `PATH --version` prints, or why it cannot tell.
@@ -387,6 +444,14 @@ fn run_spawner(cli: &Cli) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     let worker_dir = wg_monitor::worker_dir(cli.libexec_dir.as_deref());
+    let mut options = options;
+    // The macOS profile of the spawner names the one program it may start.
+    options.exec_program = Some(
+        worker_dir
+            .join(wg_monitor::DATAD_BINARY)
+            .display()
+            .to_string(),
+    );
     let result: Result<(), String> = runtime.block_on(async {
         let channel = wg_ipc::Channel::from_fd(fd).map_err(|e| e.to_string())?;
         if let Err(e) = wg_sandbox::lock_down(Role::Spawner, &options, Some(report)) {

@@ -14,9 +14,9 @@
 //! - an in-memory pair for the in-process mode (tests and embedding) that still encodes every
 //!   message, so all modes run the same decoding path.
 //!
-//! Also: recognising a peer's `SIGSYS` and failure reports; inherited descriptors; and, on
-//! Linux only, the start of a process ([`worker`]: a worker's first steps and sandbox,
-//! logging, the data plane's default number of crypto threads).
+//! Also: recognising a peer's `SIGSYS` and failure reports; inherited descriptors; and the
+//! start of a process ([`worker`]: a worker's first steps and sandbox, logging, the data
+//! plane's default number of crypto threads).
 //! The messages themselves and their encoding are `wg-messages`' (re-exported here as
 //! [`messages`], [`encode`] and [`decode`]), so code that only speaks the protocol (the
 //! device core, the simulation) does not link any of this.
@@ -28,8 +28,8 @@
 //! and any error ends the channel (a stream channel shuts its socket down).
 //!
 //! **May depend on:** `wg-messages`, `wg-platform` (stream framing, pure), `nix` (sockets),
-//! `tokio` (readiness), `zeroize`, `tracing`; on Linux also `wg-sandbox` (syscall names in
-//! `SIGSYS` reports, worker start-up) and `tracing-subscriber` (logging); on macOS `libc`
+//! `tokio` (readiness), `zeroize`, `tracing`, `wg-sandbox` (worker start-up; on Linux also
+//! syscall names in `SIGSYS` reports) and `tracing-subscriber` (logging); on macOS `libc`
 //! (`SO_NOSIGPIPE`). The `unsafe` operations are adopting descriptors the kernel just
 //! installed for us from `SCM_RIGHTS` (and, at start-up, the ones inherited across `exec`),
 //! registering a socket with the reactor, and on macOS one `setsockopt`.
@@ -38,10 +38,10 @@
 //! `SOCK_SEQPACKET`; descriptors arrive close-on-exec (`MSG_CMSG_CLOEXEC`). macOS has no
 //! `SOCK_SEQPACKET`: the stream and in-memory transports; received descriptors are made
 //! close-on-exec right after `recvmsg` (macOS has no `MSG_CMSG_CLOEXEC`), and `SO_NOSIGPIPE`
-//! replaces `MSG_NOSIGNAL`. [`worker`] (and everything else that needs `wg-sandbox`) is Linux
-//! only. Windows, OpenBSD, Android, iOS: this crate compiles to an empty library (Windows
-//! passes handles differently; the others are not checked here). See the platform table in
-//! the README.
+//! replaces `MSG_NOSIGNAL`; a worker's failure report goes in a frame like any message.
+//! Windows, OpenBSD, Android, iOS: this crate compiles to an empty library (Windows passes
+//! handles differently; the others are not checked here). See the platform table in the
+//! README.
 #![cfg(any(
     target_os = "linux",
     target_os = "macos",
@@ -52,7 +52,6 @@
 
 mod channel;
 mod stream;
-#[cfg(target_os = "linux")]
 pub mod worker;
 
 #[cfg(not(target_os = "macos"))]

@@ -117,13 +117,20 @@ where
 /// the monitor may be gone already.
 fn report_failure(channel: &std::os::fd::OwnedFd, reason: &str) {
     use nix::sys::socket::{MsgFlags, sendmsg};
-    let bytes = crate::failure_report(reason);
+    let report = crate::failure_report(reason);
+    // macOS's channel is a stream: the report goes in a frame like every message on it.
+    #[cfg(target_os = "macos")]
+    let Ok(bytes) = wg_platform::stream_frame::encode(&report, crate::MAX_MESSAGE_LEN) else {
+        return;
+    };
+    #[cfg(not(target_os = "macos"))]
+    let bytes = report;
     let iov = [std::io::IoSlice::new(&bytes)];
     let _ = sendmsg::<()>(
         channel.as_raw_fd(),
         &iov,
         &[],
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        MsgFlags::MSG_DONTWAIT | crate::channel::SEND_FLAGS,
         None,
     );
 }

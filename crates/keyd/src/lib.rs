@@ -33,8 +33,9 @@
 //!
 //! **Platforms:** the cores ([`config`], [`handshakes`], [`link`]) are plain code and
 //! build everywhere (the in-process tunnel and the simulation use them). The process
-//! itself (feature `service`: `serve`, `run_worker`) speaks the Linux IPC and sandbox and
-//! exists on Linux only; elsewhere the feature adds nothing.
+//! itself (feature `service`: `serve`, `run_worker`) runs on Linux, macOS, FreeBSD and
+//! NetBSD over `wg-ipc`'s channels and `wg-sandbox`'s lock-down (it has run on Linux only);
+//! elsewhere the feature adds nothing.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -44,14 +45,38 @@ pub mod pool;
 
 /// The X25519 implementation the handshakes use (`aws-lc` or `x25519-dalek`).
 pub const X25519_BACKEND: &str = wg_handshake::X25519_BACKEND;
-#[cfg(all(feature = "service", target_os = "linux"))]
+#[cfg(all(
+    feature = "service",
+    any(
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "netbsd"
+    )
+))]
 mod service;
 
-#[cfg(all(feature = "service", target_os = "linux"))]
+#[cfg(all(
+    feature = "service",
+    any(
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "netbsd"
+    )
+))]
 pub use service::{KeydStartup, UapiRequest, UapiSource, serve};
 
 /// Why the key process stopped.
-#[cfg(all(feature = "service", target_os = "linux"))]
+#[cfg(all(
+    feature = "service",
+    any(
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "netbsd"
+    )
+))]
 #[derive(Debug, thiserror::Error)]
 pub enum KeydError {
     /// The monitor went away or broke protocol.
@@ -68,7 +93,15 @@ pub enum KeydError {
     Io(#[from] std::io::Error),
 }
 
-#[cfg(all(feature = "service", target_os = "linux"))]
+#[cfg(all(
+    feature = "service",
+    any(
+        target_os = "linux",
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "netbsd"
+    )
+))]
 /// The key process's entry point after `exec`: waits for the monitor's `Start` with the
 /// UAPI listener and the data-plane channel, then serves.
 pub async fn run_worker(

@@ -20,12 +20,21 @@
 //! **May depend on:** ipc, tun, uapi (for the listener), socket2, nix, tokio. Never on
 //! handshake, router or keyd/datad logic: the launcher binary holds no key code.
 //!
-//! **Linux only:** it opens the Linux TUN and starts the workers over the Linux IPC and
-//! sandbox. On every other OS this crate compiles to an empty library (see the platform
-//! table in the README).
-#![cfg(target_os = "linux")]
+//! **Platforms:** Linux, macOS, FreeBSD, NetBSD, each with its own TUN device
+//! ([`device`]), UDP socket options ([`sockets`]: Linux's offloads and `SO_MARK`,
+//! FreeBSD's `SO_USER_COOKIE`) and IPC transport ([`wg_ipc::pair`]: `SOCK_SEQPACKET`, or
+//! framed `SOCK_STREAM` on macOS); the supervision is the same code everywhere. Only Linux
+//! has run it (see the platform table in the README). On every other OS this crate
+//! compiles to an empty library.
+#![cfg(any(
+    target_os = "linux",
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "netbsd"
+))]
 #![forbid(unsafe_code)]
 
+pub mod device;
 pub mod mtu;
 pub mod notify;
 pub mod sockets;
@@ -43,8 +52,9 @@ use wg_ipc::messages::{
     DatadToMonitor, Hello, KeydToMonitor, MonitorToDatad, MonitorToKeyd, MonitorToSpawner, Role,
     SpawnerToMonitor,
 };
-use wg_ipc::{Channel, IpcError, Received, seqpacket_pair};
-use wg_tun::Tun;
+use wg_ipc::{Channel, IpcError, Received};
+
+use crate::device::Tun;
 
 pub use sockets::UdpSockets;
 
@@ -165,7 +175,7 @@ fn spawn(
     args: &[String],
     interface: &str,
 ) -> Result<(Child, Channel), MonitorError> {
-    let (ours, theirs) = seqpacket_pair()?;
+    let (ours, theirs) = wg_ipc::pair()?;
     let child =
         spawner::spawn_with_channel(&dir.join(binary), binary, args, theirs, Some(interface))?;
     Ok((child, Channel::from_fd(ours)?))
@@ -511,7 +521,7 @@ impl Supervisor {
         keyd.send(&MonitorToKeyd::Hello(Hello::new(Role::Monitor)), &[])
             .await
             .map_err(|e| MonitorError::Ipc("keyd", e))?;
-        let (keyd_end, datad_end) = seqpacket_pair()?;
+        let (keyd_end, datad_end) = wg_ipc::pair()?;
         keyd.send(
             &MonitorToKeyd::Start {
                 interface: self.interface.clone(),
@@ -531,7 +541,7 @@ impl Supervisor {
             self.worker_dir.display().to_string(),
         ];
         spawner_args.extend(self.datad_args.iter().cloned());
-        let (ours, theirs) = seqpacket_pair()?;
+        let (ours, theirs) = wg_ipc::pair()?;
         let spawner_child = spawner_slot.insert(spawner::spawn_with_channel(
             &exe,
             "wireguard-rs --spawner",
@@ -612,7 +622,7 @@ impl Supervisor {
                     Ok(Received { msg: DatadToMonitor::InterfaceGone, .. }) => {
                         // Believed only when the device says so too: a data plane that
                         // lies about it must not stop the daemon with a success status.
-                        if self.tun.is_deleted() {
+                        if device::is_deleted(&self.tun) {
                             return Ok(Stopped::InterfaceGone);
                         }
                         tracing::warn!(
@@ -645,13 +655,13 @@ impl Supervisor {
                     Err(e) => return Err(spawner_gone(Some(e), &spawner, spawner_child).await),
                 },
                 _ = poll.tick() => {
-                    if self.tun.is_deleted() {
+                    if device::is_deleted(&self.tun) {
                         return Ok(Stopped::InterfaceGone);
                     }
                     if self.socket_file.as_ref().is_some_and(SocketFile::is_gone) {
                         return Ok(Stopped::SocketGone);
                     }
-                    if let Some(mtu) = self.mtu.on_poll(self.tun.mtu()) {
+                    if let Some(mtu) = self.mtu.on_poll(device::mtu(&self.tun)) {
                         tracing::info!("the MTU of {} is now {mtu}", self.interface);
                         send_mtu(datad, mtu).await;
                     }
@@ -667,7 +677,7 @@ impl Supervisor {
         spawner: &Channel,
         keyd_link: OwnedFd,
     ) -> Result<DataPlane, MonitorError> {
-        let (ours, theirs) = seqpacket_pair()?;
+        let (ours, theirs) = wg_ipc::pair()?;
         spawner
             .send(&MonitorToSpawner::SpawnDatad, &[theirs.as_fd()])
             .await
@@ -718,7 +728,7 @@ impl Supervisor {
         let datad = DataPlane { channel, pid };
         // Every data plane, restarted ones too, starts from the MTU the device was created
         // with: tell it the current one.
-        if let Some(mtu) = self.mtu.on_start(self.tun.mtu()) {
+        if let Some(mtu) = self.mtu.on_start(device::mtu(&self.tun)) {
             send_mtu(&datad, mtu).await;
         }
         Ok(datad)
@@ -736,7 +746,7 @@ impl Supervisor {
             return Err(MonitorError::CrashLoop);
         }
         self.restarts.push(now);
-        let (keyd_end, datad_end) = seqpacket_pair()?;
+        let (keyd_end, datad_end) = wg_ipc::pair()?;
         let datad = self.start_datad(spawner, datad_end).await?;
         keyd.send(&MonitorToKeyd::DataPlaneRestarted, &[keyd_end.as_fd()])
             .await

@@ -2,9 +2,9 @@
 //! plane pads transport packets up to a multiple of 16 but never beyond the MTU, and
 //! `wg-quick` sets the MTU only after the daemon started. Decided without I/O
 //! ([`MtuWatch`]), for both the monitor and the in-process mode (`wg-embed`): the caller
-//! reads the MTU ([`wg_tun::Tun::mtu`]) and sends what this says.
+//! reads the MTU ([`crate::device::mtu`]) and sends what this says.
 
-use wg_tun::TunError;
+use std::fmt::Display;
 
 /// The last MTU read from the device, and when to tell the data plane.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +16,7 @@ impl MtuWatch {
     /// The MTU to send right after a data plane's `Start`: `read` (the MTU read now), or
     /// the last value read when that failed; `None` only if no read ever succeeded (the
     /// data plane then keeps the MTU the device was created with).
-    pub fn on_start(&mut self, read: Result<u32, TunError>) -> Option<u32> {
+    pub fn on_start<E: Display>(&mut self, read: Result<u32, E>) -> Option<u32> {
         self.observe(read);
         self.last
     }
@@ -24,7 +24,7 @@ impl MtuWatch {
     /// The MTU to send to the running data plane after a periodic read: `Some` only when
     /// it differs from the last value read. A failed read (the interface may be going
     /// away, which the caller's deletion check handles) keeps the last value.
-    pub fn on_poll(&mut self, read: Result<u32, TunError>) -> Option<u32> {
+    pub fn on_poll<E: Display>(&mut self, read: Result<u32, E>) -> Option<u32> {
         let before = self.last;
         self.observe(read);
         if self.last == before { None } else { self.last }
@@ -35,7 +35,7 @@ impl MtuWatch {
         self.last
     }
 
-    fn observe(&mut self, read: Result<u32, TunError>) {
+    fn observe<E: Display>(&mut self, read: Result<u32, E>) {
         match read {
             Ok(mtu) => self.last = Some(mtu),
             Err(e) => tracing::debug!("cannot read the TUN's MTU ({e}); keeping {:?}", self.last),
@@ -47,34 +47,38 @@ impl MtuWatch {
 mod tests {
     use super::*;
 
-    fn gone() -> Result<u32, TunError> {
-        Err(TunError::InterfaceGone { name: "wg0".into() })
+    fn read(mtu: u32) -> Result<u32, String> {
+        Ok(mtu)
+    }
+
+    fn gone() -> Result<u32, String> {
+        Err("the interface wg0 is gone".into())
     }
 
     #[test]
     fn a_start_gets_the_mtu_read_then_or_the_last_one() {
         let mut w = MtuWatch::default();
         assert_eq!(w.on_start(gone()), None);
-        assert_eq!(w.on_start(Ok(1420)), Some(1420));
+        assert_eq!(w.on_start(read(1420)), Some(1420));
         // A restarted data plane is told the MTU although it did not change.
-        assert_eq!(w.on_start(Ok(1420)), Some(1420));
+        assert_eq!(w.on_start(read(1420)), Some(1420));
         assert_eq!(w.on_start(gone()), Some(1420));
-        assert_eq!(w.on_start(Ok(1281)), Some(1281));
+        assert_eq!(w.on_start(read(1281)), Some(1281));
     }
 
     #[test]
     fn a_poll_reports_changes_only() {
         let mut w = MtuWatch::default();
-        assert_eq!(w.on_start(Ok(1420)), Some(1420));
-        assert_eq!(w.on_poll(Ok(1420)), None);
-        assert_eq!(w.on_poll(Ok(1281)), Some(1281));
-        assert_eq!(w.on_poll(Ok(1281)), None);
+        assert_eq!(w.on_start(read(1420)), Some(1420));
+        assert_eq!(w.on_poll(read(1420)), None);
+        assert_eq!(w.on_poll(read(1281)), Some(1281));
+        assert_eq!(w.on_poll(read(1281)), None);
         // A failed read keeps the last value: nothing to send, and no change afterwards
         // when the same value is read again.
         assert_eq!(w.on_poll(gone()), None);
         assert_eq!(w.last(), Some(1281));
-        assert_eq!(w.on_poll(Ok(1281)), None);
-        assert_eq!(w.on_poll(Ok(9000)), Some(9000));
+        assert_eq!(w.on_poll(read(1281)), None);
+        assert_eq!(w.on_poll(read(9000)), Some(9000));
     }
 
     #[test]
@@ -82,6 +86,6 @@ mod tests {
         let mut w = MtuWatch::default();
         assert_eq!(w.on_start(gone()), None);
         assert_eq!(w.on_poll(gone()), None);
-        assert_eq!(w.on_poll(Ok(1420)), Some(1420));
+        assert_eq!(w.on_poll(read(1420)), Some(1420));
     }
 }

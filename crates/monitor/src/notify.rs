@@ -50,12 +50,14 @@ pub fn parse_report(bytes: &[u8]) -> Report {
 /// The address `NOTIFY_SOCKET` names: an absolute path, or `@name` for an abstract socket.
 /// Other forms (systemd also knows `vsock:`) are refused with a reason.
 pub fn notify_address(value: &OsStr) -> Result<SocketAddr, String> {
+    #[cfg(target_os = "linux")]
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::ffi::OsStrExt;
     let bytes = value.as_bytes();
     match bytes.first() {
         Some(b'/') => SocketAddr::from_pathname(value)
             .map_err(|e| format!("{NOTIFY_SOCKET_ENV}={value:?}: {e}")),
+        #[cfg(target_os = "linux")]
         Some(b'@') if bytes.len() > 1 => SocketAddr::from_abstract_name(&bytes[1..])
             .map_err(|e| format!("{NOTIFY_SOCKET_ENV}={value:?}: {e}")),
         _ => Err(format!(
@@ -191,6 +193,7 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_os = "linux")]
     use std::os::linux::net::SocketAddrExt;
 
     #[test]
@@ -214,11 +217,18 @@ mod tests {
             path.as_pathname(),
             Some(std::path::Path::new("/run/systemd/notify"))
         );
-        let abstract_ = notify_address(OsStr::new("@/org/freedesktop/systemd1/notify")).unwrap();
-        assert_eq!(
-            abstract_.as_abstract_name(),
-            Some(&b"/org/freedesktop/systemd1/notify"[..])
-        );
+        #[cfg(target_os = "linux")]
+        {
+            let abstract_ =
+                notify_address(OsStr::new("@/org/freedesktop/systemd1/notify")).unwrap();
+            assert_eq!(
+                abstract_.as_abstract_name(),
+                Some(&b"/org/freedesktop/systemd1/notify"[..])
+            );
+        }
+        // Abstract names are Linux's: elsewhere `@name` is refused with the others.
+        #[cfg(not(target_os = "linux"))]
+        assert!(notify_address(OsStr::new("@/org/freedesktop/systemd1/notify")).is_err());
         for bad in ["", "@", "relative/path", "vsock:2:1234"] {
             assert!(notify_address(OsStr::new(bad)).is_err(), "{bad:?}");
         }

@@ -47,29 +47,74 @@ impl Default for UdpOffload {
 const SOCKET_BUFFER: usize = 7 << 20;
 
 fn socket(domain: Domain, fwmark: u32, wanted: UdpOffload) -> io::Result<(Socket, UdpOffload)> {
-    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
-    let s = Socket::new(domain, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    // socket2 makes every new socket close-on-exec (atomically where the OS can).
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     if domain == Domain::IPV6 {
         s.set_only_v6(true)?;
     }
     if fwmark != 0 {
-        s.set_mark(fwmark)?;
+        set_mark(&s, fwmark)?;
     }
+    let offload = buffers_and_offloads(&s, wanted);
+    Ok((s, offload))
+}
+
+/// Room for bursts, and the batching offloads that could be had.
+#[cfg(target_os = "linux")]
+fn buffers_and_offloads(s: &Socket, wanted: UdpOffload) -> UdpOffload {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
     // Room for bursts: one segmented send or coalesced receive is up to 64 KiB, and the
     // default buffers (about 200 KiB) overflow while the data plane is busy with the last
     // burst, which TCP inside the tunnel pays for with retransmissions. The *FORCE options
     // (CAP_NET_ADMIN, which the monitor has) go past net.core.[rw]mem_max; without them
     // the kernel caps the plain options there.
-    if setsockopt(&s, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
-        let _ = setsockopt(&s, sockopt::RcvBuf, &SOCKET_BUFFER);
+    if setsockopt(s, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(s, sockopt::RcvBuf, &SOCKET_BUFFER);
     }
-    if setsockopt(&s, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
-        let _ = setsockopt(&s, sockopt::SndBuf, &SOCKET_BUFFER);
+    if setsockopt(s, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(s, sockopt::SndBuf, &SOCKET_BUFFER);
     }
     // A kernel without them refuses the option (ENOPROTOOPT): run without, just slower.
-    let gro = wanted.gro && setsockopt(&s, sockopt::UdpGroSegment, &true).is_ok();
-    let gso = wanted.gso && getsockopt(&s, sockopt::UdpGsoSegment).is_ok();
-    Ok((s, UdpOffload { gso, gro }))
+    let gro = wanted.gro && setsockopt(s, sockopt::UdpGroSegment, &true).is_ok();
+    let gso = wanted.gso && getsockopt(s, sockopt::UdpGsoSegment).is_ok();
+    UdpOffload { gso, gro }
+}
+
+/// Room for bursts (the kernel caps it at its own maximum, `kern.ipc.maxsockbuf`); these
+/// systems have no UDP segmentation or coalescing.
+#[cfg(not(target_os = "linux"))]
+fn buffers_and_offloads(s: &Socket, _wanted: UdpOffload) -> UdpOffload {
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    UdpOffload {
+        gso: false,
+        gro: false,
+    }
+}
+
+/// Sets the routing mark behind UAPI's `fwmark` (0 clears it): Linux's `SO_MARK`,
+/// FreeBSD's `SO_USER_COOKIE`. macOS and NetBSD have none: a non-zero mark is refused
+/// with `EOPNOTSUPP`, logged with what to do (`wg_platform::routing_mark`).
+fn set_mark(s: &Socket, fwmark: u32) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    return s.set_mark(fwmark);
+    #[cfg(target_os = "freebsd")]
+    return nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::UserCookie, &fwmark)
+        .map_err(io::Error::from);
+    #[cfg(any(target_os = "macos", target_os = "netbsd"))]
+    {
+        let _ = s;
+        let os = wg_platform::Os::current().unwrap_or(wg_platform::Os::MacOs);
+        match wg_platform::routing_mark::apply_mark(os, fwmark) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!("{e}");
+                Err(io::Error::from_raw_os_error(
+                    nix::errno::Errno::EOPNOTSUPP as i32,
+                ))
+            }
+        }
+    }
 }
 
 /// Binds `port` (0: a free port chosen by the kernel) on IPv4 and the same port on IPv6.
@@ -128,11 +173,11 @@ pub fn describe_errno(errno: i32, port: u16) -> String {
     }
 }
 
-/// Sets `SO_MARK` on existing sockets (0 clears it).
+/// Sets the routing mark on existing sockets (0 clears it; see [`set_mark`]).
 pub fn set_fwmark(sockets: &UdpSockets, fwmark: u32) -> io::Result<()> {
-    socket2::SockRef::from(&sockets.v4).set_mark(fwmark)?;
+    set_mark(&socket2::SockRef::from(&sockets.v4), fwmark)?;
     if let Some(v6) = &sockets.v6 {
-        socket2::SockRef::from(v6).set_mark(fwmark)?;
+        set_mark(&socket2::SockRef::from(v6), fwmark)?;
     }
     Ok(())
 }
@@ -278,6 +323,7 @@ mod tests {
         assert_ne!(owner.sockets.port, old);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn offloads_are_probed_and_can_be_turned_off() {
         // Linux 5.0 and later have both; CI runs on such kernels.

@@ -29,6 +29,7 @@ pub(crate) fn spawn_with_channel(
     make_inheritable(&ipc)?;
     let mut command = tokio::process::Command::new(path);
     // In the sandboxed spawner: the data plane starts not dumpable and not traceable.
+    #[cfg(target_os = "linux")]
     wg_sandbox::exec_with_transient_group(command.as_std_mut());
     if let Some(interface) = interface {
         command.env(INTERFACE_ENV, interface);

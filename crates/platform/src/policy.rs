@@ -170,6 +170,8 @@ pub mod cap {
     pub const CONNECT: u64 = cap_right(0, 0x8000_0000);
     /// `CAP_GETSOCKNAME`.
     pub const GETSOCKNAME: u64 = cap_right(0, 0x2_0000_0000);
+    /// `CAP_GETSOCKOPT`: `getsockopt`, and so `getpeereid`.
+    pub const GETSOCKOPT: u64 = cap_right(0, 0x4_0000_0000);
     /// `CAP_LISTEN`.
     pub const LISTEN: u64 = cap_right(0, 0x8_0000_0000);
     /// `CAP_SETSOCKOPT`.
@@ -207,7 +209,17 @@ pub const fn capsicum_rights(kind: DescriptorKind) -> &'static [u64] {
         // CAP_CONNECT because the kernel asks for it on `sendto` with an address; the
         // socket is already bound, and no CAP_BIND or CAP_SETSOCKOPT is given.
         DescriptorKind::Udp => &[cap::READ, cap::WRITE, cap::EVENT, cap::CONNECT],
-        DescriptorKind::UapiListener => &[cap::ACCEPT, cap::EVENT],
+        // A socket `accept` returns has the listener's rights (FreeBSD's `accept(2)` gives
+        // the new descriptor the listening one's capability rights), so these are also
+        // the rights of every `wg` connection: read the request, write the answer, ask
+        // the client's credentials (`getpeereid` is `getsockopt(LOCAL_PEERCRED)`).
+        DescriptorKind::UapiListener => &[
+            cap::ACCEPT,
+            cap::EVENT,
+            cap::READ,
+            cap::WRITE,
+            cap::GETSOCKOPT,
+        ],
     }
 }
 
@@ -243,6 +255,77 @@ pub const fn capsicum_mode(role: Role) -> CapabilityMode {
         Role::Spawner => CapabilityMode::RightsOnly(
             "the spawner must exec the data-plane program by path, which capability mode forbids",
         ),
+    }
+}
+
+/// What a worker learns about one of its own descriptors from the kernel (`fstat`,
+/// `SO_TYPE`, `SO_ACCEPTCONN`, the family of `getsockname`), to find its kind before it
+/// limits the descriptor's rights ([`descriptor_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DescriptorFacts {
+    /// A character device (tun(4) is one).
+    CharDevice,
+    /// A socket.
+    Socket {
+        /// Its type.
+        kind: SocketKind,
+        /// Its address family.
+        family: SocketFamily,
+        /// Whether `listen` was called on it.
+        listening: bool,
+    },
+    /// Anything else (a regular file, a pipe, the runtime's kqueue).
+    Other,
+}
+
+/// A socket's type, as far as the kinds care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketKind {
+    /// `SOCK_STREAM`.
+    Stream,
+    /// `SOCK_DGRAM`.
+    Datagram,
+    /// `SOCK_SEQPACKET`.
+    SeqPacket,
+    /// Any other type.
+    Other,
+}
+
+/// A socket's address family, as far as the kinds care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketFamily {
+    /// `AF_UNIX`.
+    Unix,
+    /// `AF_INET` or `AF_INET6`.
+    Inet,
+    /// Any other family.
+    Other,
+}
+
+/// The kind of a descriptor with these `facts`, or `None` for one that is none of the
+/// kinds a worker is handed (standard streams, the runtime's own kqueue): the sandbox
+/// leaves those as they are and relies on capability mode and the OS profile for them.
+/// A Unix socket that listens is the UAPI listener, any other Unix stream or seqpacket
+/// socket an IPC channel (macOS and the daemon's stream transport use `SOCK_STREAM`), an
+/// Internet datagram socket a UDP socket, a character device the TUN.
+pub const fn descriptor_kind(facts: DescriptorFacts) -> Option<DescriptorKind> {
+    match facts {
+        DescriptorFacts::CharDevice => Some(DescriptorKind::Tun),
+        DescriptorFacts::Socket {
+            kind: SocketKind::Datagram,
+            family: SocketFamily::Inet,
+            ..
+        } => Some(DescriptorKind::Udp),
+        DescriptorFacts::Socket {
+            kind: SocketKind::Stream | SocketKind::SeqPacket,
+            family: SocketFamily::Unix,
+            listening,
+        } => Some(if listening {
+            DescriptorKind::UapiListener
+        } else {
+            DescriptorKind::IpcChannel
+        }),
+        DescriptorFacts::Socket { .. } | DescriptorFacts::Other => None,
     }
 }
 
@@ -301,6 +384,51 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("(allow "))
             .collect()
+    }
+
+    #[test]
+    fn descriptors_are_classified_by_what_the_kernel_says_they_are() {
+        let socket = |kind, family, listening| DescriptorFacts::Socket {
+            kind,
+            family,
+            listening,
+        };
+        use SocketFamily::{Inet, Unix};
+        use SocketKind::{Datagram, SeqPacket, Stream};
+        assert_eq!(
+            descriptor_kind(DescriptorFacts::CharDevice),
+            Some(DescriptorKind::Tun)
+        );
+        assert_eq!(
+            descriptor_kind(socket(Datagram, Inet, false)),
+            Some(DescriptorKind::Udp)
+        );
+        assert_eq!(
+            descriptor_kind(socket(Stream, Unix, true)),
+            Some(DescriptorKind::UapiListener)
+        );
+        for kind in [Stream, SeqPacket] {
+            assert_eq!(
+                descriptor_kind(socket(kind, Unix, false)),
+                Some(DescriptorKind::IpcChannel)
+            );
+        }
+        // Nothing a worker is handed: left to capability mode and the profile.
+        for facts in [
+            socket(Stream, Inet, false),
+            socket(Datagram, Unix, false),
+            socket(SocketKind::Other, Unix, false),
+            socket(Datagram, SocketFamily::Other, false),
+            DescriptorFacts::Other,
+        ] {
+            assert_eq!(descriptor_kind(facts), None, "{facts:?}");
+        }
+        // keyd's descriptors are all kinds its table allows; a UDP socket would not be.
+        for facts in [socket(SeqPacket, Unix, false), socket(Stream, Unix, true)] {
+            let kind = descriptor_kind(facts).expect("a kind");
+            assert!(capsicum_descriptors(Role::Keyd).contains(&kind));
+        }
+        assert!(!capsicum_descriptors(Role::Keyd).contains(&DescriptorKind::Udp));
     }
 
     #[test]
@@ -411,6 +539,7 @@ mod tests {
         assert_eq!(cap::WRITE, 0x0200_0000_0000_0002);
         assert_eq!(cap::CONNECT, 0x0200_0000_8000_0000);
         assert_eq!(cap::ACCEPT, 0x0200_0000_2000_0000);
+        assert_eq!(cap::GETSOCKOPT, 0x0200_0004_0000_0000);
         assert_eq!(cap::EVENT, 0x0400_0000_0000_0020);
         assert_eq!(cap::IOCTL, 0x0400_0000_0000_0080);
     }
@@ -426,6 +555,7 @@ mod tests {
             (cap::BIND, libc::CAP_BIND),
             (cap::CONNECT, libc::CAP_CONNECT),
             (cap::GETSOCKNAME, libc::CAP_GETSOCKNAME),
+            (cap::GETSOCKOPT, libc::CAP_GETSOCKOPT),
             (cap::LISTEN, libc::CAP_LISTEN),
             (cap::SETSOCKOPT, libc::CAP_SETSOCKOPT),
             (cap::LOOKUP, libc::CAP_LOOKUP),
@@ -465,6 +595,13 @@ mod tests {
             assert!(!capsicum_rights(kind).contains(&cap::CONNECT));
             assert!(!capsicum_rights(kind).contains(&cap::ACCEPT));
         }
+        // The connections keyd accepts inherit the listener's rights: they must carry a
+        // request and its answer and tell who the client is, and nothing network-wide.
+        let uapi = capsicum_rights(DescriptorKind::UapiListener);
+        for needed in [cap::ACCEPT, cap::READ, cap::WRITE, cap::GETSOCKOPT] {
+            assert!(uapi.contains(&needed), "{needed:#x}");
+        }
+        assert!(!uapi.contains(&cap::CONNECT));
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub enum Impl {
     /// Ours with three crypto helper threads whatever the machine (the default on small
     /// machines is none).
     RsThreads,
+    /// Ours with the portable data plane of macOS and the BSDs (one packet per TUN read,
+    /// one datagram per UDP call, no crypto threads) in its data-plane process, with the
+    /// real monitor, keyd and spawner: the test-hook build ([`crate::env::test_hooks_bin_dir`])
+    /// with `WG_RS_TEST_PORTABLE_PLANE` set, on a TUN without offloads.
+    RsPortable,
     /// `wireguard-go -f IFNAME` (Debian's package).
     Go,
     /// `boringtun-cli -f --disable-drop-privileges IFNAME`.
@@ -42,6 +47,7 @@ impl Impl {
             Self::Rs => "wireguard-rs",
             Self::RsPlain => "wireguard-rs (no offloads)",
             Self::RsThreads => "wireguard-rs (3 crypto threads)",
+            Self::RsPortable => "wireguard-rs (portable data plane)",
             Self::Go => "wireguard-go",
             Self::Boringtun => "boringtun",
         }
@@ -71,6 +77,14 @@ impl Impl {
             Self::RsThreads => (
                 env.rs_bin().into_os_string(),
                 ["-f", "--crypto-threads", "3", ifname]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            Self::RsPortable => (
+                crate::env::test_hooks_bin_dir()?
+                    .join("wireguard-rs")
+                    .into_os_string(),
+                ["-f", "--no-tun-offload", ifname]
                     .map(String::from)
                     .to_vec(),
             ),
@@ -132,7 +146,11 @@ impl Daemon {
     /// socket to answer.
     pub fn start(env: &Env, ns: &Namespace, kind: Impl, ifname: &str) -> Result<Self> {
         let (program, args) = kind.command_line(env, ifname)?;
-        let mut d = Self::spawn(env, ns, kind, ifname, program, args, &[])?;
+        let extra_env: &[(&str, &str)] = match kind {
+            Impl::RsPortable => &[("WG_RS_TEST_PORTABLE_PLANE", "1")],
+            _ => &[],
+        };
+        let mut d = Self::spawn(env, ns, kind, ifname, program, args, extra_env)?;
         d.wait_ready()?;
         Ok(d)
     }

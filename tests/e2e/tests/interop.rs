@@ -1,5 +1,6 @@
 //! Interop matrix: wireguard-rs against itself (also with its offloads off), wireguard-go
-//! and boringtun, with ours as
+//! and boringtun, and its portable data plane (macOS's and the BSDs') against
+//! wireguard-go, with ours as
 //! initiator (the side that pings first and the only one that knows the other's endpoint)
 //! and as responder, over an IPv4 and an IPv6 underlay, with and without a preshared key.
 //! Each case pings IPv4 and IPv6 through the tunnel both ways and sends 2 MiB over TCP each
@@ -25,12 +26,16 @@ const CASES: [(bool, Underlay, bool); 4] = [
 ];
 
 fn matrix(env: &Env, other: Impl) -> Result<()> {
+    matrix_of(env, Impl::Rs, other)
+}
+
+fn matrix_of(env: &Env, ours: Impl, other: Impl) -> Result<()> {
     let mut failures = Vec::new();
     for (ours_first, underlay, psk) in CASES {
         let (a, b) = if ours_first {
-            (Impl::Rs, other)
+            (ours, other)
         } else {
-            (other, Impl::Rs)
+            (other, ours)
         };
         let spec = PairSpec {
             a,
@@ -98,6 +103,17 @@ fn case(env: &Env, spec: PairSpec) -> Result<()> {
             peer_b.rx,
             peer_b.tx
         );
+        // The traffic went through the plane under test, not the batched one.
+        for daemon in [&pair.a, &pair.b] {
+            ensure!(
+                daemon.kind != Impl::RsPortable
+                    || daemon
+                        .log()
+                        .contains("the portable data plane (macOS's and the BSDs') runs"),
+                "{} did not run the portable data plane",
+                daemon.ifname
+            );
+        }
         Ok(())
     };
     run().with_context(|| pair.diag())
@@ -122,6 +138,15 @@ fn interop_wireguard_rs_without_offloads() -> Result<()> {
 fn interop_wireguard_go() -> Result<()> {
     let env = setup!("igo");
     matrix(&env, Impl::Go)
+}
+
+/// The data plane macOS, FreeBSD and NetBSD run (bare packets here instead of their
+/// address-family header, which its unit and in-process tests cover), in the daemon's
+/// data-plane process with the real monitor, keyd and spawner, against wireguard-go.
+#[test]
+fn interop_portable_data_plane_with_wireguard_go() -> Result<()> {
+    let env = setup!("ipo");
+    matrix_of(&env, Impl::RsPortable, Impl::Go)
 }
 
 #[test]

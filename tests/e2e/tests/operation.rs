@@ -703,7 +703,7 @@ fn version_of_all_three_binaries() -> Result<()> {
         main.contains("wireguard-rs-keyd ")
             && main.contains("wireguard-rs-datad ")
             && main.contains("aead ")
-            && main.contains("x86_64/aarch64 only"),
+            && main.contains("platform: Linux x86_64 (seccomp policies for this architecture)"),
         "`wireguard-rs --version`:\n{main}"
     );
     for bin in ["wireguard-rs-keyd", "wireguard-rs-datad"] {
