@@ -184,19 +184,28 @@ pub(crate) fn socket_peer_uid(fd: &OwnedFd) -> std::io::Result<u32> {
 }
 
 impl Channel {
-    /// Wraps one end of a pair made by [`pair`]: a `SOCK_SEQPACKET` socket on Linux, FreeBSD
-    /// and NetBSD, a `SOCK_STREAM` socket on macOS (as [`Channel::from_stream_fd`]). Needs a
-    /// tokio runtime.
+    /// Wraps one end of a socket pair, with the transport its type calls for: a
+    /// `SOCK_SEQPACKET` socket ([`pair`] on Linux, FreeBSD and NetBSD) carries one message
+    /// per datagram, a `SOCK_STREAM` socket ([`pair`] on macOS, [`crate::stream_pair`]
+    /// anywhere) framed messages (as [`Channel::from_stream_fd`]). The kernel is asked, so
+    /// a channel handed over by another process is read the way it was made. Any other
+    /// socket is refused. Needs a tokio runtime.
     pub fn from_fd(fd: OwnedFd) -> std::io::Result<Self> {
-        #[cfg(not(target_os = "macos"))]
-        {
-            set_nonblocking(&fd)?;
-            Ok(Self {
-                transport: Transport::Seqpacket(register(fd)?),
-            })
+        use nix::sys::socket::{SockType, getsockopt, sockopt};
+        match getsockopt(&fd, sockopt::SockType)? {
+            #[cfg(not(target_os = "macos"))]
+            SockType::SeqPacket => {
+                set_nonblocking(&fd)?;
+                Ok(Self {
+                    transport: Transport::Seqpacket(register(fd)?),
+                })
+            }
+            SockType::Stream => Self::from_stream_fd(fd),
+            other => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("an IPC channel must be a stream or seqpacket socket, not {other:?}"),
+            )),
         }
-        #[cfg(target_os = "macos")]
-        Self::from_stream_fd(fd)
     }
 
     /// Wraps one end of a `SOCK_STREAM` pair ([`crate::stream_pair`]): every message is

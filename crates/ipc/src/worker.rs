@@ -117,14 +117,19 @@ where
 /// the monitor may be gone already.
 fn report_failure(channel: &std::os::fd::OwnedFd, reason: &str) {
     use nix::sys::socket::{MsgFlags, sendmsg};
+    use nix::sys::socket::{SockType, getsockopt, sockopt};
     let report = crate::failure_report(reason);
-    // macOS's channel is a stream: the report goes in a frame like every message on it.
-    #[cfg(target_os = "macos")]
-    let Ok(bytes) = wg_platform::stream_frame::encode(&report, crate::MAX_MESSAGE_LEN) else {
-        return;
+    // On a stream channel (macOS's, or one made with `stream_pair`) the report goes in a
+    // frame like every message on it.
+    let bytes = match getsockopt(channel, sockopt::SockType) {
+        Ok(SockType::Stream) => {
+            match wg_platform::stream_frame::encode(&report, crate::MAX_MESSAGE_LEN) {
+                Ok(framed) => framed,
+                Err(_) => return,
+            }
+        }
+        _ => report,
     };
-    #[cfg(not(target_os = "macos"))]
-    let bytes = report;
     let iov = [std::io::IoSlice::new(&bytes)];
     let _ = sendmsg::<()>(
         channel.as_raw_fd(),

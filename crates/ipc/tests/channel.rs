@@ -135,6 +135,17 @@ async fn the_systems_own_pair_carries_messages_and_fds() {
     exchange(Channel::from_fd(x).unwrap(), Channel::from_fd(y).unwrap()).await;
 }
 
+/// A channel handed to another process is read the way it was made: `from_fd` asks the
+/// kernel, so a stream pair works through it on every system (what the daemon's workers
+/// and a received keyd-datad channel go through), and a socket of another type is refused.
+#[tokio::test]
+async fn from_fd_takes_the_transport_of_the_socket_it_is_given() {
+    let (x, y) = stream_pair().unwrap();
+    exchange(Channel::from_fd(x).unwrap(), Channel::from_fd(y).unwrap()).await;
+    let (d, _other) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    assert!(Channel::from_fd(OwnedFd::from(d)).is_err());
+}
+
 #[tokio::test]
 async fn memory_pair_behaves_the_same() {
     let (a, b) = Channel::memory_pair();

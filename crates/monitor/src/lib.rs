@@ -125,6 +125,25 @@ pub enum Stopped {
     SocketGone,
 }
 
+/// Test builds only (feature `test-hooks`): set, the monitor makes every channel a framed
+/// `SOCK_STREAM` pair ([`wg_ipc::stream_pair`], macOS's transport) instead of this
+/// system's own, so the end-to-end tests run the daemon over it on Linux. (A seccomp
+/// report, a raw datagram, does not fit a stream: the receiver then only sees the channel
+/// break.)
+#[cfg(feature = "test-hooks")]
+pub const STREAM_IPC_TEST_ENV: &str = "WG_RS_TEST_STREAM_IPC";
+
+/// A channel pair of the transport this system's daemon uses ([`wg_ipc::pair`]; see
+/// [`STREAM_IPC_TEST_ENV`] for test builds). Each worker reads its end the way it was made
+/// (`Channel::from_fd` asks the kernel).
+fn channel_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os(STREAM_IPC_TEST_ENV).is_some() {
+        return wg_ipc::stream_pair();
+    }
+    wg_ipc::pair()
+}
+
 /// Where the worker binaries live: `--libexec-dir`, else the build-time setting, else
 /// beside the running executable.
 pub fn worker_dir(flag: Option<&Path>) -> PathBuf {
@@ -175,7 +194,7 @@ fn spawn(
     args: &[String],
     interface: &str,
 ) -> Result<(Child, Channel), MonitorError> {
-    let (ours, theirs) = wg_ipc::pair()?;
+    let (ours, theirs) = channel_pair()?;
     let child =
         spawner::spawn_with_channel(&dir.join(binary), binary, args, theirs, Some(interface))?;
     Ok((child, Channel::from_fd(ours)?))
@@ -433,6 +452,10 @@ struct DataPlane {
 impl Supervisor {
     /// A supervisor for prepared descriptors.
     pub fn new(prepared: Prepared) -> Self {
+        #[cfg(feature = "test-hooks")]
+        if std::env::var_os(STREAM_IPC_TEST_ENV).is_some() {
+            tracing::warn!("test hook: every channel is a framed stream pair (macOS's transport)");
+        }
         Self {
             interface: prepared.interface,
             tun: prepared.tun,
@@ -521,7 +544,7 @@ impl Supervisor {
         keyd.send(&MonitorToKeyd::Hello(Hello::new(Role::Monitor)), &[])
             .await
             .map_err(|e| MonitorError::Ipc("keyd", e))?;
-        let (keyd_end, datad_end) = wg_ipc::pair()?;
+        let (keyd_end, datad_end) = channel_pair()?;
         keyd.send(
             &MonitorToKeyd::Start {
                 interface: self.interface.clone(),
@@ -541,7 +564,7 @@ impl Supervisor {
             self.worker_dir.display().to_string(),
         ];
         spawner_args.extend(self.datad_args.iter().cloned());
-        let (ours, theirs) = wg_ipc::pair()?;
+        let (ours, theirs) = channel_pair()?;
         let spawner_child = spawner_slot.insert(spawner::spawn_with_channel(
             &exe,
             "wireguard-rs --spawner",
@@ -677,7 +700,7 @@ impl Supervisor {
         spawner: &Channel,
         keyd_link: OwnedFd,
     ) -> Result<DataPlane, MonitorError> {
-        let (ours, theirs) = wg_ipc::pair()?;
+        let (ours, theirs) = channel_pair()?;
         spawner
             .send(&MonitorToSpawner::SpawnDatad, &[theirs.as_fd()])
             .await
@@ -746,7 +769,7 @@ impl Supervisor {
             return Err(MonitorError::CrashLoop);
         }
         self.restarts.push(now);
-        let (keyd_end, datad_end) = wg_ipc::pair()?;
+        let (keyd_end, datad_end) = channel_pair()?;
         let datad = self.start_datad(spawner, datad_end).await?;
         keyd.send(&MonitorToKeyd::DataPlaneRestarted, &[keyd_end.as_fd()])
             .await

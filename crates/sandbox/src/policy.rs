@@ -3,9 +3,10 @@
 //!
 //! Why each group is there:
 //! - every role: memory, futexes, signals, time, the epoll loop, reading and writing
-//!   descriptors it already holds, IPC (`sendmsg`/`recvmsg`), `getrandom`, exiting, and
-//!   `tgkill` only of itself (`abort`), `ioctl` only `FIONBIO`;
-//! - keyd: `accept4`, `getsockopt` only for `SO_PEERCRED` (the UAPI client's credentials):
+//!   descriptors it already holds, IPC (`sendmsg`/`recvmsg`, and `getsockopt` `SO_TYPE`:
+//!   whether a channel handed over is a stream or a seqpacket socket), `getrandom`,
+//!   exiting, and `tgkill` only of itself (`abort`), `ioctl` only `FIONBIO`;
+//! - keyd: `accept4`, `getsockopt` also for `SO_PEERCRED` (the UAPI client's credentials):
 //!   no `socket`, `open*`, `exec*` at all;
 //! - datad: `recvmmsg`/`sendmmsg` and the TUN's `TUNGETIFF` (deletion check): no `socket`,
 //!   `open*`, `exec*`;
@@ -33,7 +34,7 @@
 //!   dynamic loader runs under its filter) but never writable and executable at once.
 //!   `pkey_mprotect` is allowed to no role.
 //! - monitor: `setsockopt` only for the (level, option) pairs of `wg_monitor::sockets`
-//!   (`SO_MARK`, the four buffer sizes, `UDP_GRO`, `IPV6_V6ONLY`), `getsockopt` only
+//!   (`SO_MARK`, the four buffer sizes, `UDP_GRO`, `IPV6_V6ONLY`), `getsockopt` also
 //!   for the `UDP_SEGMENT` probe.
 //! - spawner: `socket`/`socketpair` only `AF_UNIX`, `openat` only read-only, `ioctl` only
 //!   the TUN adoption's requests, `prctl` only the options of a start and lock-down,
@@ -140,7 +141,15 @@ fn allow_sockopts(
             ])
         })
         .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(nr, list);
+    // Added to what the role already allows for the call (the base allows `SO_TYPE`).
+    match rules.get_mut(&nr) {
+        // Already allowed whatever the arguments: nothing to narrow.
+        Some(existing) if existing.is_empty() => {}
+        Some(existing) => existing.extend(list),
+        None => {
+            rules.insert(nr, list);
+        }
+    }
     Ok(())
 }
 
@@ -189,6 +198,13 @@ fn base(rules: &mut Rules) -> Result<(), SandboxError> {
             libc::SYS_restart_syscall,
         ],
     );
+    // A channel's type, which `wg_ipc::Channel::from_fd` asks of every channel it is
+    // handed (a stream or a seqpacket socket): a read of one integer, nothing more.
+    allow_sockopts(
+        rules,
+        libc::SYS_getsockopt,
+        &[(libc::SOL_SOCKET, libc::SO_TYPE)],
+    )?;
     #[cfg(target_arch = "x86_64")]
     allow(rules, &[libc::SYS_epoll_wait, libc::SYS_poll]);
     let own_pid = u64::from(std::process::id());
@@ -479,7 +495,6 @@ mod tests {
             libc::SYS_bind,
             libc::SYS_connect,
             libc::SYS_setsockopt,
-            libc::SYS_getsockopt,
             libc::SYS_getsockname,
             libc::SYS_uname,
             libc::SYS_getcwd,
@@ -508,6 +523,8 @@ mod tests {
             libc::SYS_mmap,
             libc::SYS_mprotect,
             libc::SYS_fcntl,
+            // Only `SO_TYPE`: the data plane's start asks its keyd channel's type.
+            libc::SYS_getsockopt,
         ] {
             assert!(
                 r.get(&nr).is_some_and(|rules| !rules.is_empty()),

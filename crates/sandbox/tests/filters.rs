@@ -384,8 +384,12 @@ fn the_monitor_sets_only_its_own_socket_options() {
     ] {
         refused(role, what, || setsockopt(fd, level, name, 1));
     }
-    refused(role, "getsockopt SO_TYPE", || {
+    // Every role may ask a socket's type (wg_ipc's `Channel::from_fd`), no other option.
+    succeeds(role, "getsockopt SO_TYPE", || {
         getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+    });
+    refused(role, "getsockopt SO_RCVBUF", || {
+        getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)
     });
 }
 
@@ -485,8 +489,12 @@ fn keyd_reads_only_the_peer_credentials() {
             ) == 0
         }
     });
-    refused(role, "getsockopt SO_TYPE", || {
+    // A channel's type (wg_ipc's `Channel::from_fd` on a channel keyd is handed).
+    succeeds(role, "getsockopt SO_TYPE", || {
         getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+    });
+    refused(role, "getsockopt SO_SNDBUF", || {
+        getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
     });
     refused(role, "setsockopt", || {
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 1 << 20)
@@ -518,8 +526,13 @@ fn the_spawner_makes_no_network_sockets_and_sets_no_options() {
     refused(role, "setsockopt", || {
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 1 << 20)
     });
-    refused(role, "getsockopt", || {
+    // The data plane's start, which runs under this filter, asks its channel's type; no
+    // other option.
+    succeeds(role, "getsockopt SO_TYPE", || {
         getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+    });
+    refused(role, "getsockopt SO_RCVBUF", || {
+        getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)
     });
     // SAFETY: `sa` and `len` live for the call and describe the buffer.
     refused(role, "getsockname", || unsafe {

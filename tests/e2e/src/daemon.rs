@@ -34,6 +34,9 @@ pub enum Impl {
     /// real monitor, keyd and spawner: the test-hook build ([`crate::env::test_hooks_bin_dir`])
     /// with `WG_RS_TEST_PORTABLE_PLANE` set, on a TUN without offloads.
     RsPortable,
+    /// What macOS runs: [`Impl::RsPortable`] with every channel between the processes a
+    /// framed `SOCK_STREAM` pair (`WG_RS_TEST_STREAM_IPC`), macOS's IPC transport.
+    RsPortableStream,
     /// `wireguard-go -f IFNAME` (Debian's package).
     Go,
     /// `boringtun-cli -f --disable-drop-privileges IFNAME`.
@@ -48,6 +51,7 @@ impl Impl {
             Self::RsPlain => "wireguard-rs (no offloads)",
             Self::RsThreads => "wireguard-rs (3 crypto threads)",
             Self::RsPortable => "wireguard-rs (portable data plane)",
+            Self::RsPortableStream => "wireguard-rs (portable data plane, stream IPC)",
             Self::Go => "wireguard-go",
             Self::Boringtun => "boringtun",
         }
@@ -80,7 +84,7 @@ impl Impl {
                     .map(String::from)
                     .to_vec(),
             ),
-            Self::RsPortable => (
+            Self::RsPortable | Self::RsPortableStream => (
                 crate::env::test_hooks_bin_dir()?
                     .join("wireguard-rs")
                     .into_os_string(),
@@ -148,6 +152,10 @@ impl Daemon {
         let (program, args) = kind.command_line(env, ifname)?;
         let extra_env: &[(&str, &str)] = match kind {
             Impl::RsPortable => &[("WG_RS_TEST_PORTABLE_PLANE", "1")],
+            Impl::RsPortableStream => &[
+                ("WG_RS_TEST_PORTABLE_PLANE", "1"),
+                ("WG_RS_TEST_STREAM_IPC", "1"),
+            ],
             _ => &[],
         };
         let mut d = Self::spawn(env, ns, kind, ifname, program, args, extra_env)?;

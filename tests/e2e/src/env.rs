@@ -224,7 +224,7 @@ fn cargo() -> String {
         .unwrap_or_else(|| "cargo".to_owned())
 }
 
-/// The directory of a daemon build with the workers' test hooks (features
+/// The directory of a daemon build with the test hooks (features `wireguard-rs/test-hooks`,
 /// `wireguard-rs-keyd/test-hooks` and `wireguard-rs-datad/test-hooks`: the environment
 /// variable `WG_RS_TEST_FORBIDDEN_SYSCALL=keyd|datad|all` makes that worker call
 /// `socket(AF_INET)` right after locking down). `$WG_RS_TEST_HOOKS_BIN_DIR` if set; else
@@ -254,7 +254,7 @@ pub fn test_hooks_bin_dir() -> Result<PathBuf> {
                 "-p",
                 "wireguard-rs-datad",
                 "--features",
-                "wireguard-rs-keyd/test-hooks,wireguard-rs-datad/test-hooks",
+                "wireguard-rs/test-hooks,wireguard-rs-keyd/test-hooks,wireguard-rs-datad/test-hooks",
             ],
         );
         c.current_dir(workspace_root())

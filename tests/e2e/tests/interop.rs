@@ -106,11 +106,19 @@ fn case(env: &Env, spec: PairSpec) -> Result<()> {
         // The traffic went through the plane under test, not the batched one.
         for daemon in [&pair.a, &pair.b] {
             ensure!(
-                daemon.kind != Impl::RsPortable
+                !matches!(daemon.kind, Impl::RsPortable | Impl::RsPortableStream)
                     || daemon
                         .log()
                         .contains("the portable data plane (macOS's and the BSDs') runs"),
                 "{} did not run the portable data plane",
+                daemon.ifname
+            );
+            ensure!(
+                daemon.kind != Impl::RsPortableStream
+                    || daemon
+                        .log()
+                        .contains("every channel is a framed stream pair"),
+                "{} did not use stream channels",
                 daemon.ifname
             );
         }
@@ -147,6 +155,14 @@ fn interop_wireguard_go() -> Result<()> {
 fn interop_portable_data_plane_with_wireguard_go() -> Result<()> {
     let env = setup!("ipo");
     matrix_of(&env, Impl::RsPortable, Impl::Go)
+}
+
+/// What macOS runs, but for utun and its sandbox: the portable data plane, and every
+/// channel between the processes a framed stream with descriptor passing.
+#[test]
+fn interop_portable_data_plane_over_stream_ipc_with_wireguard_go() -> Result<()> {
+    let env = setup!("ips");
+    matrix_of(&env, Impl::RsPortableStream, Impl::Go)
 }
 
 #[test]
