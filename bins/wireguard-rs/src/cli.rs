@@ -152,7 +152,6 @@ impl Cli {
             enabled: !self.no_sandbox,
             user,
             low_ports: !self.no_low_ports,
-            exec_program: None,
         }
     }
 }

@@ -444,14 +444,6 @@ fn run_spawner(cli: &Cli) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     let worker_dir = wg_monitor::worker_dir(cli.libexec_dir.as_deref());
-    let mut options = options;
-    // The macOS profile of the spawner names the one program it may start.
-    options.exec_program = Some(
-        worker_dir
-            .join(wg_monitor::DATAD_BINARY)
-            .display()
-            .to_string(),
-    );
     let result: Result<(), String> = runtime.block_on(async {
         let channel = wg_ipc::Channel::from_fd(fd).map_err(|e| e.to_string())?;
         if let Err(e) = wg_sandbox::lock_down(Role::Spawner, &options, Some(report)) {

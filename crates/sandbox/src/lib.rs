@@ -109,10 +109,6 @@ pub struct Options {
     /// The monitor keeps `CAP_NET_BIND_SERVICE` (if it has it), so `listen_port` may be
     /// below 1024, as with wireguard-go. On by default; `--no-low-ports` turns it off.
     pub low_ports: bool,
-    /// The spawner's only program, the data plane's path, which the macOS sandbox profile
-    /// of the spawner names (elsewhere unused). Not a worker argument: the spawner sets it
-    /// from its libexec directory.
-    pub exec_program: Option<String>,
 }
 
 impl Default for Options {
@@ -121,7 +117,6 @@ impl Default for Options {
             enabled: true,
             user: DEFAULT_DATAD_USER.to_owned(),
             low_ports: true,
-            exec_program: None,
         }
     }
 }
@@ -405,7 +400,6 @@ mod tests {
             enabled: false,
             user: "wg".into(),
             low_ports: true,
-            exec_program: None,
         };
         let back = Options::from_worker_args(o.to_worker_args()).unwrap();
         assert_eq!((back.enabled, back.user.as_str()), (false, "wg"));

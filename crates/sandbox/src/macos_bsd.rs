@@ -7,11 +7,8 @@
 use std::os::fd::BorrowedFd;
 use std::os::fd::RawFd;
 
-#[cfg(not(target_os = "macos"))]
-use nix::sys::resource::rlim_t;
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::resource::{Resource, getrlimit, rlim_t, setrlimit};
 use nix::unistd::{Gid, Uid};
-#[cfg(not(target_os = "macos"))]
 use wg_platform::policy::rlimits;
 
 use crate::{Options, PARENT_PID_ENV, Role, SandboxError, expected_parent, lookup_user, step};
@@ -143,7 +140,7 @@ pub fn lock_down(
         }
         switch_user(user.uid, user.gid)?;
     }
-    confine(confined, options)?;
+    confine(confined)?;
     tracing::info!("{role:?} sandboxed");
     Ok(())
 }
@@ -220,22 +217,27 @@ fn deny_tracing() -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// The OS's confinement of `role`: its sandbox profile (the spawner's names the one
-/// program it may start, [`Options::exec_program`]) and resource limits.
+/// The OS's confinement of `role`: its sandbox profile and resource limits; for the
+/// spawner the resource limits only. A macOS process can enter a sandbox profile once, and
+/// its children inherit it: a second `sandbox_init` (the data plane's own, after the
+/// spawner starts it) is refused as `forbidden-sandbox-reinit` and the process is killed.
+/// So the data plane must start from an unsandboxed parent, and the spawner, which only
+/// starts it, is confined by its own user and its resource limits.
 #[cfg(target_os = "macos")]
-fn confine(role: wg_platform::Role, options: &Options) -> Result<(), SandboxError> {
-    wg_platform::macos::enter_sandbox(role, options.exec_program.as_deref()).map_err(|e| {
-        SandboxError::Step {
-            step: "entering the macOS sandbox",
-            source: std::io::Error::other(e.to_string()),
-        }
+fn confine(role: wg_platform::Role) -> Result<(), SandboxError> {
+    if role == wg_platform::Role::Spawner {
+        return set_rlimits(role);
+    }
+    wg_platform::macos::enter_sandbox(role, None).map_err(|e| SandboxError::Step {
+        step: "entering the macOS sandbox",
+        source: std::io::Error::other(e.to_string()),
     })
 }
 
 /// The OS's confinement of `role`.
 #[cfg(target_os = "freebsd")]
 #[allow(unsafe_code)]
-fn confine(role: wg_platform::Role, _options: &Options) -> Result<(), SandboxError> {
+fn confine(role: wg_platform::Role) -> Result<(), SandboxError> {
     let fds = handed_descriptors(role);
     let borrowed: Vec<(BorrowedFd<'_>, wg_platform::policy::DescriptorKind)> = fds
         .iter()
@@ -257,19 +259,17 @@ fn confine(role: wg_platform::Role, _options: &Options) -> Result<(), SandboxErr
 /// The OS's confinement of `role`: NetBSD has no syscall filter, so the resource limits
 /// are all (say so in the README's platform table).
 #[cfg(target_os = "netbsd")]
-fn confine(role: wg_platform::Role, _options: &Options) -> Result<(), SandboxError> {
+fn confine(role: wg_platform::Role) -> Result<(), SandboxError> {
     set_rlimits(role)
 }
 
 /// A limit from the policy table as this OS's `rlim_t` (signed on FreeBSD): the table's
 /// limits are small, so the conversion never saturates in practice.
-#[cfg(not(target_os = "macos"))]
 fn rlim(value: u64) -> rlim_t {
     rlim_t::try_from(value).unwrap_or(rlim_t::MAX)
 }
 
 /// The role's resource limits, soft and hard, so they cannot be raised again.
-#[cfg(not(target_os = "macos"))]
 fn set_rlimits(role: wg_platform::Role) -> Result<(), SandboxError> {
     let limits = rlimits(role);
     let (fsize, nofile) = (rlim(limits.fsize), rlim(limits.nofile));
@@ -281,6 +281,9 @@ fn set_rlimits(role: wg_platform::Role) -> Result<(), SandboxError> {
         "limiting descriptors (RLIMIT_NOFILE)",
         setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile),
     )?;
+    // On macOS only the spawner comes here, which forks (no process limit in its table);
+    // keyd's and datad's limits are set by `wg_platform::macos::enter_sandbox`.
+    #[cfg(not(target_os = "macos"))]
     if let Some(nproc) = limits.nproc.map(rlim) {
         step(
             "forbidding new processes (RLIMIT_NPROC)",
