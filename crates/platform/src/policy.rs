@@ -83,7 +83,10 @@ const SBPL_LOADER_DIRS: &[&str] = &[
 ];
 
 /// The SBPL profile of `role` for `sandbox_init`. The spawner's names the one program it
-/// may start, `datad_path` (ignored for the other roles).
+/// may start, `datad_path` (ignored for the other roles). The daemon does not enter the
+/// spawner's: macOS allows one `sandbox_init` per process and children inherit the
+/// sandbox, so a sandboxed spawner would start data planes that die entering their own
+/// (`forbidden-sandbox-reinit`); `wg-sandbox` confines the spawner by user and limits.
 pub fn macos_profile(role: Role, datad_path: Option<&str>) -> Result<String, PolicyError> {
     let mut rules: Vec<String> = SBPL_COMMON.iter().map(|r| (*r).to_owned()).collect();
     match role {
