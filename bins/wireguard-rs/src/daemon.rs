@@ -117,6 +117,9 @@ fn start(cli: &Cli, life: &mut Lifecycle, level: LogLevel) -> Result<(), String>
     // The kernel's name: on macOS `utunN`, whatever was asked for. The UAPI socket, the
     // log lines and `wg` go by it, as with wireguard-go.
     let interface = device::name(&tun).to_owned();
+    // From here on, however this ends, a BSD tun interface is destroyed with the daemon
+    // (the background start hands the interface to its child first, on Linux only).
+    let _interface_guard = InterfaceGuard(interface.clone());
     write_name_file(&interface)?;
     let uapi = match inherited_uapi {
         Some(fd) => Ok(UnixListener::from(fd)),
@@ -188,6 +191,16 @@ fn start(cli: &Cli, life: &mut Lifecycle, level: LogLevel) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+/// Removes the interface when the daemon's start or supervision ends
+/// ([`device::remove_on_stop`]: the BSDs' tun interfaces outlive their descriptor).
+struct InterfaceGuard(String);
+
+impl Drop for InterfaceGuard {
+    fn drop(&mut self) {
+        device::remove_on_stop(&self.0);
+    }
 }
 
 /// Starts this program again in the foreground, in a new process group, with the TUN

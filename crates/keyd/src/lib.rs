@@ -138,11 +138,17 @@ pub async fn run_worker(
     let (Some(uapi), Some(datad)) = (fds.next(), fds.next()) else {
         return Err(KeydError::Protocol("start without descriptors"));
     };
+    // Everything that needs a descriptor's type, flags or registration happens before the
+    // sandbox: FreeBSD's capability mode leaves each only the rights its kind needs.
+    let listener = std::os::unix::net::UnixListener::from(uapi);
+    listener.set_nonblocking(true)?;
+    let uapi = UapiSource::Registered(tokio::net::UnixListener::from_std(listener)?);
+    let datad = wg_ipc::Channel::from_fd(datad)?;
     lockdown().map_err(KeydError::Sandbox)?;
     serve(KeydStartup {
         interface,
-        uapi: UapiSource::Socket(std::os::unix::net::UnixListener::from(uapi)),
-        datad: wg_ipc::Channel::from_fd(datad)?,
+        uapi,
+        datad,
         monitor,
         listen_port,
     })

@@ -45,6 +45,10 @@ pub enum UapiSource {
     /// The UAPI socket (`/var/run/wireguard/IFNAME.sock`): clients are accepted when they
     /// run as root or as the monitor's user.
     Socket(StdUnixListener),
+    /// The same socket, already non-blocking and registered with the runtime: what the
+    /// key process passes, having prepared it before its sandbox (FreeBSD's capability
+    /// mode leaves the listener no `ioctl` to make it non-blocking afterwards).
+    Registered(UnixListener),
     /// Requests from the same process (the in-process tunnel): no socket and no owner
     /// check, the sender is the owner of the tunnel. Serving ends when every sender is
     /// dropped, as when the monitor goes away.
@@ -149,6 +153,10 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
             let (tx, rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
             (Some(UnixListener::from_std(listener)?), Some(tx), rx)
         }
+        UapiSource::Registered(listener) => {
+            let (tx, rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
+            (Some(listener), Some(tx), rx)
+        }
         UapiSource::InProcess(rx) => (None, None, rx),
     };
     let mut keyd = Keyd {
@@ -172,6 +180,7 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
     let owner = keyd.monitor.peer_uid()?;
     keyd.attach_datad(startup.datad).await?;
     tracing::info!("key process serving interface {}", startup.interface);
+    let mut accept_paused_until: Option<Instant> = None;
     loop {
         let deadline = keyd.datad.as_ref().and_then(|(_, l)| l.next_deadline());
         tokio::select! {
@@ -190,13 +199,20 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
                 // owner is gone, as the monitor would be.
                 None => return Ok(()),
             },
-            accepted = accept(listener.as_ref()) => match accepted {
+            accepted = accept(listener.as_ref(), accept_paused_until) => match accepted {
                 Ok((stream, _)) => {
+                    accept_paused_until = None;
                     if let Some(tx) = &commands_tx {
                         spawn_client(stream, owner, tx.clone());
                     }
                 }
-                Err(e) => tracing::warn!("UAPI accept failed: {e}"),
+                // Out of descriptors (EMFILE: the sandbox's limit is small) or another
+                // failure the listener stays readable through: pause accepting for a
+                // moment rather than spin (the clients wait in the backlog).
+                Err(e) => {
+                    tracing::warn!("UAPI accept failed: {e}; pausing accepts for {ACCEPT_PAUSE:?}");
+                    accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                }
             },
             () = sleep_until(deadline) => {
                 let late = keyd.datad.as_ref().map(|(_, l)| l.check_deadlines(Instant::now()));
@@ -232,10 +248,17 @@ pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
     }
 }
 
-/// The next UAPI client, if there is a socket.
+/// How long accepting pauses after a failed `accept`.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The next UAPI client, if there is a socket, not before `paused_until`.
 async fn accept(
     listener: Option<&UnixListener>,
+    paused_until: Option<Instant>,
 ) -> std::io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)> {
+    if let Some(at) = paused_until {
+        tokio::time::sleep_until(at.into()).await;
+    }
     match listener {
         Some(l) => l.accept().await,
         None => std::future::pending().await,

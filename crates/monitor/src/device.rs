@@ -71,3 +71,19 @@ pub fn create(requested: &str, offload: bool) -> Result<Tun, String> {
         Ok(tun)
     }
 }
+
+/// Removes the interface `name` when the daemon stops. On FreeBSD and NetBSD a cloned tun
+/// outlives its descriptor (and would block the next start under the same name), so it is
+/// destroyed, as wireguard-go does; Linux's TUN and macOS's utun go with their
+/// descriptor, so there is nothing to do. An interface already gone is no error.
+pub fn remove_on_stop(name: &str) {
+    #[cfg(any(target_os = "freebsd", target_os = "netbsd"))]
+    if nix::net::if_::if_nametoindex(name).is_ok()
+        && let Err(e) = wg_platform::bsd::destroy_interface(name)
+    {
+        tracing::warn!(
+            "cannot destroy interface {name}: {e}; remove it with `ifconfig {name} destroy`"
+        );
+    }
+    let _ = name;
+}

@@ -80,15 +80,29 @@ fn buffers_and_offloads(s: &Socket, wanted: UdpOffload) -> UdpOffload {
     UdpOffload { gso, gro }
 }
 
-/// Room for bursts (the kernel caps it at its own maximum, `kern.ipc.maxsockbuf`); these
-/// systems have no UDP segmentation or coalescing.
+/// Room for bursts, as much of [`SOCKET_BUFFER`] as the kernel grants; these systems have
+/// no UDP segmentation or coalescing.
 #[cfg(not(target_os = "linux"))]
 fn buffers_and_offloads(s: &Socket, _wanted: UdpOffload) -> UdpOffload {
-    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    largest_buffer(|size| s.set_recv_buffer_size(size));
+    largest_buffer(|size| s.set_send_buffer_size(size));
     UdpOffload {
         gso: false,
         gro: false,
+    }
+}
+
+/// The BSD kernels refuse a buffer above their limit (`kern.ipc.maxsockbuf`, NetBSD's
+/// `kern.sbmax`: 256 KiB by default) with `ENOBUFS` instead of capping it as Linux does:
+/// halve the size until one is taken, down to 64 KiB (below that the default stays).
+#[cfg(not(target_os = "linux"))]
+fn largest_buffer(mut set: impl FnMut(usize) -> io::Result<()>) {
+    let mut size = SOCKET_BUFFER;
+    while size >= 64 << 10 {
+        if set(size).is_ok() {
+            return;
+        }
+        size /= 2;
     }
 }
 

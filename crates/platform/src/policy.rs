@@ -208,7 +208,10 @@ pub enum DescriptorKind {
 /// monitor's).
 pub const fn capsicum_rights(kind: DescriptorKind) -> &'static [u64] {
     match kind {
-        DescriptorKind::Tun | DescriptorKind::IpcChannel => &[cap::READ, cap::WRITE, cap::EVENT],
+        DescriptorKind::Tun => &[cap::READ, cap::WRITE, cap::EVENT],
+        // `getsockopt`: the peer's credentials (keyd checks the monitor's uid with
+        // `getpeereid`, which is `getsockopt(LOCAL_PEERCRED)`) and a channel's `SO_TYPE`.
+        DescriptorKind::IpcChannel => &[cap::READ, cap::WRITE, cap::EVENT, cap::GETSOCKOPT],
         // CAP_CONNECT because the kernel asks for it on `sendto` with an address; the
         // socket is already bound, and no CAP_BIND or CAP_SETSOCKOPT is given.
         DescriptorKind::Udp => &[cap::READ, cap::WRITE, cap::EVENT, cap::CONNECT],

@@ -204,18 +204,23 @@ fn step<T, E: Into<std::io::Error>>(
 /// that could still open files by path would be one bug away from writing its keys out.
 fn enter_empty_root() -> Result<(), SandboxError> {
     let dir = Path::new(EMPTY_ROOT);
-    let prepared = std::fs::create_dir_all(dir).and_then(|()| {
+    let prepared = (|| {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555))?;
+        // Only a directory made here is given its mode: an existing one is checked, not
+        // changed (FreeBSD's /var/empty is immutable, `schg`, so even root cannot chmod it).
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555))?;
+        }
         let meta = std::fs::metadata(dir)?;
         let empty = std::fs::read_dir(dir)?.next().is_none();
-        if meta.uid() != 0 || !empty {
+        if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 || !empty {
             return Err(std::io::Error::other(
-                "exists but is not an empty root-owned directory",
+                "exists but is not an empty root-owned directory that only root may write",
             ));
         }
         Ok(())
-    });
+    })();
     let step_name = "entering keyd's empty root directory (it must be an empty, root-owned directory: /run/wireguard-rs/empty on Linux, /var/empty elsewhere)";
     prepared.map_err(|e| SandboxError::Step {
         step: step_name,

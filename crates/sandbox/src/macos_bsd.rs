@@ -140,8 +140,26 @@ pub fn lock_down(
         }
         switch_user(user.uid, user.gid)?;
     }
+    ignore_file_size_signal()?;
     confine(confined)?;
     tracing::info!("{role:?} sandboxed");
+    Ok(())
+}
+
+/// The resource limits forbid growing any file (`RLIMIT_FSIZE` 0); a write past it raises
+/// `SIGXFSZ`, which would kill a worker whose standard error is a regular file (launchd's
+/// `StandardErrorPath`, `2>>log`) at its first log line. Ignored, the write fails with
+/// `EFBIG` instead: such a worker's lines are lost, the worker lives. (Give the daemon a
+/// pipe or terminal as standard error: the README says so.)
+#[allow(unsafe_code)]
+fn ignore_file_size_signal() -> Result<(), SandboxError> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SIG_IGN runs no code in the process; it only changes how the kernel delivers it.
+    // SAFETY: upheld as the line above says.
+    step("ignoring SIGXFSZ", unsafe {
+        sigaction(Signal::SIGXFSZ, &ignore)
+    })?;
     Ok(())
 }
 

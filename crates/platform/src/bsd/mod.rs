@@ -19,4 +19,4 @@ mod tun;
 pub use capsicum::enter_capsicum;
 #[cfg(target_os = "openbsd")]
 pub use pledge::enter_pledge;
-pub use tun::BsdTun;
+pub use tun::{BsdTun, destroy_interface};

@@ -314,15 +314,24 @@ impl BsdTun {
     /// Removes the interface (`SIOCIFDESTROY`); the descriptor closes with `self`.
     #[allow(unsafe_code)]
     pub fn destroy(self) -> Result<(), PlatformError> {
-        let sock = inet_socket().map_err(|e| PlatformError::os("socket(AF_INET)", e, ""))?;
-        let req = IfReq::new(&self.name);
-        // `sock` is open for the call; `req` is a live `ifreq` of the size the
-        // request encodes, naming a NUL-terminated interface; the kernel only reads it.
-        // SAFETY: upheld as the lines above say.
-        unsafe { raw::siocifdestroy(sock.as_raw_fd(), &req) }
-            .map_err(|e| PlatformError::os("ioctl(SIOCIFDESTROY)", e, ""))?;
-        Ok(())
+        destroy_interface(&self.name)
     }
+}
+
+/// Destroys the cloned interface `name` (`SIOCIFDESTROY`, as `ifconfig NAME destroy`):
+/// on the BSDs a tun interface outlives the descriptor that created it, so the daemon
+/// removes it when it stops, as wireguard-go does.
+#[allow(unsafe_code)]
+pub fn destroy_interface(name: &str) -> Result<(), PlatformError> {
+    crate::af::check_ifname(name)?;
+    let sock = inet_socket().map_err(|e| PlatformError::os("socket(AF_INET)", e, ""))?;
+    let req = IfReq::new(name);
+    // `sock` is open for the call; `req` is a live `ifreq` of the size the
+    // request encodes, naming a NUL-terminated interface; the kernel only reads it.
+    // SAFETY: upheld as the lines above say.
+    unsafe { raw::siocifdestroy(sock.as_raw_fd(), &req) }
+        .map_err(|e| PlatformError::os("ioctl(SIOCIFDESTROY)", e, ""))?;
+    Ok(())
 }
 
 /// The name of the tun device `file` is (FreeBSD `FIODGNAME`, as `fdevname(3)` does).
