@@ -99,10 +99,28 @@ fn padding_follows_the_tun_mtu_after_a_change_and_a_data_plane_restart() -> Resu
     assert_eq!(message_len(1281, 1281), 1313);
     assert_eq!(message_len(1281, 1420), 1328);
     let env = setup!("mtu");
+    mtu_change_and_restart(&env, Impl::Rs, false)
+}
+
+/// The same with what macOS runs (the portable data plane, every channel a framed stream),
+/// and then a listen-port change, which hands the portable plane new sockets
+/// (`MonitorToDatad::Sockets`): the monitor-to-data-plane messages, a data plane's restart
+/// and keyd's adoption of the new data plane's channel, over macOS's transport.
+#[test]
+fn the_portable_data_plane_over_stream_ipc_follows_the_mtu_a_restart_and_a_port_change()
+-> Result<()> {
+    let env = setup!("mtp");
+    mtu_change_and_restart(&env, Impl::RsPortableStream, true)
+}
+
+/// A (`ours`) against wireguard-go: the MTU changed after the start, the data plane
+/// killed and restarted, each followed by one packet whose size B counts; with
+/// `port_change`, then a new listen port and traffic over it.
+fn mtu_change_and_restart(env: &wg_e2e::Env, ours: Impl, port_change: bool) -> Result<()> {
     let pair = Pair::new(
-        &env,
+        env,
         PairSpec {
-            a: Impl::Rs,
+            a: ours,
             b: Impl::Go,
             underlay: Underlay::V4,
             psk: false,
@@ -133,6 +151,21 @@ fn padding_follows_the_tun_mtu_after_a_change_and_a_data_plane_restart() -> Resu
         ping_ok(ha, TUN4[1], &[]).context("after the data plane's restart")?;
         let (rx, tx) = one_packet_of(&pair)?;
         check("after a data-plane restart", rx, tx)?;
+        if port_change {
+            pair.a.set(&["listen-port", "51901"])?;
+            ensure!(
+                pair.a.dump()?.listen_port == 51901,
+                "listen port not changed to 51901"
+            );
+            // A sends from its new sockets; B learns the new endpoint from it.
+            ping_ok(ha, TUN4[1], &[]).context("after the listen-port change")?;
+            let dump = pair.b.dump()?;
+            let endpoint = dump.peer(&pair.ka.public)?.endpoint.clone();
+            ensure!(
+                endpoint.as_deref().is_some_and(|e| e.ends_with(":51901")),
+                "B sees A at {endpoint:?} after A moved to port 51901"
+            );
+        }
         Ok(())
     };
     run().with_context(|| pair.diag())
