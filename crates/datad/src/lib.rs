@@ -51,6 +51,7 @@ mod crypto;
 #[cfg(target_os = "linux")]
 mod plane;
 mod portable;
+mod shared;
 #[cfg(target_os = "linux")]
 mod udp;
 

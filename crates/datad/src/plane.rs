@@ -7,7 +7,7 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use wg_device::{Device, Importance, Received, Transmit};
+use wg_device::{Device, Received, Transmit};
 use wg_ipc::messages::{DatadToKeyd, DatadToMonitor, Hello, KeydToDatad, MonitorToDatad, Role};
 use wg_ipc::{Channel, IpcError, Received as IpcReceived};
 use wg_router::{HEADROOM, Outbound, PeerId};
@@ -88,22 +88,6 @@ struct Sealed {
 async fn readable(socket: Option<&Socket>) -> std::io::Result<()> {
     match socket {
         Some(s) => s.readable().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits until keyd's socket has room, if there is something to send.
-async fn keyd_writable(keyd: &Channel, waiting: bool) -> Result<(), IpcError> {
-    if waiting {
-        keyd.writable().await
-    } else {
-        std::future::pending().await
-    }
-}
-
-async fn recv_monitor(monitor: Option<&Channel>) -> Result<IpcReceived<MonitorToDatad>, IpcError> {
-    match monitor {
-        Some(m) => m.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -218,8 +202,8 @@ impl Daemon {
                     r = io.udp4.readable() => Event::Udp(Family::V4, r),
                     r = readable(io.udp6.as_ref()) => Event::Udp(Family::V6, r),
                     m = io.keyd.recv::<KeydToDatad>() => Event::Keyd(m),
-                    r = keyd_writable(&io.keyd, keyd_backlog) => Event::KeydWritable(r),
-                    m = recv_monitor(io.monitor.as_ref()) => Event::Monitor(m),
+                    r = crate::shared::keyd_writable(&io.keyd, keyd_backlog) => Event::KeydWritable(r),
+                    m = crate::shared::recv_monitor(io.monitor.as_ref()) => Event::Monitor(m),
                     () = &mut timer, if armed.is_some() => Event::Timer,
                 }
             };
@@ -254,8 +238,8 @@ impl Daemon {
                 Event::Timer => self.device.handle_timeout(now),
             }
             self.send_transmits().await;
-            self.log_events();
-            self.flush_to_keyd()?;
+            crate::shared::log_events(&mut self.device);
+            crate::shared::flush_to_keyd(&mut self.device, &self.io.keyd)?;
         }
     }
 
@@ -514,19 +498,6 @@ impl Daemon {
         });
     }
 
-    /// Hands keyd what it can take now; the rest waits for its socket to drain.
-    /// keyd may itself be waiting for us to read: the loop never waits on it, it keeps
-    /// serving and sends the rest when keyd's socket has room.
-    fn flush_to_keyd(&mut self) -> Result<(), DatadError> {
-        while let Some(msg) = self.device.keyd_front() {
-            if !self.io.keyd.try_send(msg).map_err(DatadError::Keyd)? {
-                break;
-            }
-            self.device.keyd_sent();
-        }
-        Ok(())
-    }
-
     /// Sends the datagrams the device made itself (handshakes, keepalives, staged data,
     /// cookie replies).
     async fn send_transmits(&mut self) {
@@ -539,18 +510,6 @@ impl Daemon {
         {
             if Self::send_to(&self.io, destination, &bytes).await {
                 self.device.transmitted(peer, bytes.len());
-            }
-        }
-    }
-
-    /// What the device did: the handshake story at info (wireguard-go's verbose), routine
-    /// chatter at debug, what the configuration may fix as a warning.
-    fn log_events(&mut self) {
-        while let Some(event) = self.device.poll_event() {
-            match event.importance() {
-                Importance::Routine => tracing::debug!("{event}"),
-                Importance::Story => tracing::info!("{event}"),
-                Importance::Problem => tracing::warn!("{event}"),
             }
         }
     }
@@ -617,38 +576,12 @@ impl Daemon {
     }
 
     fn on_monitor(&mut self, m: IpcReceived<MonitorToDatad>) -> Result<(), DatadError> {
-        match m.msg {
-            MonitorToDatad::Hello(hello) => hello
-                .check(Role::Monitor)
-                .map_err(|_| DatadError::Protocol("monitor (bad hello)")),
-            MonitorToDatad::Sockets { has_ipv6, .. } => {
-                let mut fds = m.fds.into_iter();
-                let udp4 = fds
-                    .next()
-                    .ok_or(DatadError::Protocol("monitor (missing socket)"))?;
-                self.io.udp4 = to_tokio(std::net::UdpSocket::from(udp4))?;
-                self.io.udp6 = if has_ipv6 {
-                    fds.next()
-                        .map(|fd| to_tokio(std::net::UdpSocket::from(fd)))
-                        .transpose()?
-                } else {
-                    None
-                };
-                Ok(())
-            }
-            MonitorToDatad::Mtu { mtu } => {
-                // The TUN driver's range; anything else is a monitor bug, kept out anyway.
-                let mtu = mtu.clamp(wg_tun::MIN_MTU, wg_tun::MAX_MTU);
-                self.device
-                    .set_mtu(usize::try_from(mtu).unwrap_or(wg_router::DEFAULT_MTU));
-                Ok(())
-            }
-            MonitorToDatad::Roaming { enabled } => {
-                self.device.set_roaming(enabled);
-                Ok(())
-            }
-            MonitorToDatad::Start { .. } => Err(DatadError::Protocol("monitor (second start)")),
+        let range = wg_tun::MIN_MTU..=wg_tun::MAX_MTU;
+        if let Some(new) = crate::shared::on_monitor(&mut self.device, m, range)? {
+            self.io.udp4 = to_tokio(new.udp4)?;
+            self.io.udp6 = new.udp6.map(to_tokio).transpose()?;
         }
+        Ok(())
     }
 }
 

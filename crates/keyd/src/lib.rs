@@ -45,38 +45,14 @@ pub mod pool;
 
 /// The X25519 implementation the handshakes use (`aws-lc` or `x25519-dalek`).
 pub const X25519_BACKEND: &str = wg_handshake::X25519_BACKEND;
-#[cfg(all(
-    feature = "service",
-    any(
-        target_os = "linux",
-        target_os = "macos",
-        target_os = "freebsd",
-        target_os = "netbsd"
-    )
-))]
+#[cfg(keyd_service)]
 mod service;
 
-#[cfg(all(
-    feature = "service",
-    any(
-        target_os = "linux",
-        target_os = "macos",
-        target_os = "freebsd",
-        target_os = "netbsd"
-    )
-))]
+#[cfg(keyd_service)]
 pub use service::{KeydStartup, UapiRequest, UapiSource, serve};
 
 /// Why the key process stopped.
-#[cfg(all(
-    feature = "service",
-    any(
-        target_os = "linux",
-        target_os = "macos",
-        target_os = "freebsd",
-        target_os = "netbsd"
-    )
-))]
+#[cfg(keyd_service)]
 #[derive(Debug, thiserror::Error)]
 pub enum KeydError {
     /// The monitor went away or broke protocol.
@@ -93,15 +69,7 @@ pub enum KeydError {
     Io(#[from] std::io::Error),
 }
 
-#[cfg(all(
-    feature = "service",
-    any(
-        target_os = "linux",
-        target_os = "macos",
-        target_os = "freebsd",
-        target_os = "netbsd"
-    )
-))]
+#[cfg(keyd_service)]
 /// The key process's entry point after `exec`: waits for the monitor's `Start` with the
 /// UAPI listener and the data-plane channel, then serves.
 pub async fn run_worker(

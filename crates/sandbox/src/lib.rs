@@ -200,6 +200,23 @@ fn step<T, E: Into<std::io::Error>>(
     })
 }
 
+/// The first steps of every lock-down: with `--no-sandbox` nothing at all (said loudly),
+/// else core dumps off. Whether the lock-down goes on.
+fn lock_down_starts(role: Role, options: &Options) -> Result<bool, SandboxError> {
+    use nix::sys::resource::{Resource, setrlimit};
+    if !options.enabled {
+        tracing::warn!(
+            "SANDBOX DISABLED (--no-sandbox): {role:?} runs with every privilege it started with"
+        );
+        return Ok(false);
+    }
+    step(
+        "disabling core dumps",
+        setrlimit(Resource::RLIMIT_CORE, 0, 0),
+    )?;
+    Ok(true)
+}
+
 /// Makes an empty, root-owned directory the process's root. Not optional: a key process
 /// that could still open files by path would be one bug away from writing its keys out.
 fn enter_empty_root() -> Result<(), SandboxError> {

@@ -72,16 +72,9 @@ pub fn lock_down(
     options: &Options,
     report: Option<SyscallReport>,
 ) -> Result<(), SandboxError> {
-    if !options.enabled {
-        tracing::warn!(
-            "SANDBOX DISABLED (--no-sandbox): {role:?} runs with every privilege it started with"
-        );
+    if !crate::lock_down_starts(role, options)? {
         return Ok(());
     }
-    step(
-        "disabling core dumps",
-        setrlimit(Resource::RLIMIT_CORE, 0, 0),
-    )?;
     if role == Role::Keyd {
         lock_memory()?;
     }

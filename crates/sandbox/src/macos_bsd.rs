@@ -118,16 +118,9 @@ pub fn lock_down(
     options: &Options,
     _report: Option<SyscallReport>,
 ) -> Result<(), SandboxError> {
-    if !options.enabled {
-        tracing::warn!(
-            "SANDBOX DISABLED (--no-sandbox): {role:?} runs with every privilege it started with"
-        );
+    if !crate::lock_down_starts(role, options)? {
         return Ok(());
     }
-    step(
-        "disabling core dumps",
-        setrlimit(Resource::RLIMIT_CORE, 0, 0),
-    )?;
     deny_tracing()?;
     let Some(confined) = platform_role(role) else {
         // The monitor keeps root here (no capabilities to keep instead): nothing more.
