@@ -335,10 +335,6 @@ fn wait_bounded(child: &mut std::process::Child, timeout: Duration) -> String {
 /// `--version`: this binary's version and commit, where its helpers are and what they
 /// say of themselves (the data plane names its AEAD backend), and the platforms.
 fn print_version(cli: &Cli) {
-    println!(
-        "wireguard-rs {} (commit {COMMIT})",
-        env!("CARGO_PKG_VERSION")
-    );
     let dir = wg_monitor::worker_dir(cli.libexec_dir.as_deref());
     let source = if cli.libexec_dir.is_some() {
         "--libexec-dir"
@@ -347,11 +343,17 @@ fn print_version(cli: &Cli) {
     } else {
         "beside this binary"
     };
-    println!("helpers: {} ({source})", dir.display());
+    let mut text = format!(
+        "wireguard-rs {} (commit {COMMIT})\nhelpers: {} ({source})\n",
+        env!("CARGO_PKG_VERSION"),
+        dir.display()
+    );
     for binary in [wg_monitor::KEYD_BINARY, wg_monitor::DATAD_BINARY] {
-        println!("  {}", helper_version(&dir.join(binary)));
+        text.push_str(&format!("  {}\n", helper_version(&dir.join(binary))));
     }
-    println!("platform: {}", platform_line());
+    text.push_str(&format!("platform: {}\n", platform_line()));
+    // One write, and a reader that went away (`| head -1`) is no reason to panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
 }
 
 /// The `platform:` line of `--version`: the OS, the architecture and the sandbox it has.
