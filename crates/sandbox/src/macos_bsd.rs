@@ -324,8 +324,9 @@ fn facts(fd: RawFd) -> Option<wg_platform::policy::DescriptorFacts> {
     use nix::sys::socket::{SockType, SockaddrLike, getsockname, getsockopt, sockopt};
     use nix::sys::stat::{SFlag, fstat};
     use wg_platform::policy::{DescriptorFacts, SocketFamily, SocketKind};
-    // SAFETY: only borrowed for the queries below, which fail harmlessly (EBADF) for a
-    // number that is not open.
+    // Only borrowed for the queries below, which fail harmlessly (EBADF) for a number
+    // that is not open.
+    // SAFETY: upheld as the lines above say.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let stat = fstat(borrowed).ok()?;
     let format = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
