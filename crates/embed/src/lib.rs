@@ -174,7 +174,7 @@ pub async fn run(
     serve(Embedding {
         interface,
         tun,
-        uapi: UapiSource::Socket(uapi),
+        uapi: UapiSource::socket(uapi)?,
         sockets,
         crypto_threads: usize::from(wg_ipc::worker::default_crypto_threads()),
         control: None,

@@ -108,9 +108,7 @@ pub async fn run_worker(
     };
     // Everything that needs a descriptor's type, flags or registration happens before the
     // sandbox: FreeBSD's capability mode leaves each only the rights its kind needs.
-    let listener = std::os::unix::net::UnixListener::from(uapi);
-    listener.set_nonblocking(true)?;
-    let uapi = UapiSource::Registered(tokio::net::UnixListener::from_std(listener)?);
+    let uapi = UapiSource::socket(std::os::unix::net::UnixListener::from(uapi))?;
     let datad = wg_ipc::Channel::from_fd(datad)?;
     lockdown().map_err(KeydError::Sandbox)?;
     serve(KeydStartup {

@@ -42,22 +42,23 @@ type Command = UapiRequest;
 /// Where keyd's UAPI requests come from.
 #[derive(Debug)]
 pub enum UapiSource {
-    /// The UAPI socket (`/var/run/wireguard/IFNAME.sock`): clients are accepted when they
-    /// run as root or as the monitor's user.
-    Socket(StdUnixListener),
-    /// The same socket, already non-blocking and registered with the runtime: what the
-    /// key process passes, having prepared it before its sandbox (FreeBSD's capability
-    /// mode leaves the listener no `ioctl` to make it non-blocking afterwards).
-    Registered(UnixListener),
+    /// The UAPI socket (`/var/run/wireguard/IFNAME.sock`), non-blocking and registered
+    /// with the runtime ([`UapiSource::socket`]): clients are accepted when they run as
+    /// root or as the monitor's user.
+    Socket(UnixListener),
     /// Requests from the same process (the in-process tunnel): no socket and no owner
     /// check, the sender is the owner of the tunnel. Serving ends when every sender is
     /// dropped, as when the monitor goes away.
     InProcess(mpsc::Receiver<UapiRequest>),
 }
 
-impl From<StdUnixListener> for UapiSource {
-    fn from(listener: StdUnixListener) -> Self {
-        UapiSource::Socket(listener)
+impl UapiSource {
+    /// The UAPI socket `listener`, made non-blocking and registered with the runtime.
+    /// Called before the sandbox: FreeBSD's capability mode leaves the listener no
+    /// `ioctl` to make it non-blocking afterwards. Needs a tokio runtime.
+    pub fn socket(listener: StdUnixListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(UapiSource::Socket(UnixListener::from_std(listener)?))
     }
 }
 
@@ -149,11 +150,6 @@ async fn sleep_until(deadline: Option<Instant>) {
 pub async fn serve(startup: KeydStartup) -> Result<(), KeydError> {
     let (listener, commands_tx, mut commands) = match startup.uapi {
         UapiSource::Socket(listener) => {
-            listener.set_nonblocking(true)?;
-            let (tx, rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
-            (Some(UnixListener::from_std(listener)?), Some(tx), rx)
-        }
-        UapiSource::Registered(listener) => {
             let (tx, rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
             (Some(listener), Some(tx), rx)
         }
